@@ -1,0 +1,19 @@
+//! mcp-server-stage0: an MCP server that asks the Stage0 policy authority before every tool call.
+//!
+//! The server is a policy enforcement point (PEP); Stage0, or the built-in simulator when no API
+//! key is set, is the policy decision point (PDP). Read the modules in this order:
+//!
+//! - [`guard`]: the one enforcement point, where a verdict decides whether a tool body runs;
+//! - [`tools`]: the six tools, the execution intent each sends and their stand-in actions;
+//! - [`stage0`]: the policy client: the live `/check` API ([`stage0::http`]) or the simulator
+//!   ([`stage0::simulator`]), with the wire types in [`stage0::wire`];
+//! - [`report`]: what a tool result looks like (text and `structuredContent`);
+//! - [`server`]: the MCP server that lists the tools and routes every call through the guard;
+//! - [`config`]: the environment variables.
+
+pub mod config;
+pub mod guard;
+pub mod report;
+pub mod server;
+pub mod stage0;
+pub mod tools;

@@ -1,0 +1,113 @@
+//! The stdio server binary: read the configuration, start logging, serve until stdin closes.
+//!
+//! stdout carries JSON-RPC and nothing else; every log line goes to stderr. The process exits 0
+//! on stdin EOF, SIGINT or SIGTERM, and 2 with a message when the configuration is unusable.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use mcp_server_stage0::config::Config;
+use mcp_server_stage0::guard::Guard;
+use mcp_server_stage0::server::Stage0Server;
+use mcp_server_stage0::stage0::PolicyClient;
+use rmcp::ServiceExt;
+use rmcp::service::ServerInitializeError;
+use rmcp::transport::io::stdio_pipes;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    if let Some(arg) = std::env::args().nth(1) {
+        return match arg.as_str() {
+            "--version" | "-V" => {
+                println!("mcp-server-stage0 {}", env!("CARGO_PKG_VERSION"));
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!(
+                    "usage: mcp-server-stage0\n\nA stdio MCP server: start it from an MCP client. \
+                     Configuration comes from STAGE0_* environment variables (see README)."
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mcp-server-stage0: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let dotenv = dotenvy::dotenv();
+    let config = Config::from_lookup(|name| std::env::var(name).ok())?;
+    init_logging(config.debug);
+    match dotenv {
+        Ok(path) => tracing::debug!(path = %path.display(), "read .env"),
+        Err(error) if !error.not_found() => tracing::warn!("ignoring .env: {error}"),
+        Err(_) => {}
+    }
+    let policy =
+        PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
+    tracing::info!(
+        mode = ?policy.mode(),
+        base_url = %config.base_url,
+        timeout_ms = config.timeout.as_millis() as u64,
+        api_key_set = config.api_key.is_some(),
+        "starting {} {}",
+        mcp_server_stage0::server::SERVER_NAME,
+        env!("CARGO_PKG_VERSION"),
+    );
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let server = Stage0Server::new(Guard::new(policy));
+    let service = match server.serve_with_ct(stdio_pipes(), shutdown).await {
+        Ok(service) => service,
+        Err(ServerInitializeError::ConnectionClosed(_) | ServerInitializeError::Cancelled) => {
+            tracing::info!("stopped before the client initialised");
+            return Ok(());
+        }
+        Err(error) => return Err(error).context("MCP initialisation failed"),
+    };
+    let reason = service.waiting().await?;
+    tracing::info!(?reason, "stopped");
+    Ok(())
+}
+
+/// Logs to stderr. `RUST_LOG` wins; otherwise `info` (or `debug` with `STAGE0_DEBUG=true`), with
+/// rmcp's own per-connection chatter kept to warnings.
+fn init_logging(debug: bool) {
+    let default = if debug {
+        "debug,rmcp=info"
+    } else {
+        "info,rmcp=warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("signal received, shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,64 @@
+//! The policy decision point: the live Stage0 API or the built-in simulator, behind one `check`.
+//!
+//! Which one answers is decided once, from the configuration: a key selects Stage0, no key
+//! selects the simulator. There is no fallback from one to the other: when a key is set and the
+//! API fails, the verdict is `DENY` / `ERROR`, never a simulated one.
+
+pub mod http;
+pub mod simulator;
+pub mod wire;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::config::Config;
+use http::HttpPolicyClient;
+use wire::{Intent, PolicyResponse};
+
+/// Which policy decision point answered; part of every verdict this server reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The live Stage0 API (`STAGE0_API_KEY` set).
+    Stage0,
+    /// The deterministic built-in simulator (no key).
+    Simulator,
+}
+
+/// The policy decision point the guard asks.
+#[derive(Debug, Clone)]
+pub enum PolicyClient {
+    Live(HttpPolicyClient),
+    Simulator,
+}
+
+impl PolicyClient {
+    /// Stage0 when `config` has an API key, the simulator otherwise.
+    ///
+    /// # Errors
+    ///
+    /// The `reqwest` error when the HTTP client for live mode cannot be built.
+    pub fn from_config(config: &Config) -> Result<Self, reqwest::Error> {
+        Ok(match &config.api_key {
+            Some(key) => PolicyClient::Live(HttpPolicyClient::new(config, key.clone())?),
+            None => PolicyClient::Simulator,
+        })
+    }
+
+    /// Which kind of decision point this is.
+    pub fn mode(&self) -> Mode {
+        match self {
+            PolicyClient::Live(_) => Mode::Stage0,
+            PolicyClient::Simulator => Mode::Simulator,
+        }
+    }
+
+    /// The verdict on `intent`. Never fails: problems are `DENY` / `ERROR` verdicts.
+    pub async fn check(&self, intent: &Intent) -> PolicyResponse {
+        match self {
+            PolicyClient::Live(client) => client.check(intent).await,
+            PolicyClient::Simulator => simulator::simulate(intent, Uuid::new_v4().to_string()),
+        }
+    }
+}

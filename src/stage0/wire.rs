@@ -1,0 +1,350 @@
+//! The shapes of the Stage0 `/check` API: the execution intent we send and the verdict we read back.
+//!
+//! The request is written exactly as the API expects. The response is read leniently field by
+//! field and strictly on the outcome: an optional field of the wrong type is dropped, never an
+//! error, but anything that is not a recognisable `ALLOW` is not an `ALLOW`. The field names and
+//! fallbacks follow the Stage0 `/check` API and the TypeScript original (SPEC §3).
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Map, Number, Value};
+
+/// An execution intent: what a tool is about to do, asked of the policy decision point.
+///
+/// Serialised as the body of `POST /check` (plus `pro: false`, see [`CheckBody`]). Field names
+/// follow the Stage0 `/check` API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Intent {
+    /// What the action is for, in one sentence (`Deploy api to production`).
+    pub goal: String,
+    /// How success is recognised; the simulator denies an intent without any.
+    pub success_criteria: Vec<String>,
+    /// Machine-readable limits the action promises to respect (`read-only`, `max_retries: 5`).
+    pub constraints: Vec<String>,
+    /// The tools the action would use (`shell`, `kubectl`).
+    pub tools: Vec<String>,
+    /// Effects outside the conversation (`publish`, `deploy`, `loop`).
+    pub side_effects: Vec<String>,
+    /// Authorization context (`actor_role`, `environment`, `retry_count`, ...).
+    pub context: Map<String, Value>,
+}
+
+/// The exact JSON body of `POST /check`: the intent and `pro: false`.
+#[derive(Debug, Serialize)]
+pub struct CheckBody<'a> {
+    #[serde(flatten)]
+    pub intent: &'a Intent,
+    /// Stage0's premium evaluation switch; this server never asks for it.
+    pub pro: bool,
+}
+
+/// The answer that decides whether a tool body runs. Only [`Verdict::Allow`] runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    Defer,
+}
+
+/// Stage0's decision code, reported alongside the verdict (`ERROR` when none could be reached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Decision {
+    Go,
+    NoGo,
+    Defer,
+    Error,
+}
+
+impl Verdict {
+    /// The wire spelling: `ALLOW`, `DENY` or `DEFER`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "ALLOW",
+            Verdict::Deny => "DENY",
+            Verdict::Defer => "DEFER",
+        }
+    }
+
+    /// Case-insensitive; anything else (missing, wrong type, unknown word) is `DENY`.
+    fn parse(value: Option<&Value>) -> Self {
+        match value
+            .and_then(Value::as_str)
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            Some("ALLOW") => Verdict::Allow,
+            Some("DEFER") => Verdict::Defer,
+            _ => Verdict::Deny,
+        }
+    }
+}
+
+impl Decision {
+    /// The wire spelling: `GO`, `NO_GO`, `DEFER` or `ERROR`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Go => "GO",
+            Decision::NoGo => "NO_GO",
+            Decision::Defer => "DEFER",
+            Decision::Error => "ERROR",
+        }
+    }
+
+    /// Case-insensitive; anything else is `ERROR`.
+    fn parse(value: Option<&Value>) -> Self {
+        match value
+            .and_then(Value::as_str)
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            Some("GO") => Decision::Go,
+            Some("NO_GO") => Decision::NoGo,
+            Some("DEFER") => Decision::Defer,
+            _ => Decision::Error,
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One finding of the policy evaluation (`{code, severity, message}` in the Stage0 API).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Issue {
+    /// Machine-readable code, e.g. `SIDE_EFFECTS_NEED_GUARDRAILS`; `UNKNOWN` when absent.
+    pub code: String,
+    /// `HIGH`, `MEDIUM` or `LOW` as Stage0 sends it; `UNKNOWN` when absent.
+    pub severity: String,
+    /// Human-readable explanation; empty when absent.
+    pub message: String,
+}
+
+/// Stage0's cost estimate for the action (`cost_estimate` in the Stage0 API).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct CostEstimate {
+    pub currency: String,
+    pub min: Number,
+    pub max: Number,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assumptions: Vec<String>,
+}
+
+/// A verdict with everything the policy decision point said about it (`PolicyResponse`).
+///
+/// Optional fields are `None` / empty when the authority did not send them or sent the wrong
+/// type; they are left out of the JSON then. Field names follow the Stage0 `/check` API.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct PolicyResponse {
+    pub verdict: Verdict,
+    pub decision: Decision,
+    /// Why; never empty (falls back to the issues, the trace summary, then `No reason provided`).
+    pub reason: String,
+    /// Identifies this check in Stage0's records; the one we sent when Stage0 sends none.
+    pub request_id: String,
+    /// The policy pack version that decided; empty when unknown.
+    pub policy_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_pack_version: Option<String>,
+    /// 0–100, higher is riskier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_score: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_risk: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_risk: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waste_risk: Option<Number>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub issues: Vec<Issue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardrail_checks: Option<Map<String, Value>>,
+    /// Questions that would make a vague request clear (usually with `DEFER`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clarifying_questions: Vec<String>,
+    /// Questions a human reviewer should answer before the action may go on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub defer_questions: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub value_findings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_trace_summary: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_estimate: Option<CostEstimate>,
+}
+
+impl PolicyResponse {
+    /// A bare verdict with every optional field empty: the base of every response we build.
+    pub fn new(verdict: Verdict, decision: Decision, reason: String, request_id: String) -> Self {
+        PolicyResponse {
+            verdict,
+            decision,
+            reason,
+            request_id,
+            policy_version: String::new(),
+            policy_pack_version: None,
+            risk_score: None,
+            high_risk: None,
+            value_risk: None,
+            waste_risk: None,
+            issues: Vec::new(),
+            guardrails: Vec::new(),
+            guardrail_checks: None,
+            clarifying_questions: Vec::new(),
+            defer_questions: Vec::new(),
+            value_findings: Vec::new(),
+            decision_trace_summary: None,
+            cached: None,
+            cost_estimate: None,
+        }
+    }
+
+    /// `DENY` / `ERROR` with `reason`: what fail closed looks like.
+    pub fn fail_closed(reason: String, request_id: String) -> Self {
+        PolicyResponse::new(Verdict::Deny, Decision::Error, reason, request_id)
+    }
+
+    /// Reads a `/check` response body leniently.
+    ///
+    /// `sent_request_id` is the `X-Request-Id` we sent, used when the body carries none.
+    ///
+    /// # Errors
+    ///
+    /// Returns `Err` with a short description when `value` is not a JSON object; the caller turns
+    /// that into a fail-closed verdict.
+    pub fn from_json(value: &Value, sent_request_id: &str) -> Result<Self, &'static str> {
+        let Some(body) = value.as_object() else {
+            return Err("response body is not a JSON object");
+        };
+        let string = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
+        let number = |key: &str| match body.get(key) {
+            Some(Value::Number(n)) => Some(n.clone()),
+            _ => None,
+        };
+        let boolean = |key: &str| body.get(key).and_then(Value::as_bool);
+
+        let issues = parse_issues(body.get("issues"));
+        let decision_trace_summary = string("decision_trace_summary");
+        let reason = string("reason")
+            .filter(|r| !r.is_empty())
+            .or_else(|| {
+                let joined = issues
+                    .iter()
+                    .map(|i| format!("{}: {}", i.code, i.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (!joined.is_empty()).then_some(joined)
+            })
+            .or_else(|| decision_trace_summary.clone().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "No reason provided".to_owned());
+        let policy_pack_version = string("policy_pack_version");
+
+        Ok(PolicyResponse {
+            verdict: Verdict::parse(body.get("verdict")),
+            decision: Decision::parse(body.get("decision")),
+            reason,
+            request_id: string("request_id")
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| sent_request_id.to_owned()),
+            policy_version: string("policy_version")
+                .filter(|v| !v.is_empty())
+                .or_else(|| policy_pack_version.clone())
+                .unwrap_or_default(),
+            policy_pack_version,
+            risk_score: number("risk_score"),
+            high_risk: boolean("high_risk"),
+            value_risk: number("value_risk"),
+            waste_risk: number("waste_risk"),
+            issues,
+            guardrails: string_list(body.get("guardrails")),
+            guardrail_checks: body
+                .get("guardrail_checks")
+                .and_then(Value::as_object)
+                .cloned(),
+            clarifying_questions: string_list(body.get("clarifying_questions")),
+            defer_questions: string_list(body.get("defer_questions")),
+            value_findings: string_list(body.get("value_findings")),
+            decision_trace_summary,
+            cached: boolean("cached"),
+            cost_estimate: body.get("cost_estimate").and_then(parse_cost_estimate),
+        })
+    }
+}
+
+/// The strings of a JSON array; a non-array gives an empty list and non-strings are skipped.
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue objects; entries that are not objects are skipped, missing strings get placeholders.
+fn parse_issues(value: Option<&Value>) -> Vec<Issue> {
+    let Some(items) = value.and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(Value::as_object)
+        .map(|issue| {
+            let text = |key: &str, default: &str| match issue.get(key) {
+                Some(Value::String(s)) => s.clone(),
+                None | Some(Value::Null) => default.to_owned(),
+                Some(other) => other.to_string(),
+            };
+            Issue {
+                code: text("code", "UNKNOWN"),
+                severity: text("severity", "UNKNOWN"),
+                message: text("message", ""),
+            }
+        })
+        .collect()
+}
+
+/// A cost estimate needs `currency`, `min` and `max` of the right types, or it is dropped.
+fn parse_cost_estimate(value: &Value) -> Option<CostEstimate> {
+    let estimate = value.as_object()?;
+    let number = |key: &str| match estimate.get(key) {
+        Some(Value::Number(n)) => Some(n.clone()),
+        _ => None,
+    };
+    Some(CostEstimate {
+        currency: estimate.get("currency")?.as_str()?.to_owned(),
+        min: number("min")?,
+        max: number("max")?,
+        assumptions: string_list(estimate.get("assumptions")),
+    })
+}
+
+/// The error text of a non-2xx body: its `message`, `error` or `detail` string, if any.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    ["message", "error", "detail"]
+        .iter()
+        .find_map(|key| value.get(key).and_then(Value::as_str))
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+}

@@ -1,0 +1,405 @@
+//! The six tools: their arguments, the execution intent each one sends, and the stand-in actions.
+//!
+//! Names, argument names and intents are the public contract of the TypeScript original
+//! (SPEC §2). The actions are stand-ins: nothing is really published, deployed or retried, and
+//! their output says so. Each action takes a [`Permit`], which only the guard can make, so no
+//! action can run without an `ALLOW` (see `guard.rs`). Doc comments on the argument fields become
+//! the descriptions in each tool's input schema.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::guard::{GuardedTool, Permit, ToolIntent};
+use crate::stage0::wire::Intent;
+
+/// Who performs a deployment, from least to most privileged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(inline)]
+pub enum ActorRole {
+    Admin,
+    Developer,
+    Viewer,
+}
+
+/// Where `deploy-changes` deploys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(inline)]
+pub enum DeployEnvironment {
+    Staging,
+    Production,
+}
+
+/// Where `managed-deploy` deploys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(inline)]
+pub enum ManagedEnvironment {
+    Development,
+    Staging,
+    Production,
+}
+
+/// Whether a deployment has been approved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(inline)]
+pub enum ApprovalStatus {
+    Approved,
+    Pending,
+    None,
+}
+
+impl ActorRole {
+    /// The wire spelling, as in the input schema and the Stage0 context.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorRole::Admin => "admin",
+            ActorRole::Developer => "developer",
+            ActorRole::Viewer => "viewer",
+        }
+    }
+}
+
+impl DeployEnvironment {
+    /// The wire spelling, as in the input schema and the Stage0 context.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployEnvironment::Staging => "staging",
+            DeployEnvironment::Production => "production",
+        }
+    }
+}
+
+impl ManagedEnvironment {
+    /// The wire spelling, as in the input schema and the Stage0 context.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManagedEnvironment::Development => "development",
+            ManagedEnvironment::Staging => "staging",
+            ManagedEnvironment::Production => "production",
+        }
+    }
+}
+
+impl ApprovalStatus {
+    /// The wire spelling, as in the input schema and the Stage0 context.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::None => "none",
+        }
+    }
+}
+
+/// Arguments of `research-topic`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ResearchTopic {
+    /// The topic to research
+    pub topic: String,
+}
+
+/// Arguments of `publish-content`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PublishContent {
+    /// The content to publish
+    pub content: String,
+    /// The target channel (e.g., "blog", "social", "docs")
+    pub channel: String,
+}
+
+/// Arguments of `deploy-changes`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployChanges {
+    /// The service to deploy
+    pub service_name: String,
+    /// Target environment
+    pub environment: DeployEnvironment,
+    /// Description of changes
+    pub changes: String,
+    /// Role of the actor performing deployment (viewer when not given)
+    pub actor_role: Option<ActorRole>,
+}
+
+/// Arguments of `managed-deploy`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedDeploy {
+    /// The service to deploy
+    pub service_name: String,
+    /// Target environment
+    pub environment: ManagedEnvironment,
+    /// Description of changes
+    pub changes: String,
+    /// Role of the actor (admin, developer, viewer)
+    pub actor_role: ActorRole,
+    /// Approval status for this deployment
+    pub approval_status: ApprovalStatus,
+    /// Resource scope (e.g., "team-a", "all", "service-x"); "all" when not given
+    pub resource_scope: Option<String>,
+}
+
+/// Arguments of `retry-workflow`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryWorkflow {
+    /// The workflow ID to retry
+    pub workflow_id: String,
+    /// Current retry count (must be >= 0)
+    pub retry_count: u64,
+}
+
+/// Arguments of `check-authorization`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckAuthorization {
+    /// The goal/action to check
+    pub goal: String,
+    /// List of side effects (e.g., "publish", "deploy", "loop")
+    pub side_effects: Vec<String>,
+    /// List of success criteria ("Task completes successfully" when not given)
+    pub success_criteria: Option<Vec<String>>,
+    /// Current retry count (for loop scenarios, must be >= 0)
+    pub retry_count: Option<u64>,
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn context<const N: usize>(entries: [(&str, Value); N]) -> Map<String, Value> {
+    entries
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
+}
+
+impl ToolIntent for ResearchTopic {
+    const NAME: &'static str = "research-topic";
+
+    fn intent(&self) -> Intent {
+        Intent {
+            goal: format!("Research and summarize: {}", self.topic),
+            success_criteria: strings(&[
+                "Summary is accurate and relevant",
+                "No external side effects",
+            ]),
+            constraints: strings(&["read-only"]),
+            tools: strings(&["web_search", "read_file"]),
+            side_effects: Vec::new(),
+            context: Map::new(),
+        }
+    }
+}
+
+impl GuardedTool for ResearchTopic {
+    async fn run(self, _permit: Permit) -> Result<String, String> {
+        let topic = self.topic;
+        Ok(format!(
+            "Research Summary: {topic}\n\nThis is an informational summary about {topic}.\n\n\
+             Key findings:\n- Point 1: Overview of the topic\n- Point 2: Key considerations\n\
+             - Point 3: Common approaches\n\nThis research is for informational purposes only.\n\
+             (Stand-in action: no search was run.)"
+        ))
+    }
+}
+
+impl ToolIntent for PublishContent {
+    const NAME: &'static str = "publish-content";
+
+    fn intent(&self) -> Intent {
+        Intent {
+            goal: format!("Publish content to {}", self.channel),
+            success_criteria: strings(&["Content published successfully"]),
+            constraints: Vec::new(),
+            tools: strings(&["shell", "git"]),
+            side_effects: strings(&["publish"]),
+            context: Map::new(),
+        }
+    }
+}
+
+impl GuardedTool for PublishContent {
+    async fn run(self, _permit: Permit) -> Result<String, String> {
+        const PREVIEW_CHARS: usize = 200;
+        let mut preview: String = self.content.chars().take(PREVIEW_CHARS).collect();
+        if self.content.chars().nth(PREVIEW_CHARS).is_some() {
+            preview.push_str("...");
+        }
+        Ok(format!(
+            "Content published to {}:\n\n{preview}\n\n(Stand-in action: nothing was really published.)",
+            self.channel
+        ))
+    }
+}
+
+impl DeployChanges {
+    fn role(&self) -> ActorRole {
+        self.actor_role.unwrap_or(ActorRole::Viewer)
+    }
+}
+
+impl ToolIntent for DeployChanges {
+    const NAME: &'static str = "deploy-changes";
+
+    fn intent(&self) -> Intent {
+        Intent {
+            goal: format!(
+                "Deploy {} to {}",
+                self.service_name,
+                self.environment.as_str()
+            ),
+            success_criteria: strings(&["Deployment completes successfully"]),
+            constraints: Vec::new(),
+            tools: strings(&["shell", "kubectl"]),
+            side_effects: strings(&["deploy"]),
+            context: context([
+                ("environment", self.environment.as_str().into()),
+                ("actor_role", self.role().as_str().into()),
+            ]),
+        }
+    }
+}
+
+impl GuardedTool for DeployChanges {
+    async fn run(self, _permit: Permit) -> Result<String, String> {
+        Ok(format!(
+            "Deployment initiated:\n- Service: {}\n- Environment: {}\n- Changes: {}\n\
+             - Actor Role: {}\n\n(Stand-in action: nothing was really deployed.)",
+            self.service_name,
+            self.environment.as_str(),
+            self.changes,
+            self.role().as_str()
+        ))
+    }
+}
+
+impl ManagedDeploy {
+    fn scope(&self) -> &str {
+        self.resource_scope.as_deref().unwrap_or("all")
+    }
+}
+
+impl ToolIntent for ManagedDeploy {
+    const NAME: &'static str = "managed-deploy";
+
+    fn intent(&self) -> Intent {
+        let mut constraints = Vec::new();
+        if self.environment == ManagedEnvironment::Production {
+            constraints.push("production_deployment".to_owned());
+            if self.approval_status != ApprovalStatus::Approved {
+                constraints.push("approval_required".to_owned());
+            }
+        }
+        if self.actor_role == ActorRole::Viewer {
+            constraints.push("read_only_role".to_owned());
+        }
+        Intent {
+            goal: format!(
+                "Deploy {} to {} as {}",
+                self.service_name,
+                self.environment.as_str(),
+                self.actor_role.as_str()
+            ),
+            success_criteria: strings(&[
+                "Deployment completes successfully",
+                "No unauthorized access to resources",
+            ]),
+            constraints,
+            tools: strings(&["shell", "kubectl", "terraform"]),
+            side_effects: strings(&["deploy"]),
+            context: context([
+                ("actor_role", self.actor_role.as_str().into()),
+                ("approval_status", self.approval_status.as_str().into()),
+                ("environment", self.environment.as_str().into()),
+                ("resource_scope", self.scope().into()),
+            ]),
+        }
+    }
+}
+
+impl GuardedTool for ManagedDeploy {
+    async fn run(self, _permit: Permit) -> Result<String, String> {
+        let (role, approval, environment, scope) = (
+            self.actor_role.as_str(),
+            self.approval_status.as_str(),
+            self.environment.as_str(),
+            self.scope(),
+        );
+        Ok(format!(
+            "Deployment Details:\n- Service: {}\n- Environment: {environment}\n- Changes: {}\n\
+             - Actor Role: {role}\n- Approval Status: {approval}\n- Resource Scope: {scope}\n\n\
+             Authorization Context Used:\n- actor_role: {role}\n- approval_status: {approval}\n\
+             - environment: {environment}\n- resource_scope: {scope}\n\n\
+             (Stand-in action: nothing was really deployed.)",
+            self.service_name, self.changes
+        ))
+    }
+}
+
+impl RetryWorkflow {
+    /// The attempt this call would be; `u128` so that `u64::MAX` retries cannot overflow.
+    fn attempt(&self) -> u128 {
+        u128::from(self.retry_count) + 1
+    }
+}
+
+impl ToolIntent for RetryWorkflow {
+    const NAME: &'static str = "retry-workflow";
+
+    fn intent(&self) -> Intent {
+        Intent {
+            goal: format!(
+                "Retry workflow {} (attempt {})",
+                self.workflow_id,
+                self.attempt()
+            ),
+            success_criteria: strings(&["Workflow completes successfully"]),
+            constraints: strings(&["max_retries: 5"]),
+            tools: strings(&["shell", "api_call"]),
+            side_effects: strings(&["loop"]),
+            context: context([
+                ("run_id", self.workflow_id.as_str().into()),
+                ("retry_count", self.retry_count.into()),
+            ]),
+        }
+    }
+}
+
+impl GuardedTool for RetryWorkflow {
+    async fn run(self, _permit: Permit) -> Result<String, String> {
+        Ok(format!(
+            "Workflow {} retried successfully.\nTotal attempts: {}\n\n\
+             (Stand-in action: no workflow was really retried.)",
+            self.workflow_id,
+            self.attempt()
+        ))
+    }
+}
+
+/// `check-authorization` only asks; it has no action, so it is a [`ToolIntent`] and nothing more.
+impl ToolIntent for CheckAuthorization {
+    const NAME: &'static str = "check-authorization";
+
+    fn intent(&self) -> Intent {
+        let mut context = Map::new();
+        if let Some(retry_count) = self.retry_count {
+            context.insert("retry_count".to_owned(), retry_count.into());
+        }
+        Intent {
+            goal: self.goal.clone(),
+            success_criteria: self
+                .success_criteria
+                .clone()
+                .unwrap_or_else(|| strings(&["Task completes successfully"])),
+            constraints: Vec::new(),
+            tools: Vec::new(),
+            side_effects: self.side_effects.clone(),
+            context,
+        }
+    }
+}
