@@ -1,0 +1,389 @@
+//! The live policy client against a fake Stage0 on 127.0.0.1 (SPEC §3).
+//!
+//! Every failure must come back as `DENY` / `ERROR` with a reason that says what happened and the
+//! `X-Request-Id` that was sent. No test reaches the internet.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mcp_server_stage0::config::Config;
+use mcp_server_stage0::stage0::http::{HttpPolicyClient, MAX_BODY_BYTES};
+use mcp_server_stage0::stage0::wire::{Decision, Intent, PolicyResponse, Verdict};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use wiremock::matchers::{body_partial_json, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const KEY: &str = "sk-test-http-client-5a4b";
+
+fn client(base_url: &str, timeout_ms: u64) -> HttpPolicyClient {
+    let config = Config::from_lookup(|name| match name {
+        "STAGE0_API_KEY" => Some(KEY.to_owned()),
+        "STAGE0_BASE_URL" => Some(base_url.to_owned()),
+        "STAGE0_TIMEOUT_MS" => Some(timeout_ms.to_string()),
+        _ => None,
+    })
+    .unwrap();
+    HttpPolicyClient::new(&config, config.api_key.clone().unwrap()).unwrap()
+}
+
+fn intent(goal: &str) -> Intent {
+    let mut context = Map::new();
+    context.insert("environment".to_owned(), json!("staging"));
+    Intent {
+        goal: goal.to_owned(),
+        success_criteria: vec!["Deployment completes successfully".to_owned()],
+        constraints: vec!["max_retries: 5".to_owned()],
+        tools: vec!["shell".to_owned()],
+        side_effects: vec!["deploy".to_owned()],
+        context,
+    }
+}
+
+async fn answer(template: ResponseTemplate) -> (MockServer, PolicyResponse) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/check"))
+        .respond_with(template)
+        .mount(&server)
+        .await;
+    let response = client(&server.uri(), 5000)
+        .check(&intent("Deploy api to staging"))
+        .await;
+    (server, response)
+}
+
+/// The `X-Request-Id` of the one request `server` received.
+async fn sent_request_id(server: &MockServer) -> String {
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    requests[0]
+        .headers
+        .get("X-Request-Id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn assert_fail_closed(response: &PolicyResponse, reason_contains: &str) {
+    assert_eq!(response.verdict, Verdict::Deny, "{response:?}");
+    assert_eq!(response.decision, Decision::Error, "{response:?}");
+    assert!(
+        response.reason.contains(reason_contains),
+        "reason: {}",
+        response.reason
+    );
+    assert!(!response.reason.contains(KEY));
+}
+
+#[tokio::test]
+async fn an_allow_passes_through_with_the_exact_request_body_and_headers() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/check"))
+        .and(header("x-api-key", KEY))
+        .and(header("content-type", "application/json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "verdict": "ALLOW", "decision": "GO", "reason": "ok", "request_id": "stage0-id",
+            "policy_version": "v9", "risk_score": 10, "high_risk": false
+        })))
+        .mount(&server)
+        .await;
+
+    let response = client(&server.uri(), 5000)
+        .check(&intent("Deploy api to staging"))
+        .await;
+
+    assert_eq!(response.verdict, Verdict::Allow);
+    assert_eq!(response.decision, Decision::Go);
+    assert_eq!(response.request_id, "stage0-id");
+    assert_eq!(response.policy_version, "v9");
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let request_id = requests[0]
+        .headers
+        .get("X-Request-Id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(uuid::Uuid::parse_str(request_id).is_ok(), "{request_id}");
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "goal": "Deploy api to staging",
+            "success_criteria": ["Deployment completes successfully"],
+            "constraints": ["max_retries: 5"],
+            "tools": ["shell"],
+            "side_effects": ["deploy"],
+            "context": {"environment": "staging"},
+            "pro": false
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_base_url_with_a_path_keeps_it() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v1/check"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW"})))
+        .mount(&server)
+        .await;
+    let response = client(&format!("{}/v1/", server.uri()), 5000)
+        .check(&intent("x"))
+        .await;
+    assert_eq!(response.verdict, Verdict::Allow);
+}
+
+#[tokio::test]
+async fn each_call_sends_a_fresh_request_id() {
+    let server = MockServer::start().await;
+    Mock::given(path("/check"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"verdict": "DENY"})))
+        .mount(&server)
+        .await;
+    let client = client(&server.uri(), 5000);
+    let first = client.check(&intent("a")).await.request_id;
+    let second = client.check(&intent("b")).await.request_id;
+    assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn a_500_is_denied_with_the_status_and_the_request_id_sent() {
+    let (server, response) = answer(ResponseTemplate::new(500)).await;
+    assert_fail_closed(&response, "HTTP 500");
+    assert_eq!(response.request_id, sent_request_id(&server).await);
+}
+
+#[tokio::test]
+async fn a_401_is_denied_with_the_message_of_its_body() {
+    let (_server, response) =
+        answer(ResponseTemplate::new(401).set_body_json(json!({"message": "invalid API key"})))
+            .await;
+    assert_fail_closed(&response, "invalid API key");
+}
+
+#[tokio::test]
+async fn a_429_with_detail_is_denied_with_the_detail() {
+    let (_server, response) =
+        answer(ResponseTemplate::new(429).set_body_json(json!({"detail": "rate limited"}))).await;
+    assert_fail_closed(&response, "rate limited");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_denied() {
+    let (server, response) =
+        answer(ResponseTemplate::new(200).set_body_string("<html>ALLOW</html>")).await;
+    assert_fail_closed(&response, "Stage0 API error: response body is not JSON");
+    assert_eq!(response.request_id, sent_request_id(&server).await);
+}
+
+#[tokio::test]
+async fn a_json_body_that_is_not_an_object_is_denied() {
+    let (_server, response) =
+        answer(ResponseTemplate::new(200).set_body_json(json!(["ALLOW"]))).await;
+    assert_fail_closed(
+        &response,
+        "Stage0 API error: response body is not a JSON object",
+    );
+}
+
+#[tokio::test]
+async fn wrong_typed_optional_fields_are_dropped_and_the_verdict_kept() {
+    let (_server, response) = answer(ResponseTemplate::new(200).set_body_json(json!({
+        "verdict": "ALLOW", "decision": "GO", "risk_score": "low", "high_risk": "no",
+        "issues": {"code": 1}, "defer_questions": "why?"
+    })))
+    .await;
+    assert_eq!(response.verdict, Verdict::Allow);
+    assert_eq!(response.risk_score, None);
+    assert_eq!(response.high_risk, None);
+    assert!(response.issues.is_empty());
+    assert!(response.defer_questions.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_verdict_is_denied() {
+    let (_server, response) = answer(
+        ResponseTemplate::new(200).set_body_json(json!({"verdict": "PROBABLY", "decision": "GO"})),
+    )
+    .await;
+    assert_eq!(response.verdict, Verdict::Deny);
+}
+
+#[tokio::test]
+async fn a_missing_verdict_is_denied() {
+    let (_server, response) =
+        answer(ResponseTemplate::new(200).set_body_json(json!({"decision": "GO", "reason": "?"})))
+            .await;
+    assert_eq!(response.verdict, Verdict::Deny);
+}
+
+#[tokio::test]
+async fn a_body_over_the_cap_is_denied() {
+    let padding = "x".repeat(MAX_BODY_BYTES);
+    let (_server, response) = answer(
+        ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW", "pad": padding})),
+    )
+    .await;
+    assert_fail_closed(&response, "larger than 1048576 bytes");
+}
+
+#[tokio::test]
+async fn a_body_just_under_the_cap_is_read() {
+    let padding = "x".repeat(MAX_BODY_BYTES - 100);
+    let (_server, response) = answer(
+        ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW", "pad": padding})),
+    )
+    .await;
+    assert_eq!(response.verdict, Verdict::Allow);
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_cap_is_denied_without_a_content_length() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        read_request(&mut BufReader::new(&mut socket)).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b' '; 64 * 1024];
+        // Twice the cap, then the end; the client must stop reading long before.
+        for _ in 0..(2 * MAX_BODY_BYTES / chunk.len()) {
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            if socket.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+        let _ = socket.write_all(b"0\r\n\r\n").await;
+    });
+    let response = client(&base, 5000).check(&intent("x")).await;
+    assert_fail_closed(&response, "larger than 1048576 bytes");
+}
+
+#[tokio::test]
+async fn a_hung_stage0_is_denied_within_the_deadline() {
+    let server = MockServer::start().await;
+    Mock::given(path("/check"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"verdict": "ALLOW"}))
+                .set_delay(Duration::from_secs(60)),
+        )
+        .mount(&server)
+        .await;
+    let client = client(&server.uri(), 300);
+    let bound = Duration::from_millis(300) + Duration::from_secs(1);
+    let response = tokio::time::timeout(bound, client.check(&intent("x")))
+        .await
+        .expect("answered within the deadline plus one second");
+    assert_fail_closed(&response, "no complete answer within 300 ms");
+}
+
+#[tokio::test]
+async fn a_hung_call_does_not_hold_up_other_calls() {
+    let server = MockServer::start().await;
+    Mock::given(body_partial_json(json!({"goal": "slow"})))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
+        .mount(&server)
+        .await;
+    Mock::given(body_partial_json(json!({"goal": "fast"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW"})))
+        .mount(&server)
+        .await;
+    let client = client(&server.uri(), 1500);
+    let (slow_intent, fast_intent) = (intent("slow"), intent("fast"));
+    let slow = client.check(&slow_intent);
+    let fast = client.check(&fast_intent);
+    tokio::pin!(slow);
+    // The fast call must finish while the slow one is still waiting on its deadline.
+    tokio::select! {
+        response = &mut slow => panic!("the hung call finished first: {response:?}"),
+        response = fast => assert_eq!(response.verdict, Verdict::Allow),
+    }
+    assert_fail_closed(&slow.await, "no complete answer within 1500 ms");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_denied() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let response = client(&format!("http://127.0.0.1:{port}"), 5000)
+        .check(&intent("x"))
+        .await;
+    assert_fail_closed(&response, "Stage0 API error: ");
+    assert!(uuid::Uuid::parse_str(&response.request_id).is_ok());
+}
+
+#[tokio::test]
+async fn a_redirect_is_denied_and_not_followed_so_the_key_stays_home() {
+    let elsewhere = MockServer::start().await;
+    Mock::given(path("/check"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW"})))
+        .mount(&elsewhere)
+        .await;
+    let (_server, response) = answer(
+        ResponseTemplate::new(307).insert_header("location", format!("{}/check", elsewhere.uri())),
+    )
+    .await;
+    assert_fail_closed(&response, "HTTP 307");
+    assert!(elsewhere.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sequential_calls_reuse_one_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(&mut socket);
+                while read_request(&mut reader).await {
+                    let body = r#"{"verdict":"ALLOW","decision":"GO"}"#;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if reader.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let client = client(&base, 5000);
+    for _ in 0..20 {
+        assert_eq!(client.check(&intent("x")).await.verdict, Verdict::Allow);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+/// Reads one HTTP/1.1 request (head and `content-length` body); `false` at end of stream.
+async fn read_request<R: tokio::io::AsyncRead + Unpin>(reader: &mut BufReader<R>) -> bool {
+    let mut content_length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return false;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            content_length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body).await.is_ok()
+}
