@@ -41,7 +41,8 @@ impl fmt::Debug for ApiKey {
 pub struct Config {
     /// `STAGE0_API_KEY`; `None` (unset or empty) selects the simulator.
     pub api_key: Option<ApiKey>,
-    /// `STAGE0_BASE_URL`, an `http` or `https` URL; `/check` is appended to it.
+    /// `STAGE0_BASE_URL`, an `http` or `https` URL without query or fragment; `/check` is appended
+    /// to its path.
     pub base_url: Url,
     /// `STAGE0_TIMEOUT_MS`: the bound on one whole `/check` exchange.
     pub timeout: Duration,
@@ -54,7 +55,7 @@ pub struct Config {
 pub enum ConfigError {
     #[error("`STAGE0_TIMEOUT_MS` must be a whole number of milliseconds from 1, got `{0}`")]
     InvalidTimeout(String),
-    #[error("`STAGE0_BASE_URL` must be an http or https URL, got `{0}`")]
+    #[error("`STAGE0_BASE_URL` must be an http or https URL without query or fragment, got `{0}`")]
     InvalidBaseUrl(String),
 }
 
@@ -74,7 +75,12 @@ impl Config {
         let base = set("STAGE0_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
         let base_url = Url::parse(&base)
             .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+            .filter(|url| {
+                matches!(url.scheme(), "http" | "https")
+                    && url.has_host()
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+            })
             .ok_or_else(|| ConfigError::InvalidBaseUrl(base.clone()))?;
 
         let timeout_ms = match set("STAGE0_TIMEOUT_MS") {
@@ -152,6 +158,7 @@ mod tests {
             ("STAGE0_TIMEOUT_MS", "soon"),
             ("STAGE0_BASE_URL", "api.signalpulse.org"),
             ("STAGE0_BASE_URL", "ftp://example.test"),
+            ("STAGE0_BASE_URL", "https://example.test/v1?tenant=a"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             let message = error.to_string();

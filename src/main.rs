@@ -43,11 +43,12 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let dotenv = dotenvy::dotenv();
+    // Only ./.env, as the original reads it; `dotenvy::dotenv` would also search parent folders.
+    let dotenv = dotenvy::from_path(".env");
     let config = Config::from_lookup(|name| std::env::var(name).ok())?;
     init_logging(config.debug);
     match dotenv {
-        Ok(path) => tracing::debug!(path = %path.display(), "read .env"),
+        Ok(()) => tracing::debug!("read ./.env"),
         Err(error) if !error.not_found() => tracing::warn!("ignoring .env: {error}"),
         Err(_) => {}
     }

@@ -233,6 +233,13 @@ async fn a_body_over_the_cap_is_denied() {
 }
 
 #[tokio::test]
+async fn an_error_status_with_a_body_over_the_cap_is_denied_with_the_status() {
+    let (_server, response) =
+        answer(ResponseTemplate::new(502).set_body_string("x".repeat(MAX_BODY_BYTES + 1))).await;
+    assert_fail_closed(&response, "HTTP 502");
+}
+
+#[tokio::test]
 async fn a_body_just_under_the_cap_is_read() {
     let padding = "x".repeat(MAX_BODY_BYTES - 100);
     let (_server, response) = answer(

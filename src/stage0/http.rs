@@ -100,29 +100,36 @@ impl HttpPolicyClient {
             .await?;
 
         let status = response.status();
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-        {
-            return Err(ExchangeError::BodyTooLarge);
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(ExchangeError::BodyTooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
-
+        let body = read_capped(&mut response).await;
         if !status.is_success() {
+            let message = body.ok().as_deref().and_then(error_message);
             return Ok(PolicyResponse::fail_closed(
-                error_message(&body).unwrap_or_else(|| http_status(status)),
+                message.unwrap_or_else(|| http_status(status)),
                 request_id.to_owned(),
             ));
         }
+        let body = body?;
         let value: Value = serde_json::from_slice(&body).map_err(ExchangeError::NotJson)?;
         PolicyResponse::from_json(&value, request_id).map_err(ExchangeError::NotAnObject)
     }
+}
+
+/// The whole body, or [`ExchangeError::BodyTooLarge`] as soon as it passes [`MAX_BODY_BYTES`].
+async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, ExchangeError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(ExchangeError::BodyTooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ExchangeError::BodyTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn http_status(status: StatusCode) -> String {

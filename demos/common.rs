@@ -1,0 +1,316 @@
+//! What the three demo binaries share: a real MCP session with the real server, and the printing.
+//!
+//! Each demo is an MCP client of [`Stage0Server`], connected in process over `tokio::io::duplex`
+//! (the shape of rmcp's own tests), so every call goes through the same `tools/call` handling and
+//! the same guard as a call from Claude or any other client. The demo reads the verdict from the
+//! result's `structuredContent`, as a client that acts on verdicts would, prints it in the shape of
+//! the TypeScript original's demos, and checks it saw the verdict it demonstrates.
+//!
+//! Exit status (see [`run`]): 0 when the demo saw what it demonstrates, 1 otherwise (wrong verdict,
+//! bad configuration, broken session), with the reason on stderr. Nothing here initialises
+//! logging, so stdout holds the demo and nothing else.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use mcp_server_stage0::config::Config;
+use mcp_server_stage0::guard::Guard;
+use mcp_server_stage0::server::Stage0Server;
+use mcp_server_stage0::stage0::wire::{Decision, Verdict};
+use mcp_server_stage0::stage0::{Mode, PolicyClient};
+use rmcp::model::{CallToolRequestParams, ContentBlock};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::{RoleServer, ServiceExt};
+use serde::Deserialize;
+use serde_json::{Number, Value};
+use tokio::task::JoinHandle;
+
+/// Bytes buffered in each direction of the in-process pipe between client and server.
+const PIPE_BYTES: usize = 64 * 1024;
+
+/// How many lines of a tool's output the demo shows.
+const OUTPUT_LINES: usize = 5;
+
+/// The width of the `=` and `-` rules, as in the original.
+const RULE_WIDTH: usize = 70;
+
+/// Runs `demo` against a fresh server and turns its outcome into the exit status.
+///
+/// Reads `.env` and the `STAGE0_*` variables as the server binary does, so the demo asks the live
+/// Stage0 API when `STAGE0_API_KEY` is set and the simulator otherwise. A note on where the
+/// verdicts came from follows the demo's output either way.
+pub async fn run(demo: impl AsyncFnOnce(&Session) -> anyhow::Result<()>) -> ExitCode {
+    let outcome = async {
+        let session = Session::start().await?;
+        let mode = session.mode;
+        let outcome = demo(&session).await;
+        let closed = session.close().await;
+        print_mode_note(mode);
+        outcome.and(closed)
+    }
+    .await;
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}: {error:#}", env!("CARGO_BIN_NAME"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An MCP client session with a [`Stage0Server`] running in this process.
+pub struct Session {
+    client: RunningService<RoleClient, ()>,
+    server: JoinHandle<anyhow::Result<()>>,
+    mode: Mode,
+}
+
+impl Session {
+    /// Builds the server exactly as the stdio binary does and connects a client to it.
+    async fn start() -> anyhow::Result<Self> {
+        // Only ./.env, as the server binary reads it (dotenvy::dotenv would search parent folders).
+        let _ = dotenvy::from_path(".env");
+        let config = Config::from_lookup(|name| std::env::var(name).ok())?;
+        let policy =
+            PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
+        let guard = Guard::new(policy);
+        let mode = guard.mode();
+        let server = Stage0Server::new(guard);
+
+        let (server_transport, client_transport) = tokio::io::duplex(PIPE_BYTES);
+        // The server must answer `initialize` while the client sends it, so it runs on its own task.
+        let server = tokio::spawn(async move {
+            let running: RunningService<RoleServer, _> = server
+                .serve(server_transport)
+                .await
+                .context("the server did not initialise")?;
+            running.waiting().await?;
+            Ok(())
+        });
+        let client = ().serve(client_transport).await.context("the client did not initialise")?;
+        Ok(Session {
+            client,
+            server,
+            mode,
+        })
+    }
+
+    /// Calls `tool` with `arguments` (a JSON object), prints the verdict and returns it.
+    ///
+    /// # Errors
+    ///
+    /// When the call fails at the protocol level, or its result carries no verdict (invalid
+    /// arguments, for instance); the error holds the result's text.
+    pub async fn call_tool(&self, tool: &'static str, arguments: Value) -> anyhow::Result<Report> {
+        println!("Calling Stage0 to check authorization...");
+        println!("  tools/call {tool} {arguments}");
+        println!();
+        let Value::Object(arguments) = arguments else {
+            bail!("the arguments of `{tool}` must be a JSON object, got {arguments}");
+        };
+        let result = self
+            .client
+            .call_tool(CallToolRequestParams::new(tool).with_arguments(arguments))
+            .await
+            .with_context(|| format!("`tools/call {tool}` failed"))?;
+        let Some(structured) = result.structured_content else {
+            let text: Vec<&str> = result
+                .content
+                .iter()
+                .filter_map(ContentBlock::as_text)
+                .map(|text| text.text.as_str())
+                .collect();
+            bail!("`{tool}` returned no verdict: {}", text.join("\n"));
+        };
+        let report: Report = serde_json::from_value(structured)
+            .with_context(|| format!("the structuredContent of `{tool}` is not a verdict"))?;
+        report.print();
+        Ok(report)
+    }
+
+    /// Ends the session: the client hangs up, then the server sees the pipe close and stops.
+    async fn close(self) -> anyhow::Result<()> {
+        self.client.cancel().await?;
+        self.server.await??;
+        Ok(())
+    }
+}
+
+/// The `structuredContent` of a guarded tool result: the verdict and what happened to the call.
+///
+/// Field names are those of the server's output schema (`ToolReport` in `src/report.rs`); fields
+/// the demos do not show (guardrails, cost estimate, ...) are ignored.
+#[derive(Debug, Deserialize)]
+pub struct Report {
+    pub tool: String,
+    pub executed: bool,
+    /// `stage0` or `simulator`.
+    pub mode: String,
+    pub verdict: String,
+    pub decision: String,
+    pub reason: String,
+    pub request_id: String,
+    pub policy_version: String,
+    #[serde(default)]
+    pub risk_score: Option<Number>,
+    #[serde(default)]
+    pub high_risk: Option<bool>,
+    #[serde(default)]
+    pub issues: Vec<Issue>,
+    #[serde(default)]
+    pub clarifying_questions: Vec<String>,
+    #[serde(default)]
+    pub defer_questions: Vec<String>,
+    /// What the tool body returned, when it ran and succeeded.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Why the tool body failed, when it ran and failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One finding of the policy evaluation.
+#[derive(Debug, Deserialize)]
+pub struct Issue {
+    pub code: String,
+    pub severity: String,
+    pub message: String,
+}
+
+impl Report {
+    /// Whether `code` is one of the issues, or the code the reason starts with.
+    fn has_code(&self, code: &str) -> bool {
+        self.issues.iter().any(|issue| issue.code == code) || self.reason.starts_with(code)
+    }
+
+    fn print(&self) {
+        println!("Response from Stage0:");
+        println!("{}", "-".repeat(RULE_WIDTH));
+        println!("Verdict: {}", self.verdict);
+        println!("Decision: {}", self.decision);
+        println!("Reason: {}", self.reason);
+        println!("Request ID: {}", self.request_id);
+        let policy_version = match self.policy_version.as_str() {
+            "" => "(none)",
+            version => version,
+        };
+        println!("Policy Version: {policy_version}");
+        if let Some(risk_score) = &self.risk_score {
+            println!("Risk Score: {risk_score}");
+        }
+        if let Some(high_risk) = self.high_risk {
+            println!("High Risk: {high_risk}");
+        }
+        println!("Mode: {}", self.mode);
+        println!("Tool: {} (executed: {})", self.tool, self.executed);
+        if !self.issues.is_empty() {
+            println!();
+            println!("Issues detected:");
+            for issue in &self.issues {
+                println!("  [{}] {}: {}", issue.severity, issue.code, issue.message);
+            }
+        }
+        print_questions("Clarifying questions:", &self.clarifying_questions);
+        print_questions("Questions for the reviewer:", &self.defer_questions);
+        println!("{}", "-".repeat(RULE_WIDTH));
+        if let Some(output) = &self.output {
+            let lines: Vec<&str> = output.lines().collect();
+            println!();
+            if lines.len() > OUTPUT_LINES {
+                println!(
+                    "Tool output (first {OUTPUT_LINES} of {} lines):",
+                    lines.len()
+                );
+            } else {
+                println!("Tool output:");
+            }
+            for line in lines.iter().take(OUTPUT_LINES) {
+                println!("{}", format!("  | {line}").trim_end());
+            }
+        }
+        if let Some(error) = &self.error {
+            println!();
+            println!("Tool error: {error}");
+        }
+        println!();
+    }
+}
+
+fn print_questions(heading: &str, questions: &[String]) {
+    if questions.is_empty() {
+        return;
+    }
+    println!();
+    println!("{heading}");
+    for question in questions {
+        println!("  ? {question}");
+    }
+}
+
+/// Prints the demo's title between `=` rules and the scenario it plays.
+pub fn banner(title: &str, scenario: &str) {
+    let rule = "=".repeat(RULE_WIDTH);
+    println!("{rule}");
+    println!("DEMO: {title}");
+    println!("{rule}");
+    println!();
+    println!("Scenario: {scenario}");
+    println!();
+}
+
+/// Prints what the verdict means for the agent: a headline, its consequence and the reasons why.
+pub fn explain(headline: &str, consequence: &str, because: &str, reasons: &[&str]) {
+    println!("{headline}");
+    println!("{consequence}");
+    println!("{because}");
+    for reason in reasons {
+        println!("  - {reason}");
+    }
+    println!();
+}
+
+/// Checks that `report` is the verdict the demo shows: `verdict`, a real policy decision (not a
+/// fail-closed `ERROR`), `code` among its issues when given, and no tool body run without `ALLOW`.
+///
+/// # Errors
+///
+/// What was expected and what was seen, for stderr.
+pub fn expect_verdict(report: &Report, verdict: Verdict, code: Option<&str>) -> anyhow::Result<()> {
+    let expected = match code {
+        Some(code) => format!("{verdict} ({code})"),
+        None => verdict.to_string(),
+    };
+    let seen = format!(
+        "{} / {} from `{}` in {} mode: {}",
+        report.verdict, report.decision, report.tool, report.mode, report.reason
+    );
+    if report.verdict != verdict.as_str() || code.is_some_and(|code| !report.has_code(code)) {
+        bail!("expected {expected}, saw {seen}");
+    }
+    if report.decision == Decision::Error.as_str() {
+        bail!("expected {expected} decided by the policy, saw a fail-closed {seen}");
+    }
+    if verdict != Verdict::Allow && report.executed {
+        bail!("the tool body ran without ALLOW: {seen}");
+    }
+    Ok(())
+}
+
+/// Says where the verdicts came from; with a live key, that they depend on the account's policy.
+fn print_mode_note(mode: Mode) {
+    match mode {
+        Mode::Simulator => println!(
+            "Note: these verdicts came from the built-in simulator (STAGE0_API_KEY is not set),\n\
+             whose rules are deterministic. With a key the live Stage0 API decides, and the\n\
+             actual verdict depends on your Stage0 plan and policy configuration."
+        ),
+        Mode::Stage0 => println!(
+            "Note: these verdicts came from the live Stage0 API (STAGE0_API_KEY is set). The\n\
+             actual verdict depends on your Stage0 plan and policy configuration:\n\
+             \x20 - Pro plans may return DEFER for vague requests with clarifying_questions\n\
+             \x20 - Free/Starter plans may return ALLOW with clarifying questions, or DENY,\n\
+             \x20   depending on policy settings\n\
+             Unset STAGE0_API_KEY to see the simulator's deterministic verdicts."
+        ),
+    }
+}
