@@ -5,7 +5,7 @@
 //! row, so a changed rule, a changed order or a moved boundary fails a named case.
 
 use mcp_server_stage0::stage0::simulator::{POLICY_VERSION, simulate};
-use mcp_server_stage0::stage0::wire::{Decision, Intent, Verdict};
+use mcp_server_stage0::stage0::wire::{Decision, Intent, PolicyResponse, Verdict};
 use serde_json::{Map, Value, json};
 
 /// Which questions a verdict must carry.
@@ -16,14 +16,20 @@ enum Questions {
     Defer,
 }
 
-struct Case {
-    name: &'static str,
-    goal: &'static str,
-    side_effects: &'static [&'static str],
-    criteria: &'static [&'static str],
-    /// `retry_count` in the context; `None` leaves it out.
-    retry: Option<Value>,
+/// The rule a case must end in; each rule fixes the whole expected verdict (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rule {
+    Guardrails,
+    LoopThreshold,
+    Unclear,
+    NoCriteria,
+    Allow,
+}
+
+/// What a verdict of one rule looks like.
+struct Expected {
     verdict: Verdict,
+    decision: Decision,
     /// The reason's leading code, or the whole reason for ALLOW.
     code: &'static str,
     risk: u64,
@@ -32,344 +38,159 @@ struct Case {
     questions: Questions,
 }
 
+impl Rule {
+    fn expected(self) -> Expected {
+        let (verdict, decision, code, risk, high_risk, issues, questions) = match self {
+            Rule::Guardrails => (
+                Verdict::Deny,
+                Decision::NoGo,
+                "SIDE_EFFECTS_NEED_GUARDRAILS",
+                64,
+                true,
+                &[
+                    "SIDE_EFFECTS_NEED_GUARDRAILS",
+                    "CUSTOMER_VISIBLE_APPROVAL_REQUIRED",
+                ][..],
+                Questions::None,
+            ),
+            Rule::LoopThreshold => (
+                Verdict::Defer,
+                Decision::Defer,
+                "LOOP_THRESHOLD_EXCEEDED",
+                45,
+                false,
+                &["LOOP_THRESHOLD_EXCEEDED"][..],
+                Questions::Defer,
+            ),
+            Rule::Unclear => (
+                Verdict::Defer,
+                Decision::Defer,
+                "UNCLEAR_VALUE_SIGNAL",
+                35,
+                false,
+                &["UNCLEAR_VALUE_SIGNAL"][..],
+                Questions::Clarifying,
+            ),
+            Rule::NoCriteria => (
+                Verdict::Deny,
+                Decision::NoGo,
+                "MISSING_SUCCESS_CRITERIA",
+                59,
+                false,
+                &["MISSING_SUCCESS_CRITERIA"][..],
+                Questions::None,
+            ),
+            Rule::Allow => (
+                Verdict::Allow,
+                Decision::Go,
+                "Informational operation with no high-risk side effects",
+                15,
+                false,
+                &[][..],
+                Questions::None,
+            ),
+        };
+        Expected {
+            verdict,
+            decision,
+            code,
+            risk,
+            high_risk,
+            issues,
+            questions,
+        }
+    }
+}
+
+/// One row of the table: an intent and the rule that must answer it.
+struct Case {
+    name: &'static str,
+    goal: &'static str,
+    side_effects: &'static [&'static str],
+    criteria: &'static [&'static str],
+    /// `retry_count` in the context; `None` leaves it out.
+    retry: Option<Value>,
+    rule: Rule,
+}
+
 const CLEAR: &str = "Summarize the quarterly sales report";
 const OK: &[&str] = &["Summary is accurate"];
+const NONE: &[&str] = &[];
 
-fn allow(
+fn case(
     name: &'static str,
     goal: &'static str,
-    effects: &'static [&'static str],
-    retry: Option<Value>,
-) -> Case {
-    Case {
-        name,
-        goal,
-        side_effects: effects,
-        criteria: OK,
-        retry,
-        verdict: Verdict::Allow,
-        code: "Informational operation with no high-risk side effects",
-        risk: 15,
-        high_risk: false,
-        issues: &[],
-        questions: Questions::None,
-    }
-}
-
-fn guardrails(
-    name: &'static str,
-    goal: &'static str,
-    effects: &'static [&'static str],
+    side_effects: &'static [&'static str],
     criteria: &'static [&'static str],
     retry: Option<Value>,
+    rule: Rule,
 ) -> Case {
     Case {
         name,
         goal,
-        side_effects: effects,
+        side_effects,
         criteria,
         retry,
-        verdict: Verdict::Deny,
-        code: "SIDE_EFFECTS_NEED_GUARDRAILS",
-        risk: 64,
-        high_risk: true,
-        issues: &[
-            "SIDE_EFFECTS_NEED_GUARDRAILS",
-            "CUSTOMER_VISIBLE_APPROVAL_REQUIRED",
-        ],
-        questions: Questions::None,
+        rule,
     }
 }
 
-fn loop_threshold(
-    name: &'static str,
-    goal: &'static str,
-    effects: &'static [&'static str],
-    criteria: &'static [&'static str],
-    retry: Value,
-) -> Case {
-    Case {
-        name,
-        goal,
-        side_effects: effects,
-        criteria,
-        retry: Some(retry),
-        verdict: Verdict::Defer,
-        code: "LOOP_THRESHOLD_EXCEEDED",
-        risk: 45,
-        high_risk: false,
-        issues: &["LOOP_THRESHOLD_EXCEEDED"],
-        questions: Questions::Defer,
-    }
-}
-
-fn unclear(
-    name: &'static str,
-    goal: &'static str,
-    effects: &'static [&'static str],
-    criteria: &'static [&'static str],
-    retry: Option<Value>,
-) -> Case {
-    Case {
-        name,
-        goal,
-        side_effects: effects,
-        criteria,
-        retry,
-        verdict: Verdict::Defer,
-        code: "UNCLEAR_VALUE_SIGNAL",
-        risk: 35,
-        high_risk: false,
-        issues: &["UNCLEAR_VALUE_SIGNAL"],
-        questions: Questions::Clarifying,
-    }
-}
-
-fn no_criteria(
-    name: &'static str,
-    goal: &'static str,
-    effects: &'static [&'static str],
-    retry: Option<Value>,
-) -> Case {
-    Case {
-        name,
-        goal,
-        side_effects: effects,
-        criteria: &[],
-        retry,
-        verdict: Verdict::Deny,
-        code: "MISSING_SUCCESS_CRITERIA",
-        risk: 59,
-        high_risk: false,
-        issues: &["MISSING_SUCCESS_CRITERIA"],
-        questions: Questions::None,
-    }
-}
-
+#[rustfmt::skip]
 fn cases() -> Vec<Case> {
+    use Rule::*;
     let loop_ = &["loop"][..];
     vec![
         // Rule 5: nothing matches.
-        allow(
-            "clear goal without side effects is allowed",
-            CLEAR,
-            &[],
-            None,
-        ),
-        allow(
-            "unknown side effects are not high risk",
-            CLEAR,
-            &["email", "read"],
-            None,
-        ),
-        allow(
-            "retry count without a loop side effect does not defer",
-            CLEAR,
-            &[],
-            Some(json!(100)),
-        ),
+        case("clear goal without side effects is allowed", CLEAR, &[], OK, None, Allow),
+        case("unknown side effects are not high risk", CLEAR, &["email", "read"], OK, None, Allow),
+        case("retry count without a loop side effect does not defer", CLEAR, &[], OK, Some(json!(100)), Allow),
+        case("side effects match exactly, not by prefix", CLEAR, &["publishing", "Deploy"], OK, None, Allow),
         // Rule 1: publish / deploy.
-        guardrails("publish is denied", CLEAR, &["publish"], OK, None),
-        guardrails("deploy is denied", CLEAR, &["deploy"], OK, None),
-        guardrails(
-            "publish among several side effects is denied",
-            CLEAR,
-            &["read", "publish", "email"],
-            OK,
-            None,
-        ),
-        guardrails(
-            "deploy and publish together are denied",
-            CLEAR,
-            &["deploy", "publish"],
-            OK,
-            None,
-        ),
-        guardrails(
-            "deny beats the loop threshold",
-            CLEAR,
-            &["deploy", "loop"],
-            OK,
-            Some(json!(10)),
-        ),
-        guardrails("deny beats a vague goal", "help me", &["publish"], OK, None),
-        guardrails("deny beats an empty goal", "", &["deploy"], OK, None),
-        guardrails(
-            "deny beats missing success criteria",
-            CLEAR,
-            &["publish"],
-            &[],
-            None,
-        ),
-        allow(
-            "side effects match exactly, not by prefix",
-            CLEAR,
-            &["publishing", "Deploy"],
-            None,
-        ),
+        case("publish is denied", CLEAR, &["publish"], OK, None, Guardrails),
+        case("deploy is denied", CLEAR, &["deploy"], OK, None, Guardrails),
+        case("publish among several side effects is denied", CLEAR, &["read", "publish", "email"], OK, None, Guardrails),
+        case("deploy and publish together are denied", CLEAR, &["deploy", "publish"], OK, None, Guardrails),
+        case("deny beats the loop threshold", CLEAR, &["deploy", "loop"], OK, Some(json!(10)), Guardrails),
+        case("deny beats a vague goal", "help me", &["publish"], OK, None, Guardrails),
+        case("deny beats an empty goal", "", &["deploy"], OK, None, Guardrails),
+        case("deny beats missing success criteria", CLEAR, &["publish"], NONE, None, Guardrails),
         // Rule 2: loop threshold, boundaries and odd retry counts.
-        allow("loop at retry 0 is allowed", CLEAR, loop_, Some(json!(0))),
-        allow("loop at retry 2 is allowed", CLEAR, loop_, Some(json!(2))),
-        allow("loop at retry 4 is allowed", CLEAR, loop_, Some(json!(4))),
-        allow(
-            "loop at retry 4.9 is allowed",
-            CLEAR,
-            loop_,
-            Some(json!(4.9)),
-        ),
-        loop_threshold("loop at retry 5 is deferred", CLEAR, loop_, OK, json!(5)),
-        loop_threshold("loop at retry 6 is deferred", CLEAR, loop_, OK, json!(6)),
-        loop_threshold("loop at retry 10 is deferred", CLEAR, loop_, OK, json!(10)),
-        loop_threshold(
-            "loop at retry 100 is deferred",
-            CLEAR,
-            loop_,
-            OK,
-            json!(100),
-        ),
-        loop_threshold(
-            "loop at a huge retry count is deferred",
-            CLEAR,
-            loop_,
-            OK,
-            json!(u64::MAX),
-        ),
-        allow("loop without a retry count is allowed", CLEAR, loop_, None),
-        allow(
-            "loop with a numeric string retry count counts as 0",
-            CLEAR,
-            loop_,
-            Some(json!("7")),
-        ),
-        allow(
-            "loop with a negative retry count counts as 0",
-            CLEAR,
-            loop_,
-            Some(json!(-6)),
-        ),
-        allow(
-            "loop with a null retry count counts as 0",
-            CLEAR,
-            loop_,
-            Some(Value::Null),
-        ),
-        allow(
-            "loop with a boolean retry count counts as 0",
-            CLEAR,
-            loop_,
-            Some(json!(true)),
-        ),
-        allow(
-            "loop with an object retry count counts as 0",
-            CLEAR,
-            loop_,
-            Some(json!({"n": 9})),
-        ),
-        loop_threshold(
-            "loop threshold beats a vague goal",
-            "think",
-            loop_,
-            OK,
-            json!(5),
-        ),
-        loop_threshold(
-            "loop threshold beats missing success criteria",
-            CLEAR,
-            loop_,
-            &[],
-            json!(5),
-        ),
+        case("loop at retry 0 is allowed", CLEAR, loop_, OK, Some(json!(0)), Allow),
+        case("loop at retry 2 is allowed", CLEAR, loop_, OK, Some(json!(2)), Allow),
+        case("loop at retry 4 is allowed", CLEAR, loop_, OK, Some(json!(4)), Allow),
+        case("loop at retry 4.9 is allowed", CLEAR, loop_, OK, Some(json!(4.9)), Allow),
+        case("loop at retry 5 is deferred", CLEAR, loop_, OK, Some(json!(5)), LoopThreshold),
+        case("loop at retry 6 is deferred", CLEAR, loop_, OK, Some(json!(6)), LoopThreshold),
+        case("loop at retry 10 is deferred", CLEAR, loop_, OK, Some(json!(10)), LoopThreshold),
+        case("loop at retry 100 is deferred", CLEAR, loop_, OK, Some(json!(100)), LoopThreshold),
+        case("loop at a huge retry count is deferred", CLEAR, loop_, OK, Some(json!(u64::MAX)), LoopThreshold),
+        case("loop without a retry count is allowed", CLEAR, loop_, OK, None, Allow),
+        case("loop with a numeric string retry count counts as 0", CLEAR, loop_, OK, Some(json!("7")), Allow),
+        case("loop with a negative retry count counts as 0", CLEAR, loop_, OK, Some(json!(-6)), Allow),
+        case("loop with a null retry count counts as 0", CLEAR, loop_, OK, Some(Value::Null), Allow),
+        case("loop with a boolean retry count counts as 0", CLEAR, loop_, OK, Some(json!(true)), Allow),
+        case("loop with an object retry count counts as 0", CLEAR, loop_, OK, Some(json!({"n": 9})), Allow),
+        case("loop threshold beats a vague goal", "think", loop_, OK, Some(json!(5)), LoopThreshold),
+        case("loop threshold beats missing success criteria", CLEAR, loop_, NONE, Some(json!(5)), LoopThreshold),
         // Rule 3: unclear goal, boundaries and phrasing.
-        unclear("an empty goal is deferred", "", &[], OK, None),
-        unclear("a 9 character goal is deferred", "Summarize", &[], OK, None),
-        allow("a 10 character goal is allowed", "Summarize!", &[], None),
-        unclear(
-            "a goal of 4 emoji is 8 UTF-16 units and deferred",
-            "🚀🚀🚀🚀",
-            &[],
-            OK,
-            None,
-        ),
-        allow(
-            "a goal of 5 emoji is 10 UTF-16 units and allowed",
-            "🚀🚀🚀🚀🚀",
-            &[],
-            None,
-        ),
-        unclear(
-            "a Chinese help request is deferred",
-            "請幫我整理這份季度銷售報告的重點",
-            &[],
-            OK,
-            None,
-        ),
-        unclear(
-            "a Chinese think request is deferred",
-            "請想一下如何改善我們的季度銷售流程",
-            &[],
-            OK,
-            None,
-        ),
-        allow(
-            "a clear Chinese goal of 10 characters is allowed",
-            "整理第三季度銷售報告",
-            &[],
-            None,
-        ),
-        unclear(
-            "an English help me request is deferred",
-            "Please help me with the quarterly report",
-            &[],
-            OK,
-            None,
-        ),
-        unclear(
-            "help me is matched case-insensitively",
-            "HELP ME finish the quarterly report",
-            &[],
-            OK,
-            None,
-        ),
-        unclear(
-            "think is matched inside a word",
-            "Rethinking the quarterly sales report",
-            &[],
-            OK,
-            None,
-        ),
-        unclear(
-            "a vague goal beats missing success criteria",
-            "help me",
-            &[],
-            &[],
-            None,
-        ),
-        unclear(
-            "a vague goal with a low retry loop is deferred as unclear",
-            "think it over",
-            loop_,
-            OK,
-            Some(json!(1)),
-        ),
+        case("an empty goal is deferred", "", &[], OK, None, Unclear),
+        case("a 9 character goal is deferred", "Summarize", &[], OK, None, Unclear),
+        case("a 10 character goal is allowed", "Summarize!", &[], OK, None, Allow),
+        case("a goal of 4 emoji is 8 UTF-16 units and deferred", "🚀🚀🚀🚀", &[], OK, None, Unclear),
+        case("a goal of 5 emoji is 10 UTF-16 units and allowed", "🚀🚀🚀🚀🚀", &[], OK, None, Allow),
+        case("a Chinese help request is deferred", "請幫我整理這份季度銷售報告的重點", &[], OK, None, Unclear),
+        case("a Chinese think request is deferred", "請想一下如何改善我們的季度銷售流程", &[], OK, None, Unclear),
+        case("a clear Chinese goal of 10 characters is allowed", "整理第三季度銷售報告", &[], OK, None, Allow),
+        case("a clear Chinese goal of 9 characters is deferred", "整理第三季銷售報告", &[], OK, None, Unclear),
+        case("an English help me request is deferred", "Please help me with the quarterly report", &[], OK, None, Unclear),
+        case("help me is matched case-insensitively", "HELP ME finish the quarterly report", &[], OK, None, Unclear),
+        case("think is matched inside a word", "Rethinking the quarterly sales report", &[], OK, None, Unclear),
+        case("a vague goal beats missing success criteria", "help me", &[], NONE, None, Unclear),
+        case("a vague goal with a low retry loop is deferred as unclear", "think it over", loop_, OK, Some(json!(1)), Unclear),
         // Rule 4: success criteria.
-        no_criteria(
-            "a clear goal without success criteria is denied",
-            CLEAR,
-            &[],
-            None,
-        ),
-        no_criteria(
-            "a loop under the threshold without success criteria is denied",
-            CLEAR,
-            loop_,
-            Some(json!(4)),
-        ),
-        no_criteria(
-            "unknown side effects without success criteria are denied",
-            CLEAR,
-            &["email"],
-            None,
-        ),
+        case("a clear goal without success criteria is denied", CLEAR, &[], NONE, None, NoCriteria),
+        case("a loop under the threshold without success criteria is denied", CLEAR, loop_, NONE, Some(json!(4)), NoCriteria),
+        case("unknown side effects without success criteria are denied", CLEAR, &["email"], NONE, None, NoCriteria),
     ]
 }
 
@@ -388,6 +209,19 @@ fn intent(case: &Case) -> Intent {
     }
 }
 
+/// Which questions `response` carries.
+fn questions(response: &PolicyResponse) -> Option<Questions> {
+    match (
+        response.clarifying_questions.len(),
+        response.defer_questions.len(),
+    ) {
+        (0, 0) => Some(Questions::None),
+        (2, 0) => Some(Questions::Clarifying),
+        (0, 2) => Some(Questions::Defer),
+        _ => None,
+    }
+}
+
 #[test]
 fn every_case_of_the_table_gets_the_verdict_of_the_original() {
     let cases = cases();
@@ -398,38 +232,28 @@ fn every_case_of_the_table_gets_the_verdict_of_the_original() {
     );
     let mut failures = Vec::new();
     for case in &cases {
+        let expected = case.rule.expected();
         let response = simulate(&intent(case), "req-1".to_owned());
-        let decision = match case.verdict {
-            Verdict::Allow => Decision::Go,
-            Verdict::Deny => Decision::NoGo,
-            Verdict::Defer => Decision::Defer,
-        };
         let issue_codes: Vec<&str> = response.issues.iter().map(|i| i.code.as_str()).collect();
-        let questions = match (
-            response.clarifying_questions.len(),
-            response.defer_questions.len(),
-        ) {
-            (0, 0) => Questions::None,
-            (2, 0) => Questions::Clarifying,
-            (0, 2) => Questions::Defer,
-            other => panic!("{}: unexpected question counts {other:?}", case.name),
-        };
-        let reason_ok = if case.verdict == Verdict::Allow {
-            response.reason == case.code
+        let reason_ok = if case.rule == Rule::Allow {
+            response.reason == expected.code
         } else {
-            response.reason.starts_with(&format!("{}: ", case.code))
+            response.reason.starts_with(&format!("{}: ", expected.code))
         };
-        let ok = response.verdict == case.verdict
-            && response.decision == decision
+        let ok = response.verdict == expected.verdict
+            && response.decision == expected.decision
             && reason_ok
-            && response.risk_score.as_ref().and_then(|n| n.as_u64()) == Some(case.risk)
-            && response.high_risk == Some(case.high_risk)
-            && issue_codes == case.issues
-            && questions == case.questions
+            && response.risk_score.as_ref().and_then(|n| n.as_u64()) == Some(expected.risk)
+            && response.high_risk == Some(expected.high_risk)
+            && issue_codes == expected.issues
+            && questions(&response) == Some(expected.questions)
             && response.policy_version == POLICY_VERSION
             && response.request_id == "req-1";
         if !ok {
-            failures.push(format!("{}: got {response:?}", case.name));
+            failures.push(format!(
+                "{} (expected {:?}): got {response:?}",
+                case.name, case.rule
+            ));
         }
     }
     assert!(
@@ -442,9 +266,15 @@ fn every_case_of_the_table_gets_the_verdict_of_the_original() {
 
 #[test]
 fn the_guardrails_issue_lists_every_side_effect() {
-    let mut intent = intent(&guardrails("x", CLEAR, &["read", "publish"], OK, None));
-    intent.side_effects.push("deploy".to_owned());
-    let response = simulate(&intent, "r".to_owned());
+    let row = case(
+        "x",
+        CLEAR,
+        &["read", "publish", "deploy"],
+        OK,
+        None,
+        Rule::Guardrails,
+    );
+    let response = simulate(&intent(&row), "r".to_owned());
     assert_eq!(response.issues[0].severity, "HIGH");
     assert_eq!(
         response.issues[0].message,
@@ -455,10 +285,15 @@ fn the_guardrails_issue_lists_every_side_effect() {
 
 #[test]
 fn the_loop_threshold_reason_names_the_count_and_the_maximum() {
-    let response = simulate(
-        &intent(&loop_threshold("x", CLEAR, &["loop"], OK, json!(7))),
-        "r".to_owned(),
+    let row = case(
+        "x",
+        CLEAR,
+        &["loop"],
+        OK,
+        Some(json!(7)),
+        Rule::LoopThreshold,
     );
+    let response = simulate(&intent(&row), "r".to_owned());
     assert_eq!(
         response.reason,
         "LOOP_THRESHOLD_EXCEEDED: Retry count (7) exceeds maximum allowed (5). \
@@ -473,7 +308,8 @@ fn the_loop_threshold_reason_names_the_count_and_the_maximum() {
 
 #[test]
 fn an_allow_carries_the_read_only_guardrail_and_no_issues() {
-    let response = simulate(&intent(&allow("x", CLEAR, &[], None)), "r".to_owned());
+    let row = case("x", CLEAR, &[], OK, None, Rule::Allow);
+    let response = simulate(&intent(&row), "r".to_owned());
     assert_eq!(response.guardrails, vec!["read_only".to_owned()]);
     assert!(response.issues.is_empty());
 }
