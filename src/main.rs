@@ -43,6 +43,10 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // Registered before anything else, so a SIGTERM during start-up is a clean stop too.
+    let shutdown = CancellationToken::new();
+    let signals = Signals::register().context("cannot install signal handlers")?;
+    tokio::spawn(signals.cancel_on_first(shutdown.clone()));
     // Only ./.env, as the original reads it; `dotenvy::dotenv` would also search parent folders.
     let dotenv = dotenvy::from_path(".env");
     let config = Config::from_lookup(|name| std::env::var(name).ok())?;
@@ -64,8 +68,6 @@ async fn run() -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
     );
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
     let server = Stage0Server::new(Guard::new(policy));
     let service = match server.serve_with_ct(stdio_pipes(), shutdown).await {
         Ok(service) => service,
@@ -96,19 +98,44 @@ fn init_logging(debug: bool) {
         .init();
 }
 
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM: the signals that stop the server cleanly.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    handlers: [tokio::signal::unix::Signal; 2],
+}
+
+impl Signals {
+    /// Installs the handlers now, so that a signal that arrives at any later moment is caught.
+    fn register() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                handlers: [
+                    signal(SignalKind::interrupt())?,
+                    signal(SignalKind::terminate())?,
+                ],
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("signal received, shutting down");
-    shutdown.cancel();
+
+    /// Cancels `shutdown` when the first signal arrives.
+    async fn cancel_on_first(self, shutdown: CancellationToken) {
+        #[cfg(unix)]
+        {
+            let [mut interrupt, mut terminate] = self.handlers;
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        tracing::info!("signal received, shutting down");
+        shutdown.cancel();
+    }
 }
