@@ -7,8 +7,9 @@
 //! the descriptions in each tool's input schema.
 
 use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Number, Value};
 
 use crate::guard::{GuardedTool, Permit, ToolIntent};
 use crate::stage0::wire::Intent;
@@ -95,6 +96,31 @@ impl ApprovalStatus {
     }
 }
 
+/// A retry count: a whole number from 0. Its schema is that of `u64` (`integer`, `minimum: 0`).
+///
+/// `5.0` is read as 5, because the original validates with JavaScript numbers, where the two are
+/// the same; `1.5`, `-1` and `"5"` are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(transparent, inline)]
+pub struct RetryCount(pub u64);
+
+impl<'de> Deserialize<'de> for RetryCount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let number = Number::deserialize(deserializer)?;
+        if let Some(count) = number.as_u64() {
+            return Ok(RetryCount(count));
+        }
+        match number.as_f64() {
+            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => {
+                Ok(RetryCount(f as u64))
+            }
+            _ => Err(D::Error::custom(format_args!(
+                "expected a whole number from 0, got {number}"
+            ))),
+        }
+    }
+}
+
 /// Arguments of `research-topic`.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ResearchTopic {
@@ -150,7 +176,7 @@ pub struct RetryWorkflow {
     /// The workflow ID to retry
     pub workflow_id: String,
     /// Current retry count (must be >= 0)
-    pub retry_count: u64,
+    pub retry_count: RetryCount,
 }
 
 /// Arguments of `check-authorization`.
@@ -164,7 +190,7 @@ pub struct CheckAuthorization {
     /// List of success criteria ("Task completes successfully" when not given)
     pub success_criteria: Option<Vec<String>>,
     /// Current retry count (for loop scenarios, must be >= 0)
-    pub retry_count: Option<u64>,
+    pub retry_count: Option<RetryCount>,
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -344,7 +370,7 @@ impl GuardedTool for ManagedDeploy {
 impl RetryWorkflow {
     /// The attempt this call would be; `u128` so that `u64::MAX` retries cannot overflow.
     fn attempt(&self) -> u128 {
-        u128::from(self.retry_count) + 1
+        u128::from(self.retry_count.0) + 1
     }
 }
 
@@ -364,7 +390,7 @@ impl ToolIntent for RetryWorkflow {
             side_effects: strings(&["loop"]),
             context: context([
                 ("run_id", self.workflow_id.as_str().into()),
-                ("retry_count", self.retry_count.into()),
+                ("retry_count", self.retry_count.0.into()),
             ]),
         }
     }
@@ -387,7 +413,7 @@ impl ToolIntent for CheckAuthorization {
 
     fn intent(&self) -> Intent {
         let mut context = Map::new();
-        if let Some(retry_count) = self.retry_count {
+        if let Some(RetryCount(retry_count)) = self.retry_count {
             context.insert("retry_count".to_owned(), retry_count.into());
         }
         Intent {
@@ -401,5 +427,44 @@ impl ToolIntent for CheckAuthorization {
             side_effects: self.side_effects.clone(),
             context,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::RetryCount;
+
+    fn read(value: serde_json::Value) -> Result<u64, String> {
+        serde_json::from_value::<RetryCount>(value)
+            .map(|c| c.0)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_retry_count_is_a_whole_number_from_zero_written_as_an_integer_or_a_float() {
+        assert_eq!(read(json!(0)), Ok(0));
+        assert_eq!(read(json!(5)), Ok(5));
+        assert_eq!(read(json!(5.0)), Ok(5));
+        assert_eq!(read(json!(u64::MAX)), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn fractions_negatives_strings_and_huge_floats_are_not_retry_counts() {
+        for value in [
+            json!(1.5),
+            json!(-1),
+            json!(-0.5),
+            json!("5"),
+            json!(null),
+            json!(1e300),
+        ] {
+            assert!(read(value.clone()).is_err(), "{value} was accepted");
+        }
+        assert_eq!(
+            read(json!(-1)),
+            Err("expected a whole number from 0, got -1".to_owned())
+        );
     }
 }
