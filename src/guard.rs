@@ -91,7 +91,7 @@ impl Guard {
             decision = %policy.decision,
             request_id = %policy.request_id,
             policy_version = %policy.policy_version,
-            mode = ?self.mode(),
+            mode = self.mode().as_str(),
             reason = %policy.reason,
             "stage0 check"
         );

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use mcp_server_stage0::config::Config;
 use mcp_server_stage0::guard::Guard;
 use mcp_server_stage0::server::Stage0Server;
-use mcp_server_stage0::stage0::PolicyClient;
+use mcp_server_stage0::stage0::{Mode, PolicyClient};
 use rmcp::ServiceExt;
 use rmcp::service::ServerInitializeError;
 use rmcp::transport::io::stdio_pipes;
@@ -58,12 +58,15 @@ async fn run() -> anyhow::Result<()> {
     }
     let policy =
         PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
+    let mode = match policy.mode() {
+        Mode::Stage0 => "live Stage0 API",
+        Mode::Simulator => "simulator (no STAGE0_API_KEY)",
+    };
     tracing::info!(
-        mode = ?policy.mode(),
         base_url = %config.base_url,
         timeout_ms = config.timeout.as_millis() as u64,
         api_key_set = config.api_key.is_some(),
-        "starting {} {}",
+        "starting {} {} with the {mode} as policy decision point",
         mcp_server_stage0::server::SERVER_NAME,
         env!("CARGO_PKG_VERSION"),
     );

@@ -26,6 +26,16 @@ pub enum Mode {
     Simulator,
 }
 
+impl Mode {
+    /// `stage0` or `simulator`, as in `structuredContent.mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Stage0 => "stage0",
+            Mode::Simulator => "simulator",
+        }
+    }
+}
+
 /// The policy decision point the guard asks.
 #[derive(Debug, Clone)]
 pub enum PolicyClient {

@@ -96,10 +96,12 @@ async fn logs_go_to_stderr_and_the_start_up_line_names_the_simulator_mode() {
         .lines()
         .find(|line| line.contains("api_key_set="))
         .unwrap_or_else(|| panic!("no start-up line on stderr:\n{}", exit.stderr));
+    assert!(start_up.contains("simulator"), "{start_up}");
     assert!(
-        start_up.contains("simulator") || start_up.contains("Simulator"),
+        start_up.contains("base_url=https://api.signalpulse.org"),
         "{start_up}"
     );
+    assert!(start_up.contains("timeout_ms=5000"), "{start_up}");
     assert!(start_up.contains("api_key_set=false"), "{start_up}");
     for line in &exit.stdout_lines {
         assert!(
