@@ -12,10 +12,11 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use tempfile::TempDir;
 
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
@@ -41,34 +42,6 @@ pub async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
     match tokio::time::timeout(BOUND, future).await {
         Ok(output) => output,
         Err(_) => panic!("{what} did not finish within {BOUND:?}"),
-    }
-}
-
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// A new, empty, uniquely named directory.
-    pub fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "mcp-server-stage0-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("a temporary working directory");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -164,7 +137,7 @@ pub struct Session {
 impl Session {
     /// Spawns the server with `env` (and nothing else) and completes `initialize`.
     pub async fn start(env: &[(&str, &str)]) -> Session {
-        let dir = TempDir::new();
+        let dir = TempDir::new().expect("a temporary working directory");
         let (transport, stderr) = TokioChildProcess::builder(command(dir.path(), env))
             .stderr(Stdio::piped())
             .spawn()
@@ -235,7 +208,7 @@ pub struct Exit {
 impl RawServer {
     /// Spawns the server in simulator mode with piped stdin, stdout and stderr.
     pub fn spawn() -> RawServer {
-        let dir = TempDir::new();
+        let dir = TempDir::new().expect("a temporary working directory");
         let mut child = command(dir.path(), &[])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
