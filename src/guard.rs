@@ -114,24 +114,24 @@ fn read_arguments<T: ToolIntent>(arguments: JsonObject) -> Result<T, CallToolRes
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::cell::Cell;
 
     use serde::Deserialize;
     use serde_json::{Map, json};
 
     use super::*;
 
-    /// How often a [`Probe`] body ran; one counter per test, so tests may run in parallel.
-    static ALLOWED_RUNS: AtomicUsize = AtomicUsize::new(0);
-    static DENIED_RUNS: AtomicUsize = AtomicUsize::new(0);
-    static FAILING_RUNS: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        /// How often a [`Probe`] body ran. `#[tokio::test]` runs each test on its own thread
+        /// (a current-thread runtime), so every test has its own count.
+        static RUNS: Cell<usize> = const { Cell::new(0) };
+    }
 
     /// A tool whose intent and outcome the test chooses.
     #[derive(Deserialize)]
     struct Probe {
         side_effects: Vec<String>,
         fail: bool,
-        counter: String,
     }
 
     impl ToolIntent for Probe {
@@ -151,12 +151,7 @@ mod tests {
 
     impl GuardedTool for Probe {
         async fn run(self, _permit: Permit) -> Result<String, String> {
-            let counter = match self.counter.as_str() {
-                "allowed" => &ALLOWED_RUNS,
-                "denied" => &DENIED_RUNS,
-                _ => &FAILING_RUNS,
-            };
-            counter.fetch_add(1, Ordering::SeqCst);
+            RUNS.set(RUNS.get() + 1);
             if self.fail {
                 Err("disk full".to_owned())
             } else {
@@ -165,50 +160,39 @@ mod tests {
         }
     }
 
-    fn arguments(side_effects: &[&str], fail: bool, counter: &str) -> JsonObject {
-        match json!({"side_effects": side_effects, "fail": fail, "counter": counter}) {
-            serde_json::Value::Object(map) => map,
-            _ => unreachable!(),
-        }
+    async fn enforce(arguments: serde_json::Value) -> CallToolResult {
+        let serde_json::Value::Object(arguments) = arguments else {
+            panic!("arguments are an object");
+        };
+        Guard::new(PolicyClient::Simulator)
+            .enforce::<Probe>(arguments)
+            .await
     }
 
-    fn text(result: &CallToolResult) -> String {
-        result.content[0]
-            .as_text()
-            .expect("text content")
-            .text
-            .clone()
+    fn text(result: &CallToolResult) -> &str {
+        &result.content[0].as_text().expect("text content").text
     }
 
     #[tokio::test]
     async fn an_allow_runs_the_body_exactly_once() {
-        let guard = Guard::new(PolicyClient::Simulator);
-        let result = guard
-            .enforce::<Probe>(arguments(&[], false, "allowed"))
-            .await;
-        assert_eq!(ALLOWED_RUNS.load(Ordering::SeqCst), 1);
+        let result = enforce(json!({"side_effects": [], "fail": false})).await;
+        assert_eq!(RUNS.get(), 1);
         assert_eq!(result.is_error, Some(false));
         assert_eq!(result.structured_content.unwrap()["output"], "counted");
     }
 
     #[tokio::test]
     async fn a_deny_never_runs_the_body() {
-        let guard = Guard::new(PolicyClient::Simulator);
-        let result = guard
-            .enforce::<Probe>(arguments(&["deploy"], false, "denied"))
-            .await;
-        assert_eq!(DENIED_RUNS.load(Ordering::SeqCst), 0);
+        let result = enforce(json!({"side_effects": ["deploy"], "fail": false})).await;
+        assert_eq!(RUNS.get(), 0);
         assert_eq!(result.is_error, Some(true));
         assert_eq!(result.structured_content.unwrap()["executed"], false);
     }
 
     #[tokio::test]
     async fn a_failing_body_after_allow_is_an_error_result_that_says_why() {
-        let guard = Guard::new(PolicyClient::Simulator);
-        let result = guard
-            .enforce::<Probe>(arguments(&[], true, "failing"))
-            .await;
-        assert_eq!(FAILING_RUNS.load(Ordering::SeqCst), 1);
+        let result = enforce(json!({"side_effects": [], "fail": true})).await;
+        assert_eq!(RUNS.get(), 1);
         assert_eq!(result.is_error, Some(true));
         assert!(text(&result).starts_with("❌ ERROR during execution\n\nError: disk full"));
         let report = result.structured_content.unwrap();
@@ -219,10 +203,8 @@ mod tests {
 
     #[tokio::test]
     async fn unreadable_arguments_are_an_error_naming_the_field_and_nothing_is_checked() {
-        let guard = Guard::new(PolicyClient::Simulator);
-        let mut bad = arguments(&[], false, "denied");
-        bad.insert("fail".to_owned(), json!("yes"));
-        let result = guard.enforce::<Probe>(bad).await;
+        let result = enforce(json!({"side_effects": [], "fail": "yes"})).await;
+        assert_eq!(RUNS.get(), 0);
         assert_eq!(result.is_error, Some(true));
         assert!(result.structured_content.is_none());
         let text = text(&result);
@@ -230,6 +212,5 @@ mod tests {
             text.starts_with("invalid arguments for `probe`: `fail`: "),
             "{text}"
         );
-        assert_eq!(DENIED_RUNS.load(Ordering::SeqCst), 0);
     }
 }
