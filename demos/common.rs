@@ -73,7 +73,7 @@ impl Session {
         let config = Config::from_lookup(|name| std::env::var(name).ok())?;
         let policy =
             PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
-        let guard = Guard::new(policy);
+        let guard = Guard::new(policy, config.operator, config.approvals);
         let mode = guard.mode();
         let server = Stage0Server::new(guard);
 

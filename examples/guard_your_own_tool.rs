@@ -19,7 +19,8 @@ use mcp_server_stage0::stage0::wire::Intent;
 use rmcp::handler::server::common::{schema_for_input, schema_for_output};
 use rmcp::handler::server::tool::ToolRouter;
 use rmcp::model::{CallToolResult, JsonObject, ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Map;
@@ -74,8 +75,15 @@ impl BranchServer {
         output_schema = schema_for_output::<ToolReport>(),
         annotations(destructive_hint = true)
     )]
-    async fn delete_branch(&self, arguments: JsonObject) -> CallToolResult {
-        self.guard.enforce::<DeleteBranch>(arguments).await
+    async fn delete_branch(
+        &self,
+        arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        // The caller's peer lets the guard ask its human to review a DEFER (elicitation).
+        self.guard
+            .enforce::<DeleteBranch>(arguments, Some(&context.peer))
+            .await
     }
 }
 
@@ -89,7 +97,8 @@ impl ServerHandler for BranchServer {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_lookup(|name| std::env::var(name).ok())?;
-    let guard = Guard::new(PolicyClient::from_config(&config)?);
+    let policy = PolicyClient::from_config(&config)?;
+    let guard = Guard::new(policy, config.operator, config.approvals);
     let server = BranchServer {
         guard: std::sync::Arc::new(guard),
         tool_router: BranchServer::tool_router(),

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::approval::{Approvals, DEFAULT_APPROVAL_TIMEOUT_S};
+use crate::claims::{ActorRole, Operator};
+
 /// The Stage0 API used when `STAGE0_BASE_URL` is not set.
 pub const DEFAULT_BASE_URL: &str = "https://api.signalpulse.org";
 
@@ -48,6 +51,12 @@ pub struct Config {
     pub timeout: Duration,
     /// `STAGE0_DEBUG=true` (or `1`): log at debug level unless `RUST_LOG` says otherwise.
     pub debug: bool,
+    /// `STAGE0_ACTOR_ROLE` (default `viewer`) and `STAGE0_ACTOR_ID` (optional): the principal
+    /// the agent acts for, set by whoever configures the server, never by tool arguments.
+    pub operator: Operator,
+    /// `STAGE0_APPROVALS` (`on` | `off`, default `on`) and `STAGE0_APPROVAL_TIMEOUT_S` (whole
+    /// seconds from 1, default 300): whether and how long to ask a human about a `DEFER`.
+    pub approvals: Approvals,
 }
 
 /// Why the configuration cannot be used; the server refuses to start with it.
@@ -57,6 +66,12 @@ pub enum ConfigError {
     InvalidTimeout(String),
     #[error("`STAGE0_BASE_URL` must be an http or https URL without query or fragment, got `{0}`")]
     InvalidBaseUrl(String),
+    #[error("`STAGE0_ACTOR_ROLE` must be `viewer`, `developer` or `admin`, got `{0}`")]
+    InvalidActorRole(String),
+    #[error("`STAGE0_APPROVALS` must be `on` or `off`, got `{0}`")]
+    InvalidApprovals(String),
+    #[error("`STAGE0_APPROVAL_TIMEOUT_S` must be a whole number of seconds from 1, got `{0}`")]
+    InvalidApprovalTimeout(String),
 }
 
 impl Config {
@@ -64,7 +79,9 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `STAGE0_TIMEOUT_MS` or `STAGE0_BASE_URL` is set to something unusable.
+    /// [`ConfigError`] naming the variable when `STAGE0_TIMEOUT_MS`, `STAGE0_BASE_URL`,
+    /// `STAGE0_ACTOR_ROLE`, `STAGE0_APPROVALS` or `STAGE0_APPROVAL_TIMEOUT_S` is set to something
+    /// unusable.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let set = |name: &str| {
             lookup(name)
@@ -92,11 +109,39 @@ impl Config {
                 .ok_or(ConfigError::InvalidTimeout(raw))?,
         };
 
+        let actor_role = match set("STAGE0_ACTOR_ROLE") {
+            None => ActorRole::Viewer,
+            Some(raw) => raw
+                .parse::<ActorRole>()
+                .map_err(|_| ConfigError::InvalidActorRole(raw))?,
+        };
+
+        let approval_timeout_s = match set("STAGE0_APPROVAL_TIMEOUT_S") {
+            None => DEFAULT_APPROVAL_TIMEOUT_S,
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s >= 1)
+                .ok_or(ConfigError::InvalidApprovalTimeout(raw))?,
+        };
+        let approvals = match set("STAGE0_APPROVALS").as_deref() {
+            None | Some("on") => Approvals::Ask {
+                timeout: Duration::from_secs(approval_timeout_s),
+            },
+            Some("off") => Approvals::Off,
+            Some(other) => return Err(ConfigError::InvalidApprovals(other.to_owned())),
+        };
+
         Ok(Config {
             api_key: set("STAGE0_API_KEY").map(ApiKey::new),
             base_url,
             timeout: Duration::from_millis(timeout_ms),
             debug: set("STAGE0_DEBUG").is_some_and(|v| v == "true" || v == "1"),
+            operator: Operator {
+                actor_role,
+                actor_id: set("STAGE0_ACTOR_ID"),
+            },
+            approvals,
         })
     }
 }
@@ -122,6 +167,13 @@ mod tests {
         assert_eq!(config.base_url.as_str(), "https://api.signalpulse.org/");
         assert_eq!(config.timeout, Duration::from_millis(5000));
         assert!(!config.debug);
+        assert_eq!(config.operator, Operator::default());
+        assert_eq!(
+            config.approvals,
+            Approvals::Ask {
+                timeout: Duration::from_secs(300)
+            }
+        );
     }
 
     #[test]
@@ -141,12 +193,34 @@ mod tests {
             ("STAGE0_BASE_URL", "http://127.0.0.1:9999/v1"),
             ("STAGE0_TIMEOUT_MS", "250"),
             ("STAGE0_DEBUG", "true"),
+            ("STAGE0_ACTOR_ROLE", "developer"),
+            ("STAGE0_ACTOR_ID", "alice@example.test"),
+            ("STAGE0_APPROVAL_TIMEOUT_S", "30"),
         ])
         .unwrap();
         assert_eq!(config.api_key.unwrap().expose(), "sk-test");
         assert_eq!(config.base_url.as_str(), "http://127.0.0.1:9999/v1");
         assert_eq!(config.timeout, Duration::from_millis(250));
         assert!(config.debug);
+        assert_eq!(
+            config.operator,
+            Operator {
+                actor_role: ActorRole::Developer,
+                actor_id: Some("alice@example.test".to_owned()),
+            }
+        );
+        assert_eq!(
+            config.approvals,
+            Approvals::Ask {
+                timeout: Duration::from_secs(30)
+            }
+        );
+    }
+
+    #[test]
+    fn approvals_can_be_turned_off() {
+        let config = config(&[("STAGE0_APPROVALS", "off")]).unwrap();
+        assert_eq!(config.approvals, Approvals::Off);
     }
 
     #[test]
@@ -159,6 +233,11 @@ mod tests {
             ("STAGE0_BASE_URL", "api.signalpulse.org"),
             ("STAGE0_BASE_URL", "ftp://example.test"),
             ("STAGE0_BASE_URL", "https://example.test/v1?tenant=a"),
+            ("STAGE0_ACTOR_ROLE", "root"),
+            ("STAGE0_ACTOR_ROLE", "viewer,admin"),
+            ("STAGE0_APPROVALS", "maybe"),
+            ("STAGE0_APPROVAL_TIMEOUT_S", "0"),
+            ("STAGE0_APPROVAL_TIMEOUT_S", "5m"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             let message = error.to_string();

@@ -1,8 +1,10 @@
 //! The one policy enforcement point: no tool body runs without an `ALLOW` for its intent.
 //!
 //! Every tool call goes through [`Guard::enforce`] (or [`Guard::report`] for report-only
-//! tools): read the arguments → build the execution intent → ask the policy decision point →
-//! on `ALLOW` run the tool body, otherwise return the blocked result without running it.
+//! tools): read the arguments → replace the agent's claims with what the server vouches for
+//! (`claims.rs`) → build the execution intent → ask the policy decision point → on `DEFER`, ask
+//! the human through elicitation and, on approval, ask the policy once more (`approval.rs`) → on
+//! `ALLOW` run the tool body, otherwise return the blocked result without running it.
 //!
 //! The guarantee is structural, not a convention. A tool body is [`GuardedTool::run`], which
 //! needs a [`Permit`]; a `Permit` has a private field, so only this module can make one, and it
@@ -12,9 +14,13 @@
 use std::future::Future;
 
 use rmcp::model::{CallToolResult, JsonObject};
+use rmcp::{Peer, RoleServer};
 use serde::de::DeserializeOwned;
 
-use crate::report;
+use crate::approval::{self, Approvals};
+use crate::claims::{ApprovalStatus, Claim, Operator, Provenance};
+use crate::ledger::AttemptLedger;
+use crate::report::{self, Checked};
 use crate::stage0::wire::{Intent, PolicyResponse, Verdict};
 use crate::stage0::{Mode, PolicyClient};
 
@@ -28,7 +34,16 @@ pub trait ToolIntent: DeserializeOwned + Send + 'static {
     const NAME: &'static str;
 
     /// The execution intent this call asks to be authorised (SPEC §2 gives each tool's).
+    ///
+    /// Called after the guard replaced the [`claims`](ToolIntent::claims) with vouched values.
     fn intent(&self) -> Intent;
+
+    /// The arguments the agent asserts but cannot vouch for (retry count, role, approval); the
+    /// guard overwrites each in place before it calls [`intent`](ToolIntent::intent) (see
+    /// `claims.rs`). Most tools claim nothing.
+    fn claims(&mut self) -> Vec<Claim<'_>> {
+        Vec::new()
+    }
 }
 
 /// A tool with a body; the body can only be run with a [`Permit`], that is, after `ALLOW`.
@@ -38,15 +53,24 @@ pub trait GuardedTool: ToolIntent {
 }
 
 /// The policy enforcement point shared by every tool of the server.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Guard {
     policy: PolicyClient,
+    operator: Operator,
+    approvals: Approvals,
+    ledger: AttemptLedger,
 }
 
 impl Guard {
-    /// A guard that asks `policy` before every call.
-    pub fn new(policy: PolicyClient) -> Self {
-        Guard { policy }
+    /// A guard that asks `policy` before every call, vouches for claims with what `operator`
+    /// configured, and asks a human about a `DEFER` as `approvals` says.
+    pub fn new(policy: PolicyClient, operator: Operator, approvals: Approvals) -> Self {
+        Guard {
+            policy,
+            operator,
+            approvals,
+            ledger: AttemptLedger::default(),
+        }
     }
 
     /// Which policy decision point this guard asks.
@@ -56,30 +80,82 @@ impl Guard {
 
     /// Checks a call of tool `T` with `arguments` and runs its body only on `ALLOW`.
     ///
-    /// Never fails: invalid arguments, `DENY`, `DEFER` and a failing body are all `isError`
-    /// results (see `report.rs`); only `ALLOW` followed by a successful body is a success.
-    pub async fn enforce<T: GuardedTool>(&self, arguments: JsonObject) -> CallToolResult {
-        let call = match read_arguments::<T>(arguments) {
-            Ok(call) => call,
+    /// On `DEFER`, asks the human behind `client` (the caller's MCP peer; `None` when there is
+    /// none) through elicitation, and on approval checks once more with the approval in the
+    /// context. Never fails: invalid arguments, `DENY`, `DEFER` and a failing body are all
+    /// `isError` results (see `report.rs`); only `ALLOW` and a successful body is a success.
+    pub async fn enforce<T: GuardedTool>(
+        &self,
+        arguments: JsonObject,
+        client: Option<&Peer<RoleServer>>,
+    ) -> CallToolResult {
+        let (call, mut provenance, mut intent) = match self.prepare::<T>(arguments) {
+            Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
-        let policy = self.decide(T::NAME, &call.intent()).await;
-        if policy.verdict != Verdict::Allow {
-            return report::blocked(T::NAME, self.mode(), policy);
+        let mut policy = self.decide(T::NAME, &intent).await;
+        let mut approval = None;
+        if policy.verdict == Verdict::Defer {
+            let asked = approval::ask(
+                client,
+                self.approvals,
+                &self.operator,
+                T::NAME,
+                &intent,
+                &policy,
+            )
+            .await;
+            if let Some(human) = &asked.approval {
+                human.annotate(&mut intent.context);
+                if let Some(status) = &mut provenance.approval_status {
+                    status.effective = ApprovalStatus::Approved;
+                }
+                policy = self.decide(T::NAME, &intent).await;
+            }
+            approval = Some(asked);
+        }
+        let checked = Checked {
+            tool: T::NAME,
+            mode: self.mode(),
+            policy,
+            provenance,
+            approval,
+        };
+        if checked.policy.verdict != Verdict::Allow {
+            return report::blocked(checked);
         }
         let outcome = call.run(Permit(())).await;
-        report::executed(T::NAME, self.mode(), policy, outcome)
+        report::executed(checked, outcome)
     }
 
-    /// Checks a call of report-only tool `T` and reports the verdict; nothing runs.
+    /// Checks a call of report-only tool `T` and reports the verdict; nothing runs and no human
+    /// is asked, since there is nothing to approve.
     pub async fn report<T: ToolIntent>(&self, arguments: JsonObject) -> CallToolResult {
-        let call = match read_arguments::<T>(arguments) {
-            Ok(call) => call,
+        let (_, provenance, intent) = match self.prepare::<T>(arguments) {
+            Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
-        let intent = call.intent();
         let policy = self.decide(T::NAME, &intent).await;
-        report::reported(T::NAME, self.mode(), &intent, policy)
+        let checked = Checked {
+            tool: T::NAME,
+            mode: self.mode(),
+            policy,
+            provenance,
+            approval: None,
+        };
+        report::reported(checked, &intent)
+    }
+
+    /// Reads the arguments, replaces the claims with vouched values and builds the intent.
+    fn prepare<T: ToolIntent>(
+        &self,
+        arguments: JsonObject,
+    ) -> Result<(T, Provenance, Intent), CallToolResult> {
+        let mut call = read_arguments::<T>(arguments)?;
+        let provenance = self.operator.vouch(call.claims(), &self.ledger);
+        let mut intent = call.intent();
+        provenance.annotate(&mut intent.context);
+        Ok((call, provenance, intent))
     }
 
     async fn decide(&self, tool: &str, intent: &Intent) -> PolicyResponse {
@@ -164,9 +240,13 @@ mod tests {
         let serde_json::Value::Object(arguments) = arguments else {
             panic!("arguments are an object");
         };
-        Guard::new(PolicyClient::Simulator)
-            .enforce::<Probe>(arguments)
-            .await
+        Guard::new(
+            PolicyClient::Simulator,
+            Operator::default(),
+            Approvals::default(),
+        )
+        .enforce::<Probe>(arguments, None)
+        .await
     }
 
     fn text(result: &CallToolResult) -> &str {

@@ -4,6 +4,9 @@
 //! key is set, is the policy decision point (PDP). Read the modules in this order:
 //!
 //! - [`guard`]: the one enforcement point, where a verdict decides whether a tool body runs;
+//! - [`claims`]: what the agent claims (retry count, role, approval) and what the server vouches
+//!   for instead, with the attempt [`ledger`] behind the retry count;
+//! - [`approval`]: asking a human about a `DEFER` through MCP elicitation;
 //! - [`tools`]: the six tools, the execution intent each sends and their stand-in actions;
 //! - [`stage0`]: the policy client: the live `/check` API ([`stage0::http`]) or the simulator
 //!   ([`stage0::simulator`]), with the wire types in [`stage0::wire`];
@@ -11,8 +14,11 @@
 //! - [`server`]: the MCP server that lists the tools and routes every call through the guard;
 //! - [`config`]: the environment variables.
 
+pub mod approval;
+pub mod claims;
 pub mod config;
 pub mod guard;
+pub mod ledger;
 pub mod report;
 pub mod server;
 pub mod stage0;

@@ -66,12 +66,15 @@ async fn run() -> anyhow::Result<()> {
         base_url = %config.base_url,
         timeout_ms = config.timeout.as_millis() as u64,
         api_key_set = config.api_key.is_some(),
+        actor_role = %config.operator.actor_role,
+        actor_id = config.operator.actor_id.as_deref().unwrap_or("(unset)"),
+        approvals = ?config.approvals,
         "starting {} {} with the {mode} as policy decision point",
         mcp_server_stage0::server::SERVER_NAME,
         env!("CARGO_PKG_VERSION"),
     );
 
-    let server = Stage0Server::new(Guard::new(policy));
+    let server = Stage0Server::new(Guard::new(policy, config.operator, config.approvals));
     let service = match server.serve_with_ct(stdio_pipes(), shutdown).await {
         Ok(service) => service,
         Err(ServerInitializeError::ConnectionClosed(_) | ServerInitializeError::Cancelled) => {

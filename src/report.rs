@@ -9,8 +9,25 @@ use rmcp::model::{CallToolResult, ContentBlock};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use crate::approval::ApprovalReport;
+use crate::claims::Provenance;
 use crate::stage0::Mode;
 use crate::stage0::wire::{Intent, PolicyResponse, Verdict};
+
+/// Everything the guard knows about a call once it has its final verdict.
+#[derive(Debug)]
+pub struct Checked {
+    /// The tool that was called, e.g. `deploy-changes`.
+    pub tool: &'static str,
+    /// Which policy decision point answered.
+    pub mode: Mode,
+    /// The final verdict: after a human approval, that of the second check.
+    pub policy: PolicyResponse,
+    /// Where the authorization context came from.
+    pub provenance: Provenance,
+    /// How asking a human ended, when the call was deferred.
+    pub approval: Option<ApprovalReport>,
+}
 
 /// The `structuredContent` of every guarded tool result; its schema is each tool's `outputSchema`.
 ///
@@ -27,6 +44,11 @@ pub struct ToolReport {
     pub mode: Mode,
     #[serde(flatten)]
     pub policy: PolicyResponse,
+    /// Where the authorization context came from: effective and claimed values.
+    pub provenance: Provenance,
+    /// How asking a human ended; present whenever the call was deferred.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalReport>,
     /// What the tool body returned, when it ran and succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
@@ -36,12 +58,13 @@ pub struct ToolReport {
 }
 
 /// The result of a call the guard did not let run (`DENY` or `DEFER`): `isError: true`.
-pub fn blocked(tool: &str, mode: Mode, policy: PolicyResponse) -> CallToolResult {
+pub fn blocked(checked: Checked) -> CallToolResult {
+    let policy = &checked.policy;
     let mut text = match policy.verdict {
         Verdict::Defer => format!("⏸️ DEFERRED by Stage0\n\nReason: {}\n\n", policy.reason),
         _ => format!("⛔ BLOCKED by Stage0\n\nReason: {}\n\n", policy.reason),
     };
-    let questions = questions(&policy);
+    let questions = questions(policy);
     if policy.verdict == Verdict::Defer && !questions.is_empty() {
         text.push_str("Questions:\n");
         for question in questions {
@@ -49,55 +72,30 @@ pub fn blocked(tool: &str, mode: Mode, policy: PolicyResponse) -> CallToolResult
         }
         text.push('\n');
     }
-    text.push_str(&ids(&policy));
-    let report = ToolReport {
-        tool: tool.to_owned(),
-        executed: false,
-        mode,
-        policy,
-        output: None,
-        error: None,
-    };
-    result(text, &report, true)
+    text.push_str(&context_notes(&checked));
+    text.push_str(&ids(policy));
+    result(text, ToolReport::new(checked, None, None), true)
 }
 
 /// The result of a call that ran after `ALLOW`; `isError: true` when the body failed.
-pub fn executed(
-    tool: &str,
-    mode: Mode,
-    policy: PolicyResponse,
-    outcome: Result<String, String>,
-) -> CallToolResult {
-    let (text, output, error) = match outcome {
+pub fn executed(checked: Checked, outcome: Result<String, String>) -> CallToolResult {
+    let notes = context_notes(&checked);
+    let ids = ids(&checked.policy);
+    match outcome {
         Ok(output) => {
-            let text = format!(
-                "✅ ALLOWED by Stage0\n\n{}\n\n---\n\n{output}",
-                ids(&policy)
-            );
-            (text, Some(output), None)
+            let text = format!("✅ ALLOWED by Stage0\n\n{notes}{ids}\n\n---\n\n{output}");
+            result(text, ToolReport::new(checked, Some(output), None), false)
         }
         Err(error) => {
-            let text = format!(
-                "❌ ERROR during execution\n\nError: {error}\n\n{}",
-                ids(&policy)
-            );
-            (text, None, Some(error))
+            let text = format!("❌ ERROR during execution\n\nError: {error}\n\n{notes}{ids}");
+            result(text, ToolReport::new(checked, None, Some(error)), true)
         }
-    };
-    let failed = error.is_some();
-    let report = ToolReport {
-        tool: tool.to_owned(),
-        executed: true,
-        mode,
-        policy,
-        output,
-        error,
-    };
-    result(text, &report, failed)
+    }
 }
 
 /// The result of a report-only check (`check-authorization`): never an error.
-pub fn reported(tool: &str, mode: Mode, intent: &Intent, policy: PolicyResponse) -> CallToolResult {
+pub fn reported(checked: Checked, intent: &Intent) -> CallToolResult {
+    let policy = &checked.policy;
     let status = match policy.verdict {
         Verdict::Allow => "✅ ALLOWED",
         Verdict::Defer => "⏸️ DEFERRED",
@@ -121,26 +119,18 @@ pub fn reported(tool: &str, mode: Mode, intent: &Intent, policy: PolicyResponse)
         "\n\nDecision: {}\nReason: {}\n\n{}\nRisk Score: {}\nHigh Risk: {}",
         policy.decision,
         policy.reason,
-        ids(&policy),
+        ids(policy),
         optional(policy.risk_score.as_ref().map(ToString::to_string)),
         optional(policy.high_risk.map(|h| h.to_string())),
     ));
-    let questions = questions(&policy);
+    let questions = questions(policy);
     if !questions.is_empty() {
         text.push_str("\n\nQuestions:");
         for question in questions {
             text.push_str(&format!("\n- {question}"));
         }
     }
-    let report = ToolReport {
-        tool: tool.to_owned(),
-        executed: false,
-        mode,
-        policy,
-        output: None,
-        error: None,
-    };
-    result(text, &report, false)
+    result(text, ToolReport::new(checked, None, None), false)
 }
 
 /// The result of a call whose arguments could not be read: `isError: true`, nothing was checked.
@@ -151,12 +141,30 @@ pub fn invalid_arguments(tool: &str, problem: &str) -> CallToolResult {
 }
 
 /// `defer_questions` when there are any, else `clarifying_questions`, as the original shows them.
-fn questions(policy: &PolicyResponse) -> &[String] {
+pub fn questions(policy: &PolicyResponse) -> &[String] {
     if policy.defer_questions.is_empty() {
         &policy.clarifying_questions
     } else {
         &policy.defer_questions
     }
+}
+
+/// The paragraphs on the server-vouched context and the human review, each ending in a blank line;
+/// empty when the call's claims were taken as given and nobody was asked.
+fn context_notes(checked: &Checked) -> String {
+    let mut notes = String::new();
+    let overrides = checked.provenance.overrides();
+    if !overrides.is_empty() {
+        notes.push_str("Context vouched for by the server:\n");
+        for line in overrides {
+            notes.push_str(&format!("- {line}\n"));
+        }
+        notes.push('\n');
+    }
+    if let Some(approval) = &checked.approval {
+        notes.push_str(&format!("Human review: {}\n\n", approval.sentence()));
+    }
+    notes
 }
 
 fn ids(policy: &PolicyResponse) -> String {
@@ -166,8 +174,24 @@ fn ids(policy: &PolicyResponse) -> String {
     )
 }
 
-fn result(text: String, report: &ToolReport, is_error: bool) -> CallToolResult {
-    let value = serde_json::to_value(report).expect("a tool report always serialises");
+impl ToolReport {
+    /// The report of `checked`; `executed` is whether the body ran, that is, `output` or `error`.
+    fn new(checked: Checked, output: Option<String>, error: Option<String>) -> Self {
+        ToolReport {
+            tool: checked.tool.to_owned(),
+            executed: output.is_some() || error.is_some(),
+            mode: checked.mode,
+            policy: checked.policy,
+            provenance: checked.provenance,
+            approval: checked.approval,
+            output,
+            error,
+        }
+    }
+}
+
+fn result(text: String, report: ToolReport, is_error: bool) -> CallToolResult {
+    let value = serde_json::to_value(&report).expect("a tool report always serialises");
     let mut result = if is_error {
         CallToolResult::structured_error(value)
     } else {

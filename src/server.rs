@@ -10,7 +10,8 @@ use std::sync::Arc;
 use rmcp::handler::server::common::{schema_for_input, schema_for_output};
 use rmcp::handler::server::tool::ToolRouter;
 use rmcp::model::{CallToolResult, Implementation, JsonObject, ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 
 use crate::guard::Guard;
@@ -62,8 +63,14 @@ impl Stage0Server {
         output_schema = schema_for_output::<ToolReport>(),
         annotations(read_only_hint = true)
     )]
-    async fn research_topic(&self, arguments: JsonObject) -> CallToolResult {
-        self.guard.enforce::<ResearchTopic>(arguments).await
+    async fn research_topic(
+        &self,
+        arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        self.guard
+            .enforce::<ResearchTopic>(arguments, Some(&context.peer))
+            .await
     }
 
     /// Publish content to a public channel (HIGH RISK - typically DENIED)
@@ -74,8 +81,14 @@ impl Stage0Server {
         output_schema = schema_for_output::<ToolReport>(),
         annotations(open_world_hint = true)
     )]
-    async fn publish_content(&self, arguments: JsonObject) -> CallToolResult {
-        self.guard.enforce::<PublishContent>(arguments).await
+    async fn publish_content(
+        &self,
+        arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        self.guard
+            .enforce::<PublishContent>(arguments, Some(&context.peer))
+            .await
     }
 
     /// Deploy changes to an environment. Context-aware: requires appropriate actor_role for production deployments.
@@ -86,8 +99,14 @@ impl Stage0Server {
         output_schema = schema_for_output::<ToolReport>(),
         annotations(destructive_hint = true)
     )]
-    async fn deploy_changes(&self, arguments: JsonObject) -> CallToolResult {
-        self.guard.enforce::<DeployChanges>(arguments).await
+    async fn deploy_changes(
+        &self,
+        arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        self.guard
+            .enforce::<DeployChanges>(arguments, Some(&context.peer))
+            .await
     }
 
     /// Deploy with full authorization context. Demonstrates actor_role, approval_status, environment, and resource_scope usage.
@@ -98,8 +117,14 @@ impl Stage0Server {
         output_schema = schema_for_output::<ToolReport>(),
         annotations(destructive_hint = true)
     )]
-    async fn managed_deploy(&self, arguments: JsonObject) -> CallToolResult {
-        self.guard.enforce::<ManagedDeploy>(arguments).await
+    async fn managed_deploy(
+        &self,
+        arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        self.guard
+            .enforce::<ManagedDeploy>(arguments, Some(&context.peer))
+            .await
     }
 
     /// Retry a failing workflow (MEDIUM RISK - may DEFER if loop threshold exceeded)
@@ -109,8 +134,14 @@ impl Stage0Server {
         input_schema = input::<RetryWorkflow>(),
         output_schema = schema_for_output::<ToolReport>()
     )]
-    async fn retry_workflow(&self, arguments: JsonObject) -> CallToolResult {
-        self.guard.enforce::<RetryWorkflow>(arguments).await
+    async fn retry_workflow(
+        &self,
+        arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        self.guard
+            .enforce::<RetryWorkflow>(arguments, Some(&context.peer))
+            .await
     }
 
     /// Check if an action would be authorized by Stage0 (does NOT execute the action)

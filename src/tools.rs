@@ -11,18 +11,9 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Number, Value};
 
+use crate::claims::{ActorRole, ApprovalStatus, Claim};
 use crate::guard::{GuardedTool, Permit, ToolIntent};
 use crate::stage0::wire::Intent;
-
-/// Who performs a deployment, from least to most privileged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[schemars(inline)]
-pub enum ActorRole {
-    Admin,
-    Developer,
-    Viewer,
-}
 
 /// Where `deploy-changes` deploys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -43,27 +34,6 @@ pub enum ManagedEnvironment {
     Production,
 }
 
-/// Whether a deployment has been approved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[schemars(inline)]
-pub enum ApprovalStatus {
-    Approved,
-    Pending,
-    None,
-}
-
-impl ActorRole {
-    /// The wire spelling, as in the input schema and the Stage0 context.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActorRole::Admin => "admin",
-            ActorRole::Developer => "developer",
-            ActorRole::Viewer => "viewer",
-        }
-    }
-}
-
 impl DeployEnvironment {
     /// The wire spelling, as in the input schema and the Stage0 context.
     pub fn as_str(self) -> &'static str {
@@ -81,17 +51,6 @@ impl ManagedEnvironment {
             ManagedEnvironment::Development => "development",
             ManagedEnvironment::Staging => "staging",
             ManagedEnvironment::Production => "production",
-        }
-    }
-}
-
-impl ApprovalStatus {
-    /// The wire spelling, as in the input schema and the Stage0 context.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalStatus::Approved => "approved",
-            ApprovalStatus::Pending => "pending",
-            ApprovalStatus::None => "none",
         }
     }
 }
@@ -272,6 +231,13 @@ impl DeployChanges {
 impl ToolIntent for DeployChanges {
     const NAME: &'static str = "deploy-changes";
 
+    /// A missing role is a claim of `viewer` (SPEC §2).
+    fn claims(&mut self) -> Vec<Claim<'_>> {
+        vec![Claim::ActorRole(
+            self.actor_role.get_or_insert(ActorRole::Viewer),
+        )]
+    }
+
     fn intent(&self) -> Intent {
         Intent {
             goal: format!(
@@ -312,6 +278,13 @@ impl ManagedDeploy {
 
 impl ToolIntent for ManagedDeploy {
     const NAME: &'static str = "managed-deploy";
+
+    fn claims(&mut self) -> Vec<Claim<'_>> {
+        vec![
+            Claim::ActorRole(&mut self.actor_role),
+            Claim::ApprovalStatus(&mut self.approval_status),
+        ]
+    }
 
     fn intent(&self) -> Intent {
         let mut constraints = Vec::new();
@@ -376,6 +349,13 @@ impl RetryWorkflow {
 
 impl ToolIntent for RetryWorkflow {
     const NAME: &'static str = "retry-workflow";
+
+    fn claims(&mut self) -> Vec<Claim<'_>> {
+        vec![Claim::RetryCount {
+            workflow_id: &self.workflow_id,
+            count: &mut self.retry_count.0,
+        }]
+    }
 
     fn intent(&self) -> Intent {
         Intent {

@@ -196,7 +196,11 @@ fn executing_calls() -> Vec<Call> {
                 "constraints": [],
                 "tools": ["shell", "kubectl"],
                 "side_effects": ["deploy"],
-                "context": {"environment": "production", "actor_role": "viewer"},
+                "context": {
+                    "environment": "production",
+                    "actor_role": "viewer",
+                    "claimed_actor_role": "viewer"
+                },
                 "pro": false
             }),
         },
@@ -220,7 +224,9 @@ fn executing_calls() -> Vec<Call> {
                 "side_effects": ["deploy"],
                 "context": {
                     "actor_role": "viewer",
+                    "claimed_actor_role": "viewer",
                     "approval_status": "pending",
+                    "claimed_approval_status": "pending",
                     "environment": "production",
                     "resource_scope": "all"
                 },
@@ -236,7 +242,7 @@ fn executing_calls() -> Vec<Call> {
                 "constraints": ["max_retries: 5"],
                 "tools": ["shell", "api_call"],
                 "side_effects": ["loop"],
-                "context": {"run_id": "nightly-etl", "retry_count": 2},
+                "context": {"run_id": "nightly-etl", "retry_count": 2, "claimed_retry_count": 2},
                 "pro": false
             }),
         },
@@ -260,7 +266,11 @@ fn more_calls() -> Vec<Call> {
                 "constraints": [],
                 "tools": ["shell", "kubectl"],
                 "side_effects": ["deploy"],
-                "context": {"environment": "staging", "actor_role": "admin"},
+                "context": {
+                    "environment": "staging",
+                    "actor_role": "admin",
+                    "claimed_actor_role": "admin"
+                },
                 "pro": false
             }),
         },
@@ -285,7 +295,9 @@ fn more_calls() -> Vec<Call> {
                 "side_effects": ["deploy"],
                 "context": {
                     "actor_role": "admin",
-                    "approval_status": "approved",
+                    "claimed_actor_role": "admin",
+                    "approval_status": "pending",
+                    "claimed_approval_status": "approved",
                     "environment": "staging",
                     "resource_scope": "team-a"
                 },
@@ -307,12 +319,14 @@ fn more_calls() -> Vec<Call> {
                     "Deployment completes successfully",
                     "No unauthorized access to resources"
                 ],
-                "constraints": ["production_deployment"],
+                "constraints": ["production_deployment", "approval_required"],
                 "tools": ["shell", "kubectl", "terraform"],
                 "side_effects": ["deploy"],
                 "context": {
                     "actor_role": "developer",
-                    "approval_status": "approved",
+                    "claimed_actor_role": "developer",
+                    "approval_status": "pending",
+                    "claimed_approval_status": "approved",
                     "environment": "production",
                     "resource_scope": "all"
                 },
@@ -328,7 +342,7 @@ fn more_calls() -> Vec<Call> {
                 "constraints": ["max_retries: 5"],
                 "tools": ["shell", "api_call"],
                 "side_effects": ["loop"],
-                "context": {"run_id": "W", "retry_count": 0},
+                "context": {"run_id": "W", "retry_count": 0, "claimed_retry_count": 0},
                 "pro": false
             }),
         },

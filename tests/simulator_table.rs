@@ -322,3 +322,41 @@ fn the_same_intent_always_gets_the_same_verdict() {
         assert_eq!(first, second, "{}", case.name);
     }
 }
+
+#[test]
+fn a_human_approval_waives_the_loop_and_clarity_rules_but_never_a_deny() {
+    use Rule::*;
+    let loop_ = &["loop"][..];
+    let approved = json!({"approval_status": "approved", "approved_by": "Alice"});
+    #[rustfmt::skip]
+    let rows: Vec<(Case, Value)> = vec![
+        (case("an approved loop at the threshold is allowed", CLEAR, loop_, OK, Some(json!(9)), Allow), approved.clone()),
+        (case("an approved vague goal is allowed", "help me", &[], OK, None, Allow), approved.clone()),
+        (case("an approved publish is still denied", CLEAR, &["publish"], OK, None, Guardrails), approved.clone()),
+        (case("an approved deploy in a loop is still denied", CLEAR, &["deploy", "loop"], OK, Some(json!(9)), Guardrails), approved.clone()),
+        (case("an approval does not replace success criteria", CLEAR, &[], NONE, None, NoCriteria), approved.clone()),
+        (case("a blank approver is no approval", CLEAR, loop_, OK, Some(json!(9)), LoopThreshold), json!({"approval_status": "approved", "approved_by": "  "})),
+        (case("a missing approver is no approval", CLEAR, loop_, OK, Some(json!(9)), LoopThreshold), json!({"approval_status": "approved"})),
+        (case("a non-string approver is no approval", "help me", &[], OK, None, Unclear), json!({"approval_status": "approved", "approved_by": 7})),
+        (case("a pending approval is no approval", CLEAR, loop_, OK, Some(json!(9)), LoopThreshold), json!({"approval_status": "pending", "approved_by": "Alice"})),
+        (case("the status is matched exactly", "help me", &[], OK, None, Unclear), json!({"approval_status": "APPROVED", "approved_by": "Alice"})),
+    ];
+    for (row, approval) in rows {
+        let mut intent = intent(&row);
+        intent
+            .context
+            .extend(approval.as_object().expect("an object").clone());
+        let response = simulate(&intent, "r".to_owned());
+        let expected = row.rule.expected();
+        assert_eq!(response.verdict, expected.verdict, "{}", row.name);
+        let codes: Vec<&str> = response.issues.iter().map(|i| i.code.as_str()).collect();
+        assert_eq!(codes, expected.issues, "{}", row.name);
+        if row.rule == Allow {
+            assert_eq!(
+                response.reason, "Approved by Alice for this call; no rule blocks it",
+                "{}",
+                row.name
+            );
+        }
+    }
+}

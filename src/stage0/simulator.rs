@@ -10,8 +10,12 @@
 //! 3. a vague goal → `DEFER` (`UNCLEAR_VALUE_SIGNAL`)
 //! 4. no success criteria → `DENY` (`MISSING_SUCCESS_CRITERIA`)
 //! 5. otherwise → `ALLOW`
+//!
+//! A human's approval (`approval_status: approved` with a non-blank `approved_by` in the context,
+//! which only the guard puts there after an elicitation, see `approval.rs`) waives rules 2 and 3,
+//! the two that ask for human review. Rules 1 and 4 still apply: a `DENY` is final.
 
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
 
 use super::wire::{Decision, Intent, Issue, PolicyResponse, Verdict};
 
@@ -58,8 +62,9 @@ pub fn simulate(intent: &Intent, request_id: String) -> PolicyResponse {
         );
     }
 
+    let approved_by = approved_by(&intent.context);
     let retry_count = retry_count(intent.context.get("retry_count"));
-    if has("loop") && retry_count >= MAX_RETRIES {
+    if approved_by.is_none() && has("loop") && retry_count >= MAX_RETRIES {
         let mut response = verdict(
             Verdict::Defer,
             request_id,
@@ -82,7 +87,7 @@ pub fn simulate(intent: &Intent, request_id: String) -> PolicyResponse {
         return response;
     }
 
-    if is_vague(&intent.goal) {
+    if approved_by.is_none() && is_vague(&intent.goal) {
         let mut response = verdict(
             Verdict::Defer,
             request_id,
@@ -118,16 +123,25 @@ pub fn simulate(intent: &Intent, request_id: String) -> PolicyResponse {
         );
     }
 
-    let mut response = verdict(
-        Verdict::Allow,
-        request_id,
-        "Informational operation with no high-risk side effects",
-        15,
-        false,
-        Vec::new(),
-    );
+    let reason = match approved_by {
+        Some(by) => &format!("Approved by {by} for this call; no rule blocks it"),
+        None => "Informational operation with no high-risk side effects",
+    };
+    let mut response = verdict(Verdict::Allow, request_id, reason, 15, false, Vec::new());
     response.guardrails = vec!["read_only".to_owned()];
     response
+}
+
+/// Who approved the call, when the context carries a human approval (see the module docs).
+fn approved_by(context: &Map<String, Value>) -> Option<&str> {
+    if context.get("approval_status").and_then(Value::as_str) != Some("approved") {
+        return None;
+    }
+    context
+        .get("approved_by")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|by| !by.is_empty())
 }
 
 /// `retry_count` as the original reads it: a finite number >= 0, anything else is 0.

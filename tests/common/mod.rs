@@ -56,11 +56,15 @@ pub fn command(dir: &Path, env: &[(&str, &str)]) -> Command {
 }
 
 /// The environment of a live-mode server that asks the Stage0 at `base_url`.
+///
+/// Its operator allows every role (`STAGE0_ACTOR_ROLE=admin`), so a claimed role reaches the fake
+/// as given; the role ceiling itself is tested in `tests/claims.rs`.
 pub fn live_env<'a>(base_url: &'a str, timeout_ms: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("STAGE0_API_KEY", SECRET_KEY),
         ("STAGE0_BASE_URL", base_url),
         ("STAGE0_TIMEOUT_MS", timeout_ms),
+        ("STAGE0_ACTOR_ROLE", "admin"),
     ]
 }
 
