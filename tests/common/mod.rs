@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use rmcp::ServiceExt;
+use rmcp::{ClientHandler, ServiceExt};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
 use rmcp::transport::TokioChildProcess;
@@ -132,22 +132,33 @@ impl Outcome {
 }
 
 /// A real MCP client session (rmcp) with the server binary as its child process.
-pub struct Session {
-    pub client: RunningService<RoleClient, ()>,
+///
+/// The client is `C`: `()` declares no capabilities; a test's own [`ClientHandler`] can, for
+/// instance, answer elicitations.
+pub struct Session<C: ClientHandler = ()> {
+    pub client: RunningService<RoleClient, C>,
     stderr: JoinHandle<String>,
     _dir: TempDir,
 }
 
 impl Session {
-    /// Spawns the server with `env` (and nothing else) and completes `initialize`.
+    /// Spawns the server with `env` (and nothing else) and completes `initialize` as a client
+    /// that declares no capabilities.
     pub async fn start(env: &[(&str, &str)]) -> Session {
+        Session::start_with(env, ()).await
+    }
+}
+
+impl<C: ClientHandler> Session<C> {
+    /// Spawns the server with `env` (and nothing else) and completes `initialize` as `client`.
+    pub async fn start_with(env: &[(&str, &str)], client: C) -> Session<C> {
         let dir = TempDir::new().expect("a temporary working directory");
         let (transport, stderr) = TokioChildProcess::builder(command(dir.path(), env))
             .stderr(Stdio::piped())
             .spawn()
             .expect("the server binary starts");
         let stderr = collect(stderr.expect("stderr is piped"));
-        let client = bounded("initialize", ().serve(transport))
+        let client = bounded("initialize", client.serve(transport))
             .await
             .expect("the server completes initialize");
         Session {
