@@ -71,7 +71,11 @@ async fn an_agent_repeating_retry_count_zero_is_deferred_on_its_sixth_call() {
     let retry = json!({"workflowId": "nightly-etl", "retryCount": 0});
     for call in 1..=5 {
         let outcome = session.call("retry-workflow", retry.clone()).await;
-        assert_eq!(outcome.field("verdict"), "ALLOW", "call {call}: {outcome:#?}");
+        assert_eq!(
+            outcome.field("verdict"),
+            "ALLOW",
+            "call {call}: {outcome:#?}"
+        );
         assert_eq!(outcome.structured["executed"], true, "call {call}");
         assert_eq!(
             outcome.structured["provenance"]["retry_count"],
@@ -231,7 +235,9 @@ async fn the_result_shows_the_effective_and_the_claimed_role_and_approval() {
         })
     );
     assert!(
-        outcome.text.contains("actor_role developer was used, not the claimed admin"),
+        outcome
+            .text
+            .contains("actor_role developer was used, not the claimed admin"),
         "{}",
         outcome.text
     );

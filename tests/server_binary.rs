@@ -9,16 +9,13 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Outcome, SECRET_KEY, Session, bounded, live_env, refused_base_url};
+use common::{Outcome, SECRET_KEY, STAND_IN, Session, bounded, live_env, refused_base_url};
 use rmcp::model::ErrorCode;
 use rmcp::service::ServiceError;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
-
-/// Every stand-in tool body says this in its output, so its absence proves the body did not run.
-const STAND_IN: &str = "Stand-in action";
 
 const SIX_TOOLS: [&str; 6] = [
     "research-topic",

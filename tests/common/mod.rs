@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use rmcp::{ClientHandler, ServiceExt};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
 use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -33,6 +33,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-server-stage0");
 /// The longest any single wait may take (start-up, one call, shutdown) before the test fails.
 /// Generous because the suite may share two cores with concurrent builds.
 pub const BOUND: Duration = Duration::from_secs(20);
+
+/// Every stand-in tool body says this in its output, so its absence proves the body did not run.
+pub const STAND_IN: &str = "Stand-in action";
 
 /// A distinctive API key, so a leak is unmistakable in any text.
 pub const SECRET_KEY: &str = "sk-test-DO-NOT-LEAK-9f8e7d";

@@ -1,0 +1,354 @@
+//! Human approval of a `DEFER` through MCP elicitation, over a real MCP session with the binary.
+//!
+//! The client is a scripted [`Reviewer`]: it declares the elicitation capability (or not),
+//! answers every `elicitation/create` the way the test says, and keeps what it was asked. The
+//! simulator defers `retry-workflow` at 5 retries; a fake Stage0 on 127.0.0.1 shows what the
+//! second check carries.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{Outcome, STAND_IN, Session, bounded, live_env};
+use rmcp::ClientHandler;
+use rmcp::model::{
+    ClientCapabilities, ClientInfo, ElicitRequestParams, ElicitResult, ElicitationAction,
+    Implementation,
+};
+use rmcp::service::{RequestContext, RoleClient};
+use serde_json::{Value, json};
+use wiremock::matchers::{body_partial_json, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// How the scripted human answers.
+#[derive(Debug, Clone)]
+enum Answer {
+    /// `accept` with this content.
+    Accept(Value),
+    Decline,
+    Cancel,
+    /// Never answers.
+    Never,
+}
+
+/// An MCP client with a scripted human behind it.
+#[derive(Clone)]
+struct Reviewer {
+    answer: Answer,
+    /// Whether the client declares the elicitation capability.
+    capable: bool,
+    /// Every form it was shown: (message, requested schema as JSON).
+    asked: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Reviewer {
+    fn answering(answer: Answer) -> Self {
+        Reviewer {
+            answer,
+            capable: true,
+            asked: Arc::default(),
+        }
+    }
+
+    fn approving() -> Self {
+        Reviewer::answering(Answer::Accept(
+            json!({"approve": true, "name": "Dana", "reason": "root cause fixed"}),
+        ))
+    }
+
+    fn asked(&self) -> Vec<(String, Value)> {
+        self.asked.lock().expect("the log lock").clone()
+    }
+}
+
+impl ClientHandler for Reviewer {
+    fn get_info(&self) -> ClientInfo {
+        let capabilities = if self.capable {
+            ClientCapabilities::builder().enable_elicitation().build()
+        } else {
+            ClientCapabilities::default()
+        };
+        ClientInfo::new(capabilities, Implementation::new("reviewer", "1.0.0"))
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, rmcp::ErrorData> {
+        let ElicitRequestParams::FormElicitationParams {
+            message,
+            requested_schema,
+            ..
+        } = request
+        else {
+            panic!("the server asks in form mode");
+        };
+        let schema = serde_json::to_value(&requested_schema).expect("a schema serialises");
+        self.asked
+            .lock()
+            .expect("the log lock")
+            .push((message, schema));
+        match &self.answer {
+            Answer::Accept(content) => {
+                Ok(ElicitResult::new(ElicitationAction::Accept).with_content(content.clone()))
+            }
+            Answer::Decline => Ok(ElicitResult::new(ElicitationAction::Decline)),
+            Answer::Cancel => Ok(ElicitResult::new(ElicitationAction::Cancel)),
+            Answer::Never => std::future::pending().await,
+        }
+    }
+}
+
+/// Arguments the simulator defers: a sixth attempt at a workflow.
+fn looping() -> Value {
+    json!({"workflowId": "nightly-etl", "retryCount": 5})
+}
+
+/// The call was deferred, nothing ran, and the approval says `outcome`.
+fn assert_still_deferred(outcome: &Outcome, approval: &str) {
+    assert!(outcome.is_error, "{outcome:#?}");
+    assert_eq!(outcome.field("verdict"), "DEFER", "{outcome:#?}");
+    assert_eq!(outcome.structured["executed"], false, "{outcome:#?}");
+    assert!(!outcome.raw.contains(STAND_IN), "{outcome:#?}");
+    assert_eq!(
+        outcome.structured["approval"]["outcome"], approval,
+        "{outcome:#?}"
+    );
+    assert!(outcome.structured["approval"].get("approval").is_none());
+}
+
+#[tokio::test]
+async fn an_approved_deferral_is_checked_again_and_runs_once() {
+    let reviewer = Reviewer::approving();
+    let session = Session::start_with(
+        &[("STAGE0_ACTOR_ID", "dana@example.test")],
+        reviewer.clone(),
+    )
+    .await;
+    let outcome = session.call("retry-workflow", looping()).await;
+
+    assert!(!outcome.is_error, "{outcome:#?}");
+    assert_eq!(outcome.field("verdict"), "ALLOW");
+    assert_eq!(
+        outcome.field("reason"),
+        "Approved by Dana for this call; no rule blocks it"
+    );
+    assert_eq!(outcome.structured["executed"], true);
+    assert_eq!(
+        outcome.raw.matches(STAND_IN).count(),
+        2,
+        "text and output, once each"
+    );
+    let approval = &outcome.structured["approval"];
+    assert_eq!(approval["outcome"], "approved");
+    assert_eq!(approval["approval"]["approved_by"], "Dana");
+    assert_eq!(approval["approval"]["approval_reason"], "root cause fixed");
+    let approved_at = approval["approval"]["approved_at"]
+        .as_str()
+        .expect("a time");
+    humantime::parse_rfc3339(approved_at).expect("approved_at is RFC 3339");
+    assert!(approved_at.ends_with('Z'), "UTC: {approved_at}");
+    assert_ne!(
+        approval["deferred_request_id"], outcome.structured["request_id"],
+        "the second check has its own request id"
+    );
+    assert!(
+        outcome.text.contains("Human review: Approved by Dana at "),
+        "{}",
+        outcome.text
+    );
+
+    let asked = reviewer.asked();
+    assert_eq!(asked.len(), 1);
+    let (message, schema) = &asked[0];
+    for shown in [
+        "`retry-workflow`",
+        "Retry workflow nightly-etl (attempt 6)",
+        "LOOP_THRESHOLD_EXCEEDED",
+        "Should we continue retrying or try a different approach?",
+    ] {
+        assert!(message.contains(shown), "{shown:?} not in {message}");
+    }
+    assert_eq!(schema["properties"]["approve"]["type"], "boolean");
+    assert_eq!(schema["properties"]["name"]["type"], "string");
+    assert_eq!(schema["properties"]["name"]["default"], "dana@example.test");
+    assert_eq!(schema["properties"]["reason"]["type"], "string");
+    assert_eq!(schema["required"], json!(["approve", "name"]));
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn the_second_check_carries_the_approval_and_an_approval_is_never_reused() {
+    let fake = bounded("the fake Stage0 to start", async {
+        let fake = MockServer::start().await;
+        // Mocks are tried in the order they were mounted: ALLOW only with a human approval.
+        Mock::given(method("POST"))
+            .and(path("/check"))
+            .and(body_partial_json(
+                json!({"context": {"approval_status": "approved"}}),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "verdict": "ALLOW", "decision": "GO", "reason": "approved by a human",
+                "request_id": "fake-allow", "policy_version": "fake-1"
+            })))
+            .mount(&fake)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/check"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "verdict": "DEFER", "decision": "DEFER", "reason": "needs a human",
+                "request_id": "fake-defer", "policy_version": "fake-1",
+                "defer_questions": ["Is this deploy expected?"]
+            })))
+            .mount(&fake)
+            .await;
+        fake
+    })
+    .await;
+    let reviewer = Reviewer::approving();
+    let session = Session::start_with(&live_env(&fake.uri(), "5000"), reviewer.clone()).await;
+    let research = json!({"topic": "rollback plans"});
+    for call in 1..=2 {
+        let outcome = session.call("research-topic", research.clone()).await;
+        assert_eq!(
+            outcome.field("verdict"),
+            "ALLOW",
+            "call {call}: {outcome:#?}"
+        );
+        assert_eq!(outcome.structured["executed"], true);
+        assert_eq!(
+            outcome.structured["approval"]["deferred_request_id"],
+            "fake-defer"
+        );
+    }
+    assert_eq!(
+        reviewer.asked().len(),
+        2,
+        "each call asks its own human review"
+    );
+
+    let requests = bounded("the fake's request log", fake.received_requests())
+        .await
+        .expect("the fake records requests");
+    let contexts: Vec<Value> = requests
+        .iter()
+        .map(|r| r.body_json::<Value>().expect("JSON")["context"].clone())
+        .collect();
+    assert_eq!(contexts.len(), 4, "two checks per call: {contexts:#?}");
+    for call in contexts.chunks(2) {
+        assert!(call[0].get("approval_status").is_none(), "{:#}", call[0]);
+        assert!(call[0].get("approved_by").is_none(), "{:#}", call[0]);
+        assert_eq!(call[1]["approval_status"], "approved");
+        assert_eq!(call[1]["approved_by"], "Dana");
+        assert_eq!(call[1]["approval_reason"], "root cause fixed");
+        assert!(call[1]["approved_at"].is_string());
+    }
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn every_answer_but_an_approval_leaves_the_call_deferred_and_unrun() {
+    let answers = [
+        (Answer::Decline, "declined"),
+        (Answer::Cancel, "cancelled"),
+        (
+            Answer::Accept(json!({"approve": false, "name": "Dana", "reason": "no"})),
+            "rejected",
+        ),
+        (
+            Answer::Accept(json!({"approve": "yes", "name": "Dana"})),
+            "invalid_answer",
+        ),
+        (Answer::Accept(json!({"name": "Dana"})), "invalid_answer"),
+        (
+            Answer::Accept(json!({"approve": true, "name": "   "})),
+            "invalid_answer",
+        ),
+        (Answer::Accept(json!(["approve"])), "invalid_answer"),
+    ];
+    for (answer, expected) in answers {
+        let reviewer = Reviewer::answering(answer.clone());
+        let session = Session::start_with(&[], reviewer.clone()).await;
+        let outcome = session.call("retry-workflow", looping()).await;
+        assert_still_deferred(&outcome, expected);
+        assert_eq!(reviewer.asked().len(), 1, "{answer:?}");
+        assert!(outcome.text.contains("Human review: "), "{}", outcome.text);
+        session.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn no_answer_within_the_approval_timeout_leaves_the_call_deferred() {
+    let reviewer = Reviewer::answering(Answer::Never);
+    let session =
+        Session::start_with(&[("STAGE0_APPROVAL_TIMEOUT_S", "1")], reviewer.clone()).await;
+    let outcome = session.call("retry-workflow", looping()).await;
+    assert_still_deferred(&outcome, "timed_out");
+    assert_eq!(reviewer.asked().len(), 1);
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_without_elicitation_gets_the_deferral_and_a_sentence_why() {
+    let reviewer = Reviewer {
+        capable: false,
+        ..Reviewer::approving()
+    };
+    let session = Session::start_with(&[], reviewer.clone()).await;
+    let outcome = session.call("retry-workflow", looping()).await;
+    assert_still_deferred(&outcome, "unsupported");
+    assert!(
+        outcome
+            .text
+            .contains("Approval needs an MCP client that supports elicitation"),
+        "{}",
+        outcome.text
+    );
+    assert!(reviewer.asked().is_empty());
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn approvals_off_never_asks() {
+    let reviewer = Reviewer::approving();
+    let session = Session::start_with(&[("STAGE0_APPROVALS", "off")], reviewer.clone()).await;
+    let outcome = session.call("retry-workflow", looping()).await;
+    assert_still_deferred(&outcome, "disabled");
+    assert!(reviewer.asked().is_empty());
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn a_deny_and_a_report_only_check_never_ask_a_human() {
+    let reviewer = Reviewer::approving();
+    let session = Session::start_with(&[], reviewer.clone()).await;
+    let denied = session
+        .call(
+            "publish-content",
+            json!({"content": "hello", "channel": "blog"}),
+        )
+        .await;
+    assert_eq!(denied.field("verdict"), "DENY");
+    assert!(denied.structured.get("approval").is_none(), "{denied:#?}");
+    let deploy = session
+        .call(
+            "managed-deploy",
+            json!({
+                "serviceName": "web", "environment": "production", "changes": "c",
+                "actorRole": "admin", "approvalStatus": "approved"
+            }),
+        )
+        .await;
+    assert_eq!(deploy.field("verdict"), "DENY");
+    let vague = session
+        .call(
+            "check-authorization",
+            json!({"goal": "help me", "sideEffects": []}),
+        )
+        .await;
+    assert_eq!(vague.field("verdict"), "DEFER");
+    assert!(vague.structured.get("approval").is_none(), "{vague:#?}");
+    assert!(reviewer.asked().is_empty(), "{:?}", reviewer.asked());
+    session.stop().await;
+}
