@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use common::{Outcome, STAND_IN, Session, bounded, live_env};
 use rmcp::ClientHandler;
 use rmcp::model::{
-    ClientCapabilities, ClientInfo, ElicitRequestParams, ElicitResult, ElicitationAction,
+    ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
     Implementation,
 };
 use rmcp::service::{RequestContext, RoleClient};
@@ -62,13 +62,13 @@ impl Reviewer {
 }
 
 impl ClientHandler for Reviewer {
-    fn get_info(&self) -> ClientInfo {
+    fn get_info(&self) -> ClientConfig {
         let capabilities = if self.capable {
             ClientCapabilities::builder().enable_elicitation().build()
         } else {
             ClientCapabilities::default()
         };
-        ClientInfo::new(capabilities, Implementation::new("reviewer", "1.0.0"))
+        ClientConfig::new(capabilities, Implementation::new("reviewer", "1.0.0"))
     }
 
     async fn create_elicitation(
