@@ -6,11 +6,17 @@
 //! result's `structuredContent`, as a client that acts on verdicts would, prints it in the shape of
 //! the TypeScript original's demos, and checks it saw the verdict it demonstrates.
 //!
+//! The client has a [`ScriptedHuman`] behind it: it declares the elicitation capability, so the
+//! server can ask for a human review of a `DEFER` inside the call, and answers from a script that
+//! the demo sets before the call, printing what the human was shown.
+//!
 //! Exit status (see [`run`]): 0 when the demo saw what it demonstrates, 1 otherwise (wrong verdict,
 //! bad configuration, broken session), with the reason on stderr. Nothing here initialises
 //! logging, so stdout holds the demo and nothing else.
 
+use std::collections::VecDeque;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
 use mcp_server_stage0::config::Config;
@@ -18,9 +24,12 @@ use mcp_server_stage0::guard::Guard;
 use mcp_server_stage0::server::Stage0Server;
 use mcp_server_stage0::stage0::wire::{Decision, Verdict};
 use mcp_server_stage0::stage0::{Mode, PolicyClient};
-use rmcp::model::{CallToolRequestParams, ContentBlock};
-use rmcp::service::{RoleClient, RunningService};
-use rmcp::{RoleServer, ServiceExt};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, ContentBlock, ElicitRequestParams,
+    ElicitResult, ElicitationAction, Implementation,
+};
+use rmcp::service::{RequestContext, RoleClient, RunningService};
+use rmcp::{ClientHandler, RoleServer, ServiceExt};
 use serde::Deserialize;
 use serde_json::{Number, Value};
 use tokio::task::JoinHandle;
@@ -60,9 +69,13 @@ pub async fn run(demo: impl AsyncFnOnce(&Session) -> anyhow::Result<()>) -> Exit
 
 /// An MCP client session with a [`Stage0Server`] running in this process.
 pub struct Session {
-    client: RunningService<RoleClient, ()>,
+    client: RunningService<RoleClient, ScriptedHuman>,
     server: JoinHandle<anyhow::Result<()>>,
     mode: Mode,
+    /// The person at the client, who answers approval requests.
+    // Only demo_defer scripts answers; the other demos compile this module too.
+    #[allow(dead_code)]
+    pub human: ScriptedHuman,
 }
 
 impl Session {
@@ -87,11 +100,17 @@ impl Session {
             running.waiting().await?;
             Ok(())
         });
-        let client = ().serve(client_transport).await.context("the client did not initialise")?;
+        let human = ScriptedHuman::default();
+        let client = human
+            .clone()
+            .serve(client_transport)
+            .await
+            .context("the client did not initialise")?;
         Ok(Session {
             client,
             server,
             mode,
+            human,
         })
     }
 
@@ -136,6 +155,59 @@ impl Session {
     }
 }
 
+/// The person at the MCP client: answers each approval request (an elicitation) with the next
+/// answer of its script, or declines when the script is empty, and prints what it was shown.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedHuman {
+    answers: Arc<Mutex<VecDeque<Value>>>,
+}
+
+impl ScriptedHuman {
+    /// Queues the form content (`approve`, `name`, `reason`) of the next approval request.
+    #[allow(dead_code)] // as `Session::human`: only demo_defer uses it
+    pub fn will_answer(&self, form: Value) {
+        self.answers
+            .lock()
+            .expect("the script lock")
+            .push_back(form);
+    }
+}
+
+impl ClientHandler for ScriptedHuman {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::builder().enable_elicitation().build(),
+            Implementation::new("stage0-demo", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, rmcp::ErrorData> {
+        if let ElicitRequestParams::FormElicitationParams { message, .. } = &request {
+            println!("👤 The server asks the human at the client (elicitation/create):");
+            for line in message.lines() {
+                println!("{}", format!("   │ {line}").trim_end());
+            }
+        }
+        let answer = self.answers.lock().expect("the script lock").pop_front();
+        Ok(match answer {
+            Some(form) => {
+                println!("👤 The human answers: {form}");
+                println!();
+                ElicitResult::new(ElicitationAction::Accept).with_content(form)
+            }
+            None => {
+                println!("👤 The human declines to review.");
+                println!();
+                ElicitResult::new(ElicitationAction::Decline)
+            }
+        })
+    }
+}
+
 /// The `structuredContent` of a guarded tool result: the verdict and what happened to the call.
 ///
 /// Field names are those of the server's output schema (`ToolReport` in `src/report.rs`); fields
@@ -167,6 +239,32 @@ pub struct Report {
     /// Why the tool body failed, when it ran and failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// Where the authorization context came from (effective and claimed values).
+    #[serde(default)]
+    pub provenance: Value,
+    /// How asking a human ended, when the call was deferred.
+    #[serde(default)]
+    pub approval: Option<Approval>,
+}
+
+/// The `approval` of a deferred call.
+#[derive(Debug, Deserialize)]
+pub struct Approval {
+    /// `approved`, `rejected`, `declined`, `unsupported`, ...
+    pub outcome: String,
+    #[serde(default)]
+    pub approval: Option<HumanApproval>,
+    /// Who rejected and why, or what went wrong.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// Who approved, when and why.
+#[derive(Debug, Deserialize)]
+pub struct HumanApproval {
+    pub approved_by: String,
+    pub approved_at: String,
+    pub approval_reason: String,
 }
 
 /// One finding of the policy evaluation.
@@ -203,6 +301,24 @@ impl Report {
         }
         println!("Mode: {}", self.mode);
         println!("Tool: {} (executed: {})", self.tool, self.executed);
+        if let Some(retry) = self.provenance.get("retry_count") {
+            println!(
+                "Retry count: {} used (agent claimed {}, server saw {} earlier attempts)",
+                retry["effective"], retry["claimed"], retry["observed"]
+            );
+        }
+        if let Some(approval) = &self.approval {
+            match &approval.approval {
+                Some(human) => println!(
+                    "Human review: {} by {} at {} ({})",
+                    approval.outcome, human.approved_by, human.approved_at, human.approval_reason
+                ),
+                None => match &approval.detail {
+                    Some(detail) => println!("Human review: {} ({detail})", approval.outcome),
+                    None => println!("Human review: {}", approval.outcome),
+                },
+            }
+        }
         if !self.issues.is_empty() {
             println!();
             println!("Issues detected:");

@@ -107,7 +107,8 @@ pub struct ApprovalReport {
     /// Who approved, when and why; only when `outcome` is `approved`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<HumanApproval>,
-    /// What went wrong, for `invalid_answer` and `failed`.
+    /// Who rejected and why (`name: reason`) for `rejected`; what went wrong for
+    /// `invalid_answer` and `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -144,7 +145,9 @@ impl ApprovalReport {
                 ),
                 None => "Approved.".to_owned(),
             },
-            ApprovalOutcome::Rejected => "The reviewer did not approve this call.".to_owned(),
+            ApprovalOutcome::Rejected => {
+                format!("The reviewer did not approve this call ({detail}).")
+            }
             ApprovalOutcome::Declined => "The reviewer declined to review this call.".to_owned(),
             ApprovalOutcome::Cancelled => {
                 "The reviewer dismissed the approval request without answering.".to_owned()
@@ -218,7 +221,8 @@ pub async fn ask(
             let content = answer.content.unwrap_or(Value::Null);
             match serde_json::from_value::<Answer>(content) {
                 Err(error) => report(ApprovalOutcome::InvalidAnswer).with_detail(error.to_string()),
-                Ok(answer) if !answer.approve => report(ApprovalOutcome::Rejected),
+                Ok(answer) if !answer.approve => report(ApprovalOutcome::Rejected)
+                    .with_detail(format!("{}: {}", answer.name.trim(), answer.reason.trim())),
                 Ok(answer) if answer.name.trim().is_empty() => {
                     report(ApprovalOutcome::InvalidAnswer).with_detail("the name is blank")
                 }

@@ -63,20 +63,24 @@ Decision: NO_GO
 }
 
 #[test]
-fn demo_defer_shows_a_vague_request_and_a_retry_loop_deferred_and_exits_0() {
+fn demo_defer_shows_a_vague_request_a_lying_retry_loop_and_a_human_approval_and_exits_0() {
     let stdout = run_demo(
         env!("CARGO_BIN_EXE_demo_defer"),
         &[
             "Reason: UNCLEAR_VALUE_SIGNAL",
             "Clarifying questions:
   ? ",
+            // The agent claims retryCount 0 each time; the sixth is deferred anyway.
+            "Retry count: 5 used (agent claimed 0, server saw 5 earlier attempts)",
             "Reason: LOOP_THRESHOLD_EXCEEDED",
             "Questions for the reviewer:
   ? ",
-            // Below the threshold the same retry is allowed and runs; at it, it does not run.
-            "Verdict: ALLOW",
-            "Tool: retry-workflow (executed: true)",
+            "👤 The server asks the human at the client (elicitation/create):",
+            "Human review: rejected (Dana (on call): ",
             "Tool: retry-workflow (executed: false)",
+            // Approved by the human, checked again, allowed and run.
+            "Reason: Approved by Dana (on call) for this call; no rule blocks it",
+            "Human review: approved by Dana (on call) at ",
         ],
     );
     assert_eq!(
@@ -89,5 +93,12 @@ Decision: DEFER
             .count(),
         2,
         "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("Tool: retry-workflow (executed: true)")
+            .count(),
+        6,
+        "five retries and the approved one ran: {stdout}"
     );
 }

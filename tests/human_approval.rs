@@ -274,6 +274,9 @@ async fn every_answer_but_an_approval_leaves_the_call_deferred_and_unrun() {
         assert_still_deferred(&outcome, expected);
         assert_eq!(reviewer.asked().len(), 1, "{answer:?}");
         assert!(outcome.text.contains("Human review: "), "{}", outcome.text);
+        if expected == "rejected" {
+            assert_eq!(outcome.structured["approval"]["detail"], "Dana: no");
+        }
         session.stop().await;
     }
 }
