@@ -71,8 +71,12 @@ def server_bin() -> Path:
 
 
 @asynccontextmanager
-async def connect() -> AsyncIterator[tuple[ClientSession, types.InitializeResult]]:
-    """Start the server in a temp dir, without an API key, and complete the MCP handshake."""
+async def connect(
+    elicitation_callback: Any = None,
+) -> AsyncIterator[tuple[ClientSession, types.InitializeResult]]:
+    """Start the server in a temp dir, without an API key, and complete the MCP handshake.
+
+    With `elicitation_callback`, the client declares elicitation and answers with it."""
     # `stdio_client` passes the server only a small safe subset of this process's environment
     # (PATH, HOME, ...) plus `env`, so a STAGE0_API_KEY or STAGE0_BASE_URL set around the test
     # cannot reach the server. RUST_LOG keeps its stderr quiet; stdout carries JSON-RPC only.
@@ -82,7 +86,12 @@ async def connect() -> AsyncIterator[tuple[ClientSession, types.InitializeResult
     with tempfile.TemporaryDirectory(prefix="stage0-e2e-") as cwd:
         params = StdioServerParameters(command=str(server_bin()), args=[], env=env, cwd=cwd)
         async with stdio_client(params) as (read_stream, write_stream):
-            async with ClientSession(read_stream, write_stream, read_timeout_seconds=TIMEOUT_SECONDS) as session:
+            async with ClientSession(
+                read_stream,
+                write_stream,
+                read_timeout_seconds=TIMEOUT_SECONDS,
+                elicitation_callback=elicitation_callback,
+            ) as session:
                 init = await session.initialize()
                 yield session, init
 
@@ -234,3 +243,50 @@ async def test_sdk_validates_without_prior_listing() -> None:
             assert isinstance(result, types.CallToolResult)
             assert result.is_error is False
             assert structured(result)["verdict"] == "ALLOW"
+
+
+async def test_a_deferred_retry_approved_through_elicitation_runs() -> None:
+    """The SDK's elicitation callback is the human: the DEFER is approved, re-checked and run."""
+    asked: list[types.ElicitRequestParams] = []
+
+    async def approve(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        return types.ElicitResult(
+            action="accept", content={"approve": True, "name": "Dana", "reason": "root cause fixed"}
+        )
+
+    with anyio.fail_after(TIMEOUT_SECONDS):
+        async with connect(approve) as (session, _):
+            await session.list_tools()
+            result = await call(session, "retry-workflow", {"workflowId": "nightly-etl", "retryCount": 5})
+
+            assert result.is_error is False, text_of(result)
+            report = structured(result)
+            assert report["verdict"] == "ALLOW", report
+            assert report["executed"] is True
+            assert report["approval"]["outcome"] == "approved"
+            assert report["approval"]["approval"]["approved_by"] == "Dana"
+            assert "retried successfully" in report["output"]
+
+            assert len(asked) == 1
+            form = asked[0]
+            assert isinstance(form, types.ElicitRequestFormParams), form
+            assert "retry-workflow" in form.message
+            assert set(form.requested_schema["properties"]) == {"approve", "name", "reason"}
+
+
+async def test_a_declined_elicitation_leaves_the_retry_deferred() -> None:
+    async def decline(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
+    with anyio.fail_after(TIMEOUT_SECONDS):
+        async with connect(decline) as (session, _):
+            await session.list_tools()
+            result = await call(session, "retry-workflow", {"workflowId": "nightly-etl", "retryCount": 5})
+
+            assert result.is_error is True
+            report = structured(result)
+            assert report["verdict"] == "DEFER"
+            assert report["executed"] is False
+            assert report["approval"]["outcome"] == "declined"
+            assert "output" not in report
