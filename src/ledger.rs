@@ -89,19 +89,37 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_stays_bounded_and_forgets_the_least_recently_seen_workflow() {
-        let ledger = AttemptLedger::with_capacity(1_000);
+    fn the_ledger_stays_bounded_under_100_000_workflows_and_forgets_the_least_recently_seen() {
+        let ledger = AttemptLedger::default();
         ledger.observe("kept");
         ledger.observe("forgotten");
         for id in 0..100_000 {
-            if id % 500 == 0 {
+            if id % 5_000 == 0 {
                 ledger.observe("kept");
             }
             ledger.observe(&format!("flood-{id}"));
-            assert!(ledger.len() <= 1_000);
+            assert!(ledger.len() <= LEDGER_CAPACITY);
         }
-        assert_eq!(ledger.len(), 1_000);
-        assert_eq!(ledger.observe("kept"), 201);
+        assert_eq!(ledger.len(), LEDGER_CAPACITY);
+        assert_eq!(ledger.observe("kept"), 21);
         assert_eq!(ledger.observe("forgotten"), 0);
+    }
+
+    #[test]
+    fn concurrent_attempts_at_one_workflow_each_get_their_own_count() {
+        let ledger = AttemptLedger::default();
+        let mut seen: Vec<u64> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| (0..100).map(|_| ledger.observe("etl")).collect::<Vec<_>>())
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().expect("a worker finishes"))
+                .collect()
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, (0..800).collect::<Vec<u64>>());
     }
 }
