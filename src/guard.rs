@@ -105,6 +105,13 @@ impl Guard {
                 &policy,
             )
             .await;
+            tracing::info!(
+                tool = T::NAME,
+                outcome = ?asked.outcome,
+                deferred_request_id = %asked.deferred_request_id,
+                approved_by = asked.approval.as_ref().map(|h| h.approved_by.as_str()),
+                "human review"
+            );
             if let Some(human) = &asked.approval {
                 human.annotate(&mut intent.context);
                 if let Some(status) = &mut provenance.approval_status {
