@@ -394,3 +394,236 @@ async fn read_request<R: tokio::io::AsyncRead + Unpin>(reader: &mut BufReader<R>
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body).await.is_ok()
 }
+
+// ---------------------------------------------------------------------------------------------
+// One retry for a transient failure (connection error, 429, 503), inside the same deadline
+// ---------------------------------------------------------------------------------------------
+
+fn allow() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW", "decision": "GO"}))
+}
+
+/// A fake Stage0 that answers `first` once and `then` from then on.
+async fn answers_first_then(first: ResponseTemplate, then: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path("/check"))
+        .respond_with(first)
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/check"))
+        .respond_with(then)
+        .mount(&server)
+        .await;
+    server
+}
+
+/// The `X-Request-Id` of every request `server` received, in order.
+async fn sent_request_ids(server: &MockServer) -> Vec<String> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|request| {
+            let id = request.headers.get("X-Request-Id").unwrap();
+            id.to_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// Runs one check against `base` with `timeout_ms`, failing the test unless it is answered
+/// within the deadline plus one second (a bound on the wait, not a measurement of speed).
+async fn check_within_deadline(base: &str, timeout_ms: u64) -> PolicyResponse {
+    let bound = Duration::from_millis(timeout_ms) + Duration::from_secs(1);
+    tokio::time::timeout(bound, client(base, timeout_ms).check(&intent("x")))
+        .await
+        .expect("answered within the deadline plus one second")
+}
+
+#[tokio::test]
+async fn a_503_or_429_is_retried_once_with_the_same_request_id_and_the_retry_answers() {
+    for status in [503, 429] {
+        let server = answers_first_then(ResponseTemplate::new(status), allow()).await;
+        let response = check_within_deadline(&server.uri(), 5000).await;
+        assert_eq!(response.verdict, Verdict::Allow, "{status}: {response:?}");
+        let ids = sent_request_ids(&server).await;
+        assert_eq!(ids.len(), 2, "{status}: one retry");
+        assert_eq!(
+            ids[0], ids[1],
+            "{status}: the retry carries the same X-Request-Id"
+        );
+        assert_eq!(response.request_id, ids[0]);
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_503_or_429_is_retried_once_and_never_twice() {
+    for status in [503, 429] {
+        let server = answers_first_then(
+            ResponseTemplate::new(status).set_body_json(json!({"error": "first"})),
+            ResponseTemplate::new(status).set_body_json(json!({"error": "second"})),
+        )
+        .await;
+        let response = check_within_deadline(&server.uri(), 5000).await;
+        assert_fail_closed(&response, "second");
+        let ids = sent_request_ids(&server).await;
+        assert_eq!(ids.len(), 2, "{status}: exactly one retry");
+        assert_eq!(response.request_id, ids[0]);
+    }
+}
+
+#[tokio::test]
+async fn other_failures_fail_closed_at_once_without_a_retry() {
+    let cases = [
+        (ResponseTemplate::new(500), "HTTP 500"),
+        (ResponseTemplate::new(400), "HTTP 400"),
+        (ResponseTemplate::new(502), "HTTP 502"),
+        (ResponseTemplate::new(504), "HTTP 504"),
+        (ResponseTemplate::new(401), "HTTP 401"),
+        (
+            ResponseTemplate::new(200).set_body_string("garbage"),
+            "response body is not JSON",
+        ),
+        (
+            ResponseTemplate::new(200).set_body_json(json!(["ALLOW"])),
+            "not a JSON object",
+        ),
+    ];
+    for (first, reason) in cases {
+        // A retry would be allowed: the test would see it and the ALLOW.
+        let server = answers_first_then(first, allow()).await;
+        let response = check_within_deadline(&server.uri(), 5000).await;
+        assert_fail_closed(&response, reason);
+        assert_eq!(
+            sent_request_ids(&server).await.len(),
+            1,
+            "{reason}: no retry"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_is_not_retried() {
+    let server = answers_first_then(allow().set_delay(Duration::from_secs(60)), allow()).await;
+    let response = check_within_deadline(&server.uri(), 300).await;
+    assert_fail_closed(&response, "no complete answer within 300 ms");
+    assert_eq!(sent_request_ids(&server).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_that_fits_the_deadline_is_waited_for_and_retried() {
+    let first = ResponseTemplate::new(503).insert_header("retry-after", "1");
+    let server = answers_first_then(first, allow()).await;
+    let response = check_within_deadline(&server.uri(), 5000).await;
+    assert_eq!(response.verdict, Verdict::Allow, "{response:?}");
+    let ids = sent_request_ids(&server).await;
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_deadline_or_unreadable_fails_closed_at_once() {
+    let cases = [
+        (429, "5"),
+        (503, "2"),
+        (503, "18446744073709551615"),
+        (503, "99999999999999999999999"),
+        (429, "Wed, 21 Oct 2026 07:28:00 GMT"),
+        (503, "soon"),
+        (503, "-1"),
+    ];
+    for (status, retry_after) in cases {
+        let first = ResponseTemplate::new(status)
+            .insert_header("retry-after", retry_after)
+            .set_body_json(json!({"detail": "busy"}));
+        let server = answers_first_then(first, allow()).await;
+        // Bounded by 1 s + 1 s: waiting out any of these Retry-After values would not fit.
+        let response = check_within_deadline(&server.uri(), 1000).await;
+        assert_fail_closed(&response, "busy");
+        assert_eq!(
+            sent_request_ids(&server).await.len(),
+            1,
+            "{status} Retry-After: {retry_after}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_transient_failure_too_close_to_the_deadline_is_not_retried() {
+    // The 503 arrives with less than MIN_RETRY_BUDGET (50 ms) of the 400 ms deadline left. A
+    // retry would reach the fake (and be counted) well before the deadline ends the check.
+    let first = ResponseTemplate::new(503).set_delay(Duration::from_millis(370));
+    let server = answers_first_then(first.clone(), first).await;
+    let response = check_within_deadline(&server.uri(), 400).await;
+    assert_eq!(response.verdict, Verdict::Deny);
+    assert_eq!(sent_request_ids(&server).await.len(), 1);
+}
+
+/// A fake that accepts TCP connections, counts them and closes each at once: to an `https`
+/// client every attempt is a failed connection (the TLS handshake cannot complete).
+async fn closing_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (base, connections)
+}
+
+#[tokio::test]
+async fn a_failed_connection_is_retried_once_and_never_twice() {
+    let (base, connections) = closing_listener().await;
+    let response = check_within_deadline(&base, 5000).await;
+    assert_fail_closed(&response, "Stage0 API error: ");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// Log lines written while `future` runs on this thread (a `#[tokio::test]` runtime).
+async fn logs_of<F: std::future::Future>(future: F) -> (F::Output, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let output = {
+        let _default = tracing::subscriber::set_default(subscriber);
+        future.await
+    };
+    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (output, logs)
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_once_at_once() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let (response, logs) = logs_of(check_within_deadline(&base, 5000)).await;
+    assert_fail_closed(&response, "Connection refused");
+    assert_eq!(
+        logs.matches("retrying once").count(),
+        1,
+        "one retry, logged with the request id:\n{logs}"
+    );
+    assert!(logs.contains(&response.request_id), "{logs}");
+}

@@ -1010,7 +1010,13 @@ async fn check_authorization_reports_every_live_verdict_without_being_an_error()
         }
     }
     session.stop().await;
-    assert_eq!(requests(&fake).await.len(), 4);
+    // The 503 is transient: it was retried once, with the same X-Request-Id (and answered 503 again).
+    let requests = requests(&fake).await;
+    assert_eq!(requests.len(), 5);
+    assert_eq!(
+        header(&requests[3], "X-Request-Id"),
+        header(&requests[4], "X-Request-Id")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
