@@ -80,9 +80,10 @@ impl BranchServer {
         arguments: JsonObject,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        // The caller's peer lets the guard ask its human to review a DEFER (elicitation).
+        // The request lets the guard ask its human to review a DEFER (elicitation) and stop
+        // when the client cancels the call.
         self.guard
-            .enforce::<DeleteBranch>(arguments, Some(&context.peer))
+            .enforce::<DeleteBranch>(arguments, Some(&context))
             .await
     }
 }

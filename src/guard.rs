@@ -14,10 +14,11 @@
 use std::future::Future;
 
 use rmcp::model::{CallToolResult, JsonObject};
+use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer};
 use serde::de::DeserializeOwned;
 
-use crate::approval::{self, Approvals};
+use crate::approval::{self, ApprovalReport, Approvals};
 use crate::claims::{ApprovalStatus, Claim, Operator, Provenance};
 use crate::ledger::AttemptLedger;
 use crate::report::{self, Checked};
@@ -80,47 +81,35 @@ impl Guard {
 
     /// Checks a call of tool `T` with `arguments` and runs its body only on `ALLOW`.
     ///
-    /// On `DEFER`, asks the human behind `client` (the caller's MCP peer; `None` when there is
-    /// none) through elicitation, and on approval checks once more with the approval in the
-    /// context. Never fails: invalid arguments, `DENY`, `DEFER` and a failing body are all
-    /// `isError` results (see `report.rs`); only `ALLOW` and a successful body is a success.
+    /// `request` is the MCP request this call arrived in (`None` when there is none, as in unit
+    /// tests). On `DEFER`, the guard asks the human behind its peer through elicitation and, on
+    /// approval, checks once more with the approval in the context. If the client cancels the
+    /// request (`notifications/cancelled`) or the session ends before the final verdict, the
+    /// check is dropped where it is and nothing runs; a body that has started runs to its end.
+    ///
+    /// Never fails: invalid arguments, `DENY`, `DEFER`, a cancelled call and a failing body are
+    /// all `isError` results (see `report.rs`); only `ALLOW` and a successful body is a success.
     pub async fn enforce<T: GuardedTool>(
         &self,
         arguments: JsonObject,
-        client: Option<&Peer<RoleServer>>,
+        request: Option<&RequestContext<RoleServer>>,
     ) -> CallToolResult {
         let (call, mut provenance, mut intent) = match self.prepare::<T>(arguments) {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
-        let mut policy = self.decide(T::NAME, &intent).await;
-        let mut approval = None;
-        if policy.verdict == Verdict::Defer {
-            let asked = approval::ask(
-                client,
-                self.approvals,
-                &self.operator,
-                T::NAME,
-                &intent,
-                &policy,
-            )
-            .await;
-            tracing::info!(
-                tool = T::NAME,
-                outcome = ?asked.outcome,
-                deferred_request_id = %asked.deferred_request_id,
-                approved_by = asked.approval.as_ref().map(|h| h.approved_by.as_str()),
-                "human review"
-            );
-            if let Some(human) = &asked.approval {
-                human.annotate(&mut intent.context);
-                if let Some(status) = &mut provenance.approval_status {
-                    status.effective = ApprovalStatus::Approved;
-                }
-                policy = self.decide(T::NAME, &intent).await;
-            }
-            approval = Some(asked);
-        }
+        let peer = request.map(|request| &request.peer);
+        let decision = self.decide_and_review(T::NAME, &mut intent, &mut provenance, peer);
+        // rmcp marks a cancelled request on its token but lets the handler run on, so the guard
+        // itself stops waiting: a verdict that arrives after the cancellation runs nothing.
+        let (policy, approval) = match request {
+            Some(request) => tokio::select! {
+                biased;
+                () = request.ct.cancelled() => return report::cancelled(T::NAME),
+                decided = decision => decided,
+            },
+            None => decision.await,
+        };
         let checked = Checked {
             tool: T::NAME,
             mode: self.mode(),
@@ -151,6 +140,39 @@ impl Guard {
             approval: None,
         };
         report::reported(checked, &intent)
+    }
+
+    /// Asks the policy decision point and, on `DEFER`, the human behind `peer`; on approval, asks
+    /// the policy once more with the approval in `intent`. Returns the final verdict and, when
+    /// the call was deferred, how asking ended.
+    async fn decide_and_review(
+        &self,
+        tool: &'static str,
+        intent: &mut Intent,
+        provenance: &mut Provenance,
+        peer: Option<&Peer<RoleServer>>,
+    ) -> (PolicyResponse, Option<ApprovalReport>) {
+        let policy = self.decide(tool, intent).await;
+        if policy.verdict != Verdict::Defer {
+            return (policy, None);
+        }
+        let asked =
+            approval::ask(peer, self.approvals, &self.operator, tool, intent, &policy).await;
+        tracing::info!(
+            tool,
+            outcome = ?asked.outcome,
+            deferred_request_id = %asked.deferred_request_id,
+            approved_by = asked.approval.as_ref().map(|h| h.approved_by.as_str()),
+            "human review"
+        );
+        let Some(human) = &asked.approval else {
+            return (policy, Some(asked));
+        };
+        human.annotate(&mut intent.context);
+        if let Some(status) = &mut provenance.approval_status {
+            status.effective = ApprovalStatus::Approved;
+        }
+        (self.decide(tool, intent).await, Some(asked))
     }
 
     /// Reads the arguments, replaces the claims with vouched values and builds the intent.

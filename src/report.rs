@@ -133,6 +133,14 @@ pub fn reported(checked: Checked, intent: &Intent) -> CallToolResult {
     result(text, ToolReport::new(checked, None, None), false)
 }
 
+/// The result of a call the client cancelled before its final verdict: `isError: true`, nothing
+/// ran. rmcp does not send the answer to a cancelled request; this is for the record.
+pub fn cancelled(tool: &str) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "`{tool}` was cancelled before its verdict; nothing ran"
+    ))])
+}
+
 /// The result of a call whose arguments could not be read: `isError: true`, nothing was checked.
 pub fn invalid_arguments(tool: &str, problem: &str) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(format!(

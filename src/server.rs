@@ -69,7 +69,7 @@ impl Stage0Server {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         self.guard
-            .enforce::<ResearchTopic>(arguments, Some(&context.peer))
+            .enforce::<ResearchTopic>(arguments, Some(&context))
             .await
     }
 
@@ -87,7 +87,7 @@ impl Stage0Server {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         self.guard
-            .enforce::<PublishContent>(arguments, Some(&context.peer))
+            .enforce::<PublishContent>(arguments, Some(&context))
             .await
     }
 
@@ -105,7 +105,7 @@ impl Stage0Server {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         self.guard
-            .enforce::<DeployChanges>(arguments, Some(&context.peer))
+            .enforce::<DeployChanges>(arguments, Some(&context))
             .await
     }
 
@@ -123,7 +123,7 @@ impl Stage0Server {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         self.guard
-            .enforce::<ManagedDeploy>(arguments, Some(&context.peer))
+            .enforce::<ManagedDeploy>(arguments, Some(&context))
             .await
     }
 
@@ -140,7 +140,7 @@ impl Stage0Server {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         self.guard
-            .enforce::<RetryWorkflow>(arguments, Some(&context.peer))
+            .enforce::<RetryWorkflow>(arguments, Some(&context))
             .await
     }
 
