@@ -15,6 +15,8 @@
 //!   p50 / p99 / max over 10,000 calls each, after 1,000 warm-up calls;
 //! - pipelined throughput: 64 calls in flight, calls/s over 100,000 calls, every answer matched
 //!   to its request id (each id answered exactly once);
+//! - the server's CPU time per call (all its threads, from `/proc/<pid>/task/*/schedstat`) in
+//!   the sequential and pipelined runs: what a call costs whatever the machine's wake-up latency;
 //! - the server's peak resident memory (`VmHWM` in `/proc/<pid>/status`) after `initialize`, and
 //!   at 10,000 and 100,000 pipelined calls;
 //! - live mode against a fake Stage0 on 127.0.0.1 that answers at once: `research-topic` latency,
@@ -298,6 +300,18 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// CPU time the process `pid` has used so far, all threads, in nanoseconds.
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc task list")
+        .filter_map(|task| {
+            let path = task.ok()?.path().join("schedstat");
+            let text = std::fs::read_to_string(path).ok()?;
+            text.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 fn scratch_dir() -> tempfile::TempDir {
     tempfile::TempDir::new().expect("a temporary folder")
 }
@@ -343,14 +357,20 @@ fn sequential(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
                 server.call_timed(id, call);
                 id += 1;
             }
+            let cpu_before = cpu_ns(server.child.id());
             let mut times: Vec<Duration> = (0..sizes.sequential)
                 .map(|_| {
                     id += 1;
                     server.call_timed(id, call)
                 })
                 .collect();
+            let cpu = cpu_ns(server.child.id()) - cpu_before;
             let name = format!("sequential_{}{audit}", call.0.replace('-', "_"));
             figures.percentiles(&name, &mut times);
+            figures.duration(
+                &format!("{name}_server_cpu_per_call"),
+                Duration::from_nanos(cpu / sizes.sequential as u64),
+            );
         }
         if audit.is_empty() {
             figures.kib("peak_rss_sequential_kib", server.peak_rss_kib());
@@ -370,6 +390,7 @@ fn pipelined(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
     let mut stdin = server.stdin.take().expect("stdin is open");
     let (credit, credits) = mpsc::channel::<()>();
 
+    let cpu_before = cpu_ns(pid);
     let start = Instant::now();
     let writer = std::thread::spawn(move || {
         let mut available = IN_FLIGHT;
@@ -411,6 +432,7 @@ fn pipelined(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
         }
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_ns(pid) - cpu_before;
     let stdin = writer.join().expect("the writer finished");
     assert!(answered[1..].iter().all(|&a| a), "every request answered");
     server.stdin = Some(stdin);
@@ -418,6 +440,10 @@ fn pipelined(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
     figures.number(
         "pipelined_calls_per_s",
         (total as f64 / elapsed.as_secs_f64()).round(),
+    );
+    figures.duration(
+        "pipelined_server_cpu_per_call",
+        Duration::from_nanos(cpu / total as u64),
     );
     figures.kib(&format!("peak_rss_at_{checkpoint}_kib"), rss_at_checkpoint);
     figures.kib(&format!("peak_rss_at_{total}_kib"), server.peak_rss_kib());
