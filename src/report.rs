@@ -202,7 +202,7 @@ impl ToolReport {
 ///
 /// Built from `success` / `error` rather than `CallToolResult::structured`, which would also
 /// write the whole report out as JSON text for a content block that `text` replaces anyway: that
-/// second serialisation was about 8% of the instructions of a call (BENCHMARKS.md).
+/// second serialisation was 9–12% of the instructions of a call (BENCHMARKS.md).
 fn result(text: String, report: ToolReport, is_error: bool) -> CallToolResult {
     let content = vec![ContentBlock::text(text)];
     let mut result = if is_error {
