@@ -13,8 +13,14 @@
 //!   `notifications/initialized`), and it answers a second `initialize` by switching the
 //!   session's protocol version and client capabilities mid-session. The gate drops
 //!   notifications and responses that come before `initialize` (with a warning) and refuses a
-//!   second `initialize` with JSON-RPC error `-32600` (Invalid Request); everything else passes
-//!   through untouched.
+//!   second `initialize` with JSON-RPC error `-32600` (Invalid Request).
+//!
+//!   It also refuses, with `-32600`, a request whose id is the id of a request still in flight.
+//!   rmcp keys its in-flight requests by id, so the second request took over the first one's
+//!   slot: the first answer then cancelled the second call and the second was never answered
+//!   (the client waited forever). MCP forbids reusing an id within a session; the gate only
+//!   remembers the ids not yet answered (or cancelled), so what it holds is bounded by the
+//!   requests in flight. Everything else passes through untouched.
 //!
 //! What rmcp already does, and this module relies on: a line that is not JSON is dropped
 //! silently; JSON that is not a JSON-RPC message (a batch array, for instance) is answered with
@@ -22,7 +28,12 @@
 //! waiting for `initialize`.
 
 use rmcp::RoleServer;
-use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ErrorData, ServerJsonRpcMessage};
+use std::collections::HashSet;
+
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData, JsonRpcMessage, RequestId,
+    ServerJsonRpcMessage,
+};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::transport::async_rw::AsyncRwTransport;
@@ -56,12 +67,15 @@ where
 }
 
 /// Holds the messages from the client to the MCP lifecycle: nothing but requests before
-/// `initialize`, and only one `initialize`.
+/// `initialize`, only one `initialize`, and no id shared by two requests in flight.
 ///
-/// Wraps any server-side rmcp [`Transport`]; what the server sends passes through unchanged.
+/// Wraps any server-side rmcp [`Transport`]; what the server sends passes through unchanged
+/// (the gate notes which requests it answers).
 pub struct LifecycleGate<T> {
     inner: T,
     initialized: bool,
+    /// The ids of the client's requests passed on and not yet answered or cancelled.
+    in_flight: HashSet<RequestId>,
 }
 
 /// What the gate does with one incoming message.
@@ -69,8 +83,9 @@ enum Admission {
     Pass(ClientJsonRpcMessage),
     /// A notification, response or error before `initialize`: nothing to answer.
     Drop(&'static str),
-    /// A second `initialize`: answered with this error, not passed on.
-    Refuse(ServerJsonRpcMessage),
+    /// A second `initialize`, or a request reusing an id in flight: answered with this error,
+    /// not passed on.
+    Refuse(ServerJsonRpcMessage, &'static str),
 }
 
 impl<T> LifecycleGate<T> {
@@ -79,6 +94,7 @@ impl<T> LifecycleGate<T> {
         LifecycleGate {
             inner,
             initialized: false,
+            in_flight: HashSet::new(),
         }
     }
 
@@ -86,22 +102,51 @@ impl<T> LifecycleGate<T> {
     fn admit(&mut self, message: ClientJsonRpcMessage) -> Admission {
         match message {
             ClientJsonRpcMessage::Request(request) => {
-                if !matches!(request.request, ClientRequest::InitializeRequest(_)) {
-                    return Admission::Pass(ClientJsonRpcMessage::Request(request));
+                let initialize = matches!(request.request, ClientRequest::InitializeRequest(_));
+                let refusal = if initialize && self.initialized {
+                    Some("the session is already initialized")
+                } else if self.in_flight.contains(&request.id) {
+                    Some("a request with this id is still in flight")
+                } else {
+                    None
+                };
+                if let Some(why) = refusal {
+                    let answer = ErrorData::invalid_request(why, None);
+                    return Admission::Refuse(
+                        ServerJsonRpcMessage::error(answer, Some(request.id)),
+                        why,
+                    );
                 }
-                if self.initialized {
-                    return Admission::Refuse(ServerJsonRpcMessage::error(
-                        ErrorData::invalid_request("the session is already initialized", None),
-                        Some(request.id),
-                    ));
-                }
-                self.initialized = true;
+                self.initialized |= initialize;
+                self.in_flight.insert(request.id.clone());
                 Admission::Pass(ClientJsonRpcMessage::Request(request))
+            }
+            ClientJsonRpcMessage::Notification(notification) if self.initialized => {
+                if let ClientNotification::CancelledNotification(cancelled) =
+                    &notification.notification
+                    && let Some(id) = &cancelled.params.request_id
+                {
+                    // rmcp sends no answer to a cancelled request.
+                    self.in_flight.remove(id);
+                }
+                Admission::Pass(ClientJsonRpcMessage::Notification(notification))
             }
             other if self.initialized => Admission::Pass(other),
             ClientJsonRpcMessage::Notification(_) => Admission::Drop("a notification"),
             ClientJsonRpcMessage::Response(_) => Admission::Drop("a response"),
             ClientJsonRpcMessage::Error(_) => Admission::Drop("an error response"),
+        }
+    }
+
+    /// Forgets the request that `message`, on its way to the client, answers (if it does).
+    fn note_sent(&mut self, message: &ServerJsonRpcMessage) {
+        let answered = match message {
+            JsonRpcMessage::Response(response) => Some(&response.id),
+            JsonRpcMessage::Error(error) => error.id.as_ref(),
+            JsonRpcMessage::Request(_) | JsonRpcMessage::Notification(_) => None,
+        };
+        if let Some(id) = answered {
+            self.in_flight.remove(id);
         }
     }
 }
@@ -113,6 +158,7 @@ impl<T: Transport<RoleServer>> Transport<RoleServer> for LifecycleGate<T> {
         &mut self,
         item: TxJsonRpcMessage<RoleServer>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.note_sent(&item);
         self.inner.send(item)
     }
 
@@ -129,12 +175,13 @@ impl<T: Transport<RoleServer>> Transport<RoleServer> for LifecycleGate<T> {
                 Admission::Drop(what) => {
                     tracing::warn!("dropped {what} that arrived before initialize");
                 }
-                Admission::Refuse(answer) => {
-                    tracing::warn!("refused a second initialize request");
+                Admission::Refuse(answer, why) => {
+                    tracing::warn!("refused a request: {why}");
+                    // Not through `self.send`: the id refused belongs to a request in flight.
                     let sent = self.inner.send(answer);
                     tokio::spawn(async move {
                         if let Err(error) = sent.await {
-                            tracing::warn!("could not refuse a second initialize: {error}");
+                            tracing::warn!("could not send a refusal: {error}");
                         }
                     });
                 }
@@ -282,6 +329,49 @@ mod tests {
             -32600
         );
         assert!(client.finish().await, "the session ended with an error");
+    }
+
+    /// One message from the client, as the transport would have parsed it.
+    fn from_client(message: Value) -> ClientJsonRpcMessage {
+        serde_json::from_value(message).expect("a client message")
+    }
+
+    #[test]
+    fn a_request_reusing_an_id_in_flight_is_refused_until_it_is_answered_or_cancelled() {
+        let mut gate = LifecycleGate::new(());
+        let call = || {
+            from_client(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                               "params": {"name": "research-topic", "arguments": {}}}))
+        };
+        let initialize = from_client(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "gate-test", "version": "0"}}}));
+        assert!(matches!(gate.admit(initialize), Admission::Pass(_)));
+        assert!(matches!(gate.admit(call()), Admission::Pass(_)));
+        let Admission::Refuse(refusal, _) = gate.admit(call()) else {
+            panic!("a duplicate id in flight passed");
+        };
+        let refusal = serde_json::to_value(refusal).expect("the refusal serialises");
+        assert_eq!(refusal["id"], 7);
+        assert_eq!(refusal["error"]["code"], -32600);
+
+        // Answered: the id may be used again.
+        let answer = ServerJsonRpcMessage::response(
+            rmcp::model::ServerResult::EmptyResult(().into()),
+            RequestId::Number(7),
+        );
+        gate.note_sent(&answer);
+        assert!(matches!(gate.admit(call()), Admission::Pass(_)));
+        // Cancelled by the client (rmcp then sends no answer): the id may be used again.
+        let cancelled = from_client(
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                           "params": {"requestId": 7}}),
+        );
+        assert!(matches!(gate.admit(cancelled), Admission::Pass(_)));
+        assert!(matches!(gate.admit(call()), Admission::Pass(_)));
+        // In flight now: `initialize` (never answered here) and the last call.
+        let expected = HashSet::from([RequestId::Number(1), RequestId::Number(7)]);
+        assert_eq!(gate.in_flight, expected);
     }
 
     #[tokio::test]
