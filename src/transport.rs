@@ -22,6 +22,10 @@
 //!   remembers the ids not yet answered (or cancelled), so what it holds is bounded by the
 //!   requests in flight. Everything else passes through untouched.
 //!
+//! rmcp also serves clients that never send `initialize` (the stateless 2026-07-28 style, with
+//! the protocol version in each request's `_meta`). Their requests pass the gate as before; their
+//! notifications are dropped, which at worst lets a call they cancel run to its end.
+//!
 //! What rmcp already does, and this module relies on: a line that is not JSON is dropped
 //! silently; JSON that is not a JSON-RPC message (a batch array, for instance) is answered with
 //! `-32600`; requests before `initialize` other than `ping` get an error and leave the session
