@@ -31,9 +31,9 @@
 //! `-32600`; requests before `initialize` other than `ping` get an error and leave the session
 //! waiting for `initialize`.
 
-use rmcp::RoleServer;
 use std::collections::HashSet;
 
+use rmcp::RoleServer;
 use rmcp::model::{
     ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData, JsonRpcMessage, RequestId,
     ServerJsonRpcMessage,
@@ -104,7 +104,8 @@ impl<T> LifecycleGate<T> {
         }
     }
 
-    /// Decides about `message` and records an `initialize` it lets through.
+    /// Decides about `message`, and records the `initialize` and the request ids it lets through
+    /// (and the ids a `notifications/cancelled` frees).
     fn admit(&mut self, message: ClientJsonRpcMessage) -> Admission {
         match message {
             ClientJsonRpcMessage::Request(request) => {
