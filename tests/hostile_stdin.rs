@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::RawServer;
+use common::{Exit, RawServer};
 use mcp_server_stage0::transport::MAX_MESSAGE_BYTES;
 use serde_json::{Value, json};
 
@@ -39,7 +39,7 @@ async fn initialized() -> RawServer {
 /// The server is running, has stayed under [`MEMORY_BOUND_KIB`], answers request `id` (a
 /// `tools/call`) with an `ALLOW` that ran, and then exits 0 when stdin closes; every line it
 /// wrote to stdout, for further checks.
-async fn survives(mut server: RawServer, id: u64) -> Vec<String> {
+async fn survives(mut server: RawServer, id: u64) -> Exit {
     server.assert_running();
     server.send(research(id, "Rust async runtimes")).await;
     let answer = server.response(id).await;
@@ -56,7 +56,7 @@ async fn survives(mut server: RawServer, id: u64) -> Vec<String> {
     server.close_stdin();
     let exit = server.exit().await;
     assert!(exit.status.success(), "{:?}\n{}", exit.status, exit.stderr);
-    exit.stdout_lines
+    exit
 }
 
 /// Whether one of `lines` answers request `id`.
@@ -127,7 +127,7 @@ async fn a_16_mib_line_is_dropped_without_being_buffered() {
     let mut server = initialized().await;
     let line = padded_call(3, 16 * 1024 * 1024);
     server.send_bytes(&line).await;
-    let stdout = survives(server, 2).await;
+    let stdout = survives(server, 2).await.stdout_lines;
     assert!(
         !answers(&stdout, 3),
         "the 16 MiB request was read and answered"
@@ -142,7 +142,7 @@ async fn a_line_just_over_the_maximum_is_dropped_and_one_at_the_maximum_is_answe
         .await;
     server.send_bytes(&padded_ping(4, MAX_MESSAGE_BYTES)).await;
     assert_eq!(server.response(4).await["result"], json!({}));
-    let stdout = survives(server, 2).await;
+    let stdout = survives(server, 2).await.stdout_lines;
     assert!(!answers(&stdout, 3), "the oversized request 3 was answered");
 }
 
@@ -296,5 +296,13 @@ async fn a_tools_call_with_a_1_mib_topic_is_answered() {
     server.send(research(3, &topic)).await;
     let answer = server.response(3).await;
     assert_eq!(answer["result"]["structuredContent"]["verdict"], "ALLOW");
-    survives(server, 2).await;
+    let exit = survives(server, 2).await;
+    // The check's log line carries an excerpt of the goal, not 1 MiB of it.
+    let check = exit
+        .stderr
+        .lines()
+        .find(|line| line.contains("stage0 check") && line.contains("bytes in all"))
+        .expect("the 1 MiB call's check line");
+    assert!(check.len() < 1024, "{} bytes", check.len());
+    assert!(exit.stderr.len() < 64 * 1024, "{} bytes", exit.stderr.len());
 }
