@@ -32,7 +32,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    // One thread runs every task: a stdio server has one client, and its work per call is a few
+    // microseconds of CPU between waits on the pipe or on Stage0, so worker threads would only
+    // add a hand-off (a thread wake-up) to every message. Calls still run concurrently: each is a
+    // task, and one waiting on Stage0 yields to the others. Blocking stdio, when stdin or stdout
+    // is not a pipe, runs on Tokio's blocking pool as before. Measured in BENCHMARKS.md.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
     match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,0 +1,182 @@
+//! Micro-benchmarks of the guard path's parts, in process (criterion): `cargo bench --bench micro`.
+//!
+//! - `simulator/*`: one simulated verdict (the policy decision point without a key);
+//! - `parse/*`: reading a Stage0 `/check` response body into a verdict, as the live client does
+//!   (bytes → JSON → [`PolicyResponse`]), for a typical body and one of 1 MiB, the largest read;
+//! - `guarded_call/*`: one `tools/call` through a real rmcp client and the server over an
+//!   in-memory duplex pipe: the whole MCP path without a process or an OS pipe;
+//! - `result/*`: building the tool result (text and `structuredContent`) from a verdict.
+//!
+//! The end-to-end figures (process, pipes, memory, live mode) are in `benches/e2e.rs`; what each
+//! figure means and what bounds it is in BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use mcp_server_stage0::approval::Approvals;
+use mcp_server_stage0::claims::{Operator, Provenance};
+use mcp_server_stage0::guard::Guard;
+use mcp_server_stage0::report::{self, Checked};
+use mcp_server_stage0::server::Stage0Server;
+use mcp_server_stage0::stage0::wire::{Intent, PolicyResponse};
+use mcp_server_stage0::stage0::{Mode, PolicyClient, simulator};
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use serde_json::{Map, Value, json};
+
+/// The intent `research-topic` sends for a typical topic (SPEC §2).
+fn research_intent() -> Intent {
+    Intent {
+        goal: "Research and summarize: Rust async runtimes".to_owned(),
+        success_criteria: vec!["Summary produced".to_owned()],
+        constraints: vec!["read-only".to_owned()],
+        tools: vec!["web_search".to_owned()],
+        side_effects: Vec::new(),
+        context: Map::new(),
+    }
+}
+
+/// A typical `/check` answer: an `ALLOW` with the fields Stage0 usually sends.
+fn typical_body() -> Value {
+    json!({
+        "verdict": "ALLOW",
+        "decision": "GO",
+        "reason": "Low-risk informational request",
+        "request_id": "8d5c6a3e-1f0b-4c47-9a57-3c1f2e4b5d6a",
+        "policy_version": "2026.11.1",
+        "policy_pack_version": "core-3.2.0",
+        "risk_score": 12,
+        "high_risk": false,
+        "value_risk": 5,
+        "waste_risk": 3,
+        "issues": [
+            {"code": "READ_ONLY", "severity": "LOW", "message": "Read-only research"}
+        ],
+        "guardrails": ["rate-limit"],
+        "guardrail_checks": {"rate-limit": "ok"},
+        "value_findings": ["Clear goal"],
+        "decision_trace_summary": "All rules passed",
+        "cached": false,
+        "cost_estimate": {"currency": "USD", "min": 0, "max": 0.01}
+    })
+}
+
+/// The typical answer with `issues` grown until the body is just under 1 MiB (the read cap).
+fn one_mib_body() -> Vec<u8> {
+    let mut body = typical_body();
+    let issue = json!({"code": "NOTE", "severity": "LOW", "message": "x".repeat(200)});
+    let issue_len = issue.to_string().len() + 1;
+    let count = (1024 * 1024 - typical_body().to_string().len()) / issue_len - 1;
+    body["issues"] = Value::Array(vec![issue; count]);
+    let bytes = serde_json::to_vec(&body).expect("JSON");
+    assert!(bytes.len() <= 1024 * 1024 && bytes.len() > 1000 * 1024);
+    bytes
+}
+
+/// What the live client does with a 2xx body.
+fn parse(body: &[u8]) -> PolicyResponse {
+    let value: Value = serde_json::from_slice(body).expect("a JSON body");
+    PolicyResponse::from_json(&value, "sent-id").expect("a JSON object")
+}
+
+fn simulator_decision(c: &mut Criterion) {
+    let allow = research_intent();
+    let deny = Intent {
+        side_effects: vec!["deploy".to_owned()],
+        ..research_intent()
+    };
+    c.bench_function("simulator/allow", |b| {
+        b.iter(|| simulator::simulate(black_box(&allow), "id".to_owned()))
+    });
+    c.bench_function("simulator/deny", |b| {
+        b.iter(|| simulator::simulate(black_box(&deny), "id".to_owned()))
+    });
+}
+
+fn response_parsing(c: &mut Criterion) {
+    let typical = serde_json::to_vec(&typical_body()).expect("JSON");
+    let large = one_mib_body();
+    c.bench_function("parse/typical", |b| b.iter(|| parse(black_box(&typical))));
+    c.bench_function("parse/1MiB", |b| b.iter(|| parse(black_box(&large))));
+}
+
+fn structured_result(c: &mut Criterion) {
+    let checked = || Checked {
+        tool: "research-topic",
+        mode: Mode::Simulator,
+        policy: simulator::simulate(&research_intent(), "id".to_owned()),
+        provenance: Provenance::default(),
+        approval: None,
+    };
+    c.bench_function("result/executed", |b| {
+        b.iter_batched(
+            checked,
+            |checked| report::executed(checked, Ok("Stand-in action: summary".to_owned())),
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("result/reported", |b| {
+        let intent = research_intent();
+        b.iter_batched(
+            checked,
+            |checked| report::reported(checked, &intent),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn guarded_call(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let client = runtime.block_on(async {
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let server = Stage0Server::new(Guard::new(
+            PolicyClient::Simulator,
+            Operator::default(),
+            Approvals::default(),
+        ));
+        tokio::spawn(async move {
+            let running = server.serve(server_io).await.expect("server initialised");
+            let _ = running.waiting().await;
+        });
+        ().serve(client_io).await.expect("client initialised")
+    });
+    let calls = [
+        (
+            "check-authorization",
+            json!({"goal": "Summarise the release notes", "sideEffects": [],
+                   "successCriteria": ["Summary produced"]}),
+        ),
+        ("research-topic", json!({"topic": "Rust async runtimes"})),
+    ];
+    for (tool, arguments) in calls {
+        let Value::Object(arguments) = arguments else {
+            unreachable!("literal objects")
+        };
+        c.bench_function(&format!("guarded_call/{tool}"), |b| {
+            b.to_async(&runtime).iter(|| {
+                let params = CallToolRequestParams::new(tool).with_arguments(arguments.clone());
+                let client = &client;
+                async move {
+                    let result = client.call_tool(params).await.expect("a tool result");
+                    assert_eq!(result.is_error, Some(false));
+                    result
+                }
+            })
+        });
+    }
+    runtime
+        .block_on(client.cancel())
+        .expect("the client session shuts down");
+}
+
+criterion_group!(
+    benches,
+    simulator_decision,
+    response_parsing,
+    structured_result,
+    guarded_call
+);
+criterion_main!(benches);
