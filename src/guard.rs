@@ -11,6 +11,7 @@
 //! makes one in a single place: right after the verdict was `ALLOW`. Code elsewhere that tries to
 //! run a tool body without the guard does not compile.
 
+use std::borrow::Cow;
 use std::future::Future;
 
 use rmcp::model::{CallToolResult, JsonObject};
@@ -191,16 +192,29 @@ impl Guard {
         let policy = self.policy.check(intent).await;
         tracing::info!(
             tool,
-            goal = %intent.goal,
+            goal = %excerpt(&intent.goal),
             verdict = %policy.verdict,
             decision = %policy.decision,
             request_id = %policy.request_id,
             policy_version = %policy.policy_version,
             mode = self.mode().as_str(),
-            reason = %policy.reason,
+            reason = %excerpt(&policy.reason),
             "stage0 check"
         );
         policy
+    }
+}
+
+/// How many characters of a goal or a reason a log line keeps.
+const LOG_EXCERPT_CHARS: usize = 200;
+
+/// `text` cut to [`LOG_EXCERPT_CHARS`] characters for a log line, saying how long it was, so a
+/// 4 MiB goal (the largest message, `transport::MAX_MESSAGE_BYTES`) or a 1 MiB reason from Stage0
+/// is not copied to stderr whole. The tool result and the `/check` request keep the whole text.
+fn excerpt(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(LOG_EXCERPT_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}… ({} bytes in all)", &text[..cut], text.len())),
     }
 }
 
@@ -320,6 +334,23 @@ mod tests {
         assert!(
             text.starts_with("invalid arguments for `probe`: `fail`: "),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_log_excerpt_keeps_short_text_and_cuts_long_text_on_a_character_boundary() {
+        assert_eq!(excerpt("Research Rust"), "Research Rust");
+        let exact = "é".repeat(LOG_EXCERPT_CHARS);
+        assert_eq!(excerpt(&exact), exact);
+        let long = "é".repeat(LOG_EXCERPT_CHARS + 1);
+        let cut = excerpt(&long);
+        assert_eq!(
+            cut,
+            format!(
+                "{}… ({} bytes in all)",
+                "é".repeat(LOG_EXCERPT_CHARS),
+                long.len()
+            )
         );
     }
 }

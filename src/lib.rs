@@ -12,6 +12,7 @@
 //!   ([`stage0::simulator`]), with the wire types in [`stage0::wire`];
 //! - [`report`]: what a tool result looks like (text and `structuredContent`);
 //! - [`server`]: the MCP server that lists the tools and routes every call through the guard;
+//! - [`transport`]: stdio with a maximum message size and the MCP lifecycle enforced;
 //! - [`config`]: the environment variables.
 
 pub mod approval;
@@ -23,3 +24,4 @@ pub mod report;
 pub mod server;
 pub mod stage0;
 pub mod tools;
+pub mod transport;

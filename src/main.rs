@@ -10,9 +10,9 @@ use mcp_server_stage0::config::Config;
 use mcp_server_stage0::guard::Guard;
 use mcp_server_stage0::server::Stage0Server;
 use mcp_server_stage0::stage0::{Mode, PolicyClient};
+use mcp_server_stage0::transport;
 use rmcp::ServiceExt;
 use rmcp::service::ServerInitializeError;
-use rmcp::transport::io::stdio_pipes;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -83,7 +83,7 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let server = Stage0Server::new(Guard::new(policy, config.operator, config.approvals));
-    let service = match server.serve_with_ct(stdio_pipes(), shutdown).await {
+    let service = match server.serve_with_ct(transport::stdio(), shutdown).await {
         Ok(service) => service,
         Err(ServerInitializeError::ConnectionClosed(_) | ServerInitializeError::Cancelled) => {
             tracing::info!("stopped before the client initialised");

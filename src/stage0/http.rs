@@ -38,11 +38,10 @@ use std::time::Duration;
 
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Client, StatusCode, Url, redirect};
-use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::wire::{CheckBody, Intent, PolicyResponse, error_message};
+use super::wire::{BodyError, CheckBody, Intent, PolicyResponse, error_message};
 use crate::config::{ApiKey, Config};
 
 /// The largest `/check` response body read, in bytes (1 MiB); a larger one is `DENY` / `ERROR`.
@@ -69,10 +68,8 @@ enum ExchangeError {
     Transport(#[from] reqwest::Error),
     #[error("response body is larger than {MAX_BODY_BYTES} bytes")]
     BodyTooLarge,
-    #[error("response body is not JSON: {0}")]
-    NotJson(serde_json::Error),
-    #[error("{0}")]
-    NotAnObject(&'static str),
+    #[error(transparent)]
+    Body(#[from] BodyError),
 }
 
 impl HttpPolicyClient {
@@ -254,8 +251,7 @@ async fn read_verdict(
     request_id: &str,
 ) -> Result<PolicyResponse, ExchangeError> {
     let body = read_capped(response).await?;
-    let value: Value = serde_json::from_slice(&body).map_err(ExchangeError::NotJson)?;
-    PolicyResponse::from_json(&value, request_id).map_err(ExchangeError::NotAnObject)
+    Ok(PolicyResponse::from_body(&body, request_id)?)
 }
 
 /// The whole body, or [`ExchangeError::BodyTooLarge`] as soon as it passes [`MAX_BODY_BYTES`].

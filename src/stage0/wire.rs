@@ -220,6 +220,17 @@ impl PolicyResponse {
         PolicyResponse::new(Verdict::Deny, Decision::Error, reason, request_id)
     }
 
+    /// Reads the bytes of a 2xx `/check` response body: JSON, then [`PolicyResponse::from_json`].
+    ///
+    /// # Errors
+    ///
+    /// [`BodyError`] when `body` is not JSON or not a JSON object; the caller turns that into a
+    /// fail-closed verdict.
+    pub fn from_body(body: &[u8], sent_request_id: &str) -> Result<Self, BodyError> {
+        let value: Value = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
+        PolicyResponse::from_json(&value, sent_request_id).map_err(BodyError::NotAnObject)
+    }
+
     /// Reads a `/check` response body leniently.
     ///
     /// `sent_request_id` is the `X-Request-Id` we sent, used when the body carries none.
@@ -285,6 +296,15 @@ impl PolicyResponse {
             cost_estimate: body.get("cost_estimate").and_then(parse_cost_estimate),
         })
     }
+}
+
+/// Why a 2xx `/check` body carries no verdict at all.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("response body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("{0}")]
+    NotAnObject(&'static str),
 }
 
 /// The strings of a JSON array; a non-array gives an empty list and non-strings are skipped.

@@ -253,15 +253,44 @@ impl RawServer {
 
     /// Writes `line` and a newline to the server's stdin.
     pub async fn send_line(&mut self, line: &str) {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        self.send_bytes(&bytes).await;
+    }
+
+    /// Writes `bytes` to the server's stdin exactly as given (no newline added).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin is still open");
         let write = async {
-            stdin.write_all(line.as_bytes()).await?;
-            stdin.write_all(b"\n").await?;
+            stdin.write_all(bytes).await?;
             stdin.flush().await
         };
         bounded("writing to stdin", write)
             .await
             .expect("the server reads its stdin");
+    }
+
+    /// Fails the test if the server process has exited.
+    pub fn assert_running(&mut self) {
+        let status = self.child.try_wait().expect("the server's status");
+        assert!(status.is_none(), "the server exited: {status:?}");
+    }
+
+    /// The server's peak and current resident memory, in KiB (`VmHWM`, `VmRSS` in
+    /// `/proc/<pid>/status`; Linux only).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let pid = self.child.id().expect("the server is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("/proc/<pid>/status is readable");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+        };
+        (field("VmHWM:"), field("VmRSS:"))
     }
 
     /// Sends `message` as one line of JSON.

@@ -1,0 +1,435 @@
+//! The stdio transport: rmcp's newline-delimited JSON-RPC codec with a decided maximum message
+//! size, behind a gate that holds the client to the MCP lifecycle.
+//!
+//! Two things protect the server from the bytes on stdin:
+//!
+//! - **A maximum message size**, [`MAX_MESSAGE_BYTES`] (4 MiB per line, newline included). rmcp's
+//!   own reader ([`AsyncRwTransport::with_max_line_length`]) never buffers more than that: a
+//!   longer line is dropped as it streams in, logged, and the connection stays open. Without the
+//!   cap (rmcp's default is 16 MiB) one 16 MiB `tools/call` made the server peak at about
+//!   200 MiB, since a message is held as bytes, as parsed JSON and as a result that repeats it.
+//! - **The lifecycle gate**, [`LifecycleGate`]. rmcp ends the whole session when anything other
+//!   than a request arrives before `initialize` (the process exited with status 2 on a stray
+//!   `notifications/initialized`), and it answers a second `initialize` by switching the
+//!   session's protocol version and client capabilities mid-session. The gate drops
+//!   notifications and responses that come before `initialize` (with a warning) and refuses a
+//!   second `initialize` with JSON-RPC error `-32600` (Invalid Request).
+//!
+//!   It also refuses, with `-32600`, a request whose id is the id of a request still in flight.
+//!   rmcp keys its in-flight requests by id, so the second request took over the first one's
+//!   slot: the first answer then cancelled the second call and the second was never answered
+//!   (the client waited forever). MCP forbids reusing an id within a session; the gate only
+//!   remembers the ids not yet answered (or cancelled), so what it holds is bounded by the
+//!   requests in flight. Everything else passes through untouched.
+//!
+//! rmcp also serves clients that never send `initialize` (the stateless 2026-07-28 style, with
+//! the protocol version in each request's `_meta`). Their requests pass the gate as before; their
+//! notifications are dropped, which at worst lets a call they cancel run to its end.
+//!
+//! What rmcp already does, and this module relies on: a line that is not JSON is dropped
+//! silently; JSON that is not a JSON-RPC message (a batch array, for instance) is answered with
+//! `-32600`; requests before `initialize` other than `ping` get an error and leave the session
+//! waiting for `initialize`.
+
+use std::collections::HashSet;
+
+use rmcp::RoleServer;
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData, JsonRpcMessage, RequestId,
+    ServerJsonRpcMessage,
+};
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::transport::io::{StdioReader, StdioWriter, stdio_pipes};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The largest JSON-RPC message the server reads from stdin: 4 MiB, counting the newline.
+///
+/// Far above any real tool call (the arguments are a topic, a few names and numbers), small
+/// enough that one message costs tens of MiB at most: a `tools/call` of this size, whose result
+/// repeats its topic four times, peaks at about 56 MiB in a release build (measured; an idle
+/// server holds about 8 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The transport the server binary serves: stdin and stdout through [`bounded`].
+///
+/// Must be called inside a Tokio runtime (on Linux the pipes are registered with its reactor).
+pub fn stdio() -> LifecycleGate<AsyncRwTransport<RoleServer, StdioReader, StdioWriter>> {
+    let (read, write) = stdio_pipes();
+    bounded(read, write)
+}
+
+/// rmcp's line-delimited JSON-RPC transport over `read` and `write`, reading lines of at most
+/// [`MAX_MESSAGE_BYTES`], behind a [`LifecycleGate`].
+pub fn bounded<R, W>(read: R, write: W) -> LifecycleGate<AsyncRwTransport<RoleServer, R, W>>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    LifecycleGate::new(
+        AsyncRwTransport::new_server(read, write).with_max_line_length(MAX_MESSAGE_BYTES),
+    )
+}
+
+/// Holds the messages from the client to the MCP lifecycle: nothing but requests before
+/// `initialize`, only one `initialize`, and no id shared by two requests in flight.
+///
+/// Wraps any server-side rmcp [`Transport`]; what the server sends passes through unchanged
+/// (the gate notes which requests it answers).
+pub struct LifecycleGate<T> {
+    inner: T,
+    initialized: bool,
+    /// The ids of the client's requests passed on and not yet answered or cancelled.
+    in_flight: HashSet<RequestId>,
+}
+
+/// What the gate does with one incoming message.
+enum Admission {
+    Pass(ClientJsonRpcMessage),
+    /// A notification, response or error before `initialize`: nothing to answer.
+    Drop(&'static str),
+    /// A second `initialize`, or a request reusing an id in flight: answered with this error,
+    /// not passed on.
+    Refuse(ServerJsonRpcMessage, &'static str),
+}
+
+impl<T> LifecycleGate<T> {
+    /// A gate in front of `inner`, waiting for `initialize`.
+    pub fn new(inner: T) -> Self {
+        LifecycleGate {
+            inner,
+            initialized: false,
+            in_flight: HashSet::new(),
+        }
+    }
+
+    /// Decides about `message`, and records the `initialize` and the request ids it lets through
+    /// (and the ids a `notifications/cancelled` frees).
+    fn admit(&mut self, message: ClientJsonRpcMessage) -> Admission {
+        match message {
+            ClientJsonRpcMessage::Request(request) => {
+                let initialize = matches!(request.request, ClientRequest::InitializeRequest(_));
+                let refusal = if initialize && self.initialized {
+                    Some("the session is already initialized")
+                } else if self.in_flight.contains(&request.id) {
+                    Some("a request with this id is still in flight")
+                } else {
+                    None
+                };
+                if let Some(why) = refusal {
+                    let answer = ErrorData::invalid_request(why, None);
+                    return Admission::Refuse(
+                        ServerJsonRpcMessage::error(answer, Some(request.id)),
+                        why,
+                    );
+                }
+                self.initialized |= initialize;
+                self.in_flight.insert(request.id.clone());
+                Admission::Pass(ClientJsonRpcMessage::Request(request))
+            }
+            ClientJsonRpcMessage::Notification(notification) if self.initialized => {
+                if let ClientNotification::CancelledNotification(cancelled) =
+                    &notification.notification
+                    && let Some(id) = &cancelled.params.request_id
+                {
+                    // rmcp sends no answer to a cancelled request.
+                    self.in_flight.remove(id);
+                }
+                Admission::Pass(ClientJsonRpcMessage::Notification(notification))
+            }
+            other if self.initialized => Admission::Pass(other),
+            ClientJsonRpcMessage::Notification(_) => Admission::Drop("a notification"),
+            ClientJsonRpcMessage::Response(_) => Admission::Drop("a response"),
+            ClientJsonRpcMessage::Error(_) => Admission::Drop("an error response"),
+        }
+    }
+
+    /// Forgets the request that `message`, on its way to the client, answers (if it does).
+    fn note_sent(&mut self, message: &ServerJsonRpcMessage) {
+        let answered = match message {
+            JsonRpcMessage::Response(response) => Some(&response.id),
+            JsonRpcMessage::Error(error) => error.id.as_ref(),
+            JsonRpcMessage::Request(_) | JsonRpcMessage::Notification(_) => None,
+        };
+        if let Some(id) = answered {
+            self.in_flight.remove(id);
+        }
+    }
+}
+
+impl<T: Transport<RoleServer>> Transport<RoleServer> for LifecycleGate<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleServer>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.note_sent(&item);
+        self.inner.send(item)
+    }
+
+    /// The next message that passes the gate; `None` when the inner transport is closed.
+    ///
+    /// Cancel-safe as long as the inner `receive` is (rmcp's is): the gate's state changes only
+    /// after a message has been received, and a refusal is sent from its own task, so dropping
+    /// this future never loses or half-writes anything.
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
+        loop {
+            let message = self.inner.receive().await?;
+            match self.admit(message) {
+                Admission::Pass(message) => return Some(message),
+                Admission::Drop(what) => {
+                    tracing::warn!("dropped {what} that arrived before initialize");
+                }
+                Admission::Refuse(answer, why) => {
+                    tracing::warn!("refused a request: {why}");
+                    // Not through `self.send`: the id refused belongs to a request in flight.
+                    let sent = self.inner.send(answer);
+                    tokio::spawn(async move {
+                        if let Err(error) = sent.await {
+                            tracing::warn!("could not send a refusal: {error}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.inner.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use serde_json::{Value, json};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines};
+    use tokio::time::{Duration, timeout};
+
+    /// The longest any step of these tests may take.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// The client's end of an in-process session: the real server (simulator mode) behind
+    /// [`bounded`], over in-memory pipes.
+    struct Client {
+        write: DuplexStream,
+        read: Lines<BufReader<DuplexStream>>,
+        server: tokio::task::JoinHandle<bool>,
+    }
+
+    impl Client {
+        fn start() -> Client {
+            use crate::{approval::Approvals, claims::Operator, guard::Guard};
+            use crate::{server::Stage0Server, stage0::PolicyClient};
+            use rmcp::ServiceExt;
+            let (client_write, server_read) = tokio::io::duplex(64 * 1024);
+            let (server_write, client_read) = tokio::io::duplex(64 * 1024);
+            let server = tokio::spawn(async move {
+                let guard = Guard::new(
+                    PolicyClient::Simulator,
+                    Operator::default(),
+                    Approvals::default(),
+                );
+                match Stage0Server::new(guard)
+                    .serve(bounded(server_read, server_write))
+                    .await
+                {
+                    Ok(service) => service.waiting().await.is_ok(),
+                    Err(_) => false,
+                }
+            });
+            Client {
+                write: client_write,
+                read: BufReader::new(client_read).lines(),
+                server,
+            }
+        }
+
+        async fn send_bytes(&mut self, bytes: &[u8]) {
+            timeout(BOUND, self.write.write_all(bytes))
+                .await
+                .expect("the server reads")
+                .expect("the pipe is open");
+        }
+
+        async fn send(&mut self, message: Value) {
+            self.send_bytes(format!("{message}\n").as_bytes()).await;
+        }
+
+        async fn next(&mut self) -> Value {
+            let line = timeout(BOUND, self.read.next_line())
+                .await
+                .expect("the server answers in time")
+                .expect("the pipe is readable")
+                .expect("the server has not closed stdout");
+            serde_json::from_str(&line).expect("the server writes JSON")
+        }
+
+        async fn initialize(&mut self, id: u64, protocol_version: &str) -> Value {
+            self.send(
+                json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+                    "protocolVersion": protocol_version,
+                    "capabilities": {},
+                    "clientInfo": {"name": "gate-test", "version": "0"}
+                }}),
+            )
+            .await;
+            self.next().await
+        }
+
+        async fn ping(&mut self, id: u64) -> Value {
+            self.send(json!({"jsonrpc": "2.0", "id": id, "method": "ping"}))
+                .await;
+            self.next().await
+        }
+
+        /// Closes stdin; whether the server loop then ended cleanly.
+        async fn finish(self) -> bool {
+            drop(self.write);
+            timeout(BOUND, self.server)
+                .await
+                .expect("the server stops in time")
+                .expect("the server task does not panic")
+        }
+    }
+
+    #[tokio::test]
+    async fn notifications_and_responses_before_initialize_are_dropped_not_fatal() {
+        let mut client = Client::start();
+        client
+            .send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        client
+            .send(
+                json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                         "params": {"requestId": 1}}),
+            )
+            .await;
+        client
+            .send(json!({"jsonrpc": "2.0", "id": 99, "result": {}}))
+            .await;
+        client
+            .send(json!({"jsonrpc": "2.0", "id": 98, "error": {"code": -1, "message": "x"}}))
+            .await;
+        let answer = client.initialize(1, "2025-11-25").await;
+        assert_eq!(answer["id"], 1);
+        assert_eq!(answer["result"]["protocolVersion"], "2025-11-25");
+        assert_eq!(client.ping(2).await["result"], json!({}));
+        assert!(client.finish().await, "the session ended with an error");
+    }
+
+    #[tokio::test]
+    async fn a_second_initialize_is_refused_and_changes_nothing() {
+        let mut client = Client::start();
+        client.initialize(1, "2025-11-25").await;
+        let second = client.initialize(2, "2024-11-05").await;
+        assert_eq!(second["id"], 2);
+        assert_eq!(second["error"]["code"], -32600, "{second}");
+        assert!(second.get("result").is_none(), "{second}");
+        // The session goes on as first negotiated, and a third attempt is refused as well.
+        assert_eq!(client.ping(3).await["result"], json!({}));
+        assert_eq!(
+            client.initialize(4, "2025-06-18").await["error"]["code"],
+            -32600
+        );
+        assert!(client.finish().await, "the session ended with an error");
+    }
+
+    /// One message from the client, as the transport would have parsed it.
+    fn from_client(message: Value) -> ClientJsonRpcMessage {
+        serde_json::from_value(message).expect("a client message")
+    }
+
+    #[test]
+    fn a_request_reusing_an_id_in_flight_is_refused_until_it_is_answered_or_cancelled() {
+        let mut gate = LifecycleGate::new(());
+        let call = || {
+            from_client(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                               "params": {"name": "research-topic", "arguments": {}}}))
+        };
+        let initialize = from_client(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "gate-test", "version": "0"}}}));
+        assert!(matches!(gate.admit(initialize), Admission::Pass(_)));
+        assert!(matches!(gate.admit(call()), Admission::Pass(_)));
+        let Admission::Refuse(refusal, _) = gate.admit(call()) else {
+            panic!("a duplicate id in flight passed");
+        };
+        let refusal = serde_json::to_value(refusal).expect("the refusal serialises");
+        assert_eq!(refusal["id"], 7);
+        assert_eq!(refusal["error"]["code"], -32600);
+
+        // Answered: the id may be used again.
+        let answer = ServerJsonRpcMessage::response(
+            rmcp::model::ServerResult::EmptyResult(().into()),
+            RequestId::Number(7),
+        );
+        gate.note_sent(&answer);
+        assert!(matches!(gate.admit(call()), Admission::Pass(_)));
+        // Cancelled by the client (rmcp then sends no answer): the id may be used again.
+        let cancelled = from_client(
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                           "params": {"requestId": 7}}),
+        );
+        assert!(matches!(gate.admit(cancelled), Admission::Pass(_)));
+        assert!(matches!(gate.admit(call()), Admission::Pass(_)));
+        // In flight now: `initialize` (never answered here) and the last call.
+        let expected = HashSet::from([RequestId::Number(1), RequestId::Number(7)]);
+        assert_eq!(gate.in_flight, expected);
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_maximum_is_dropped_and_the_next_one_is_read() {
+        let mut client = Client::start();
+        client.initialize(1, "2025-11-25").await;
+        // A ping padded to one byte over the maximum (newline included), then a normal one.
+        let head = br#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"pad":""#;
+        let tail = b"\"}}\n";
+        let mut line = head.to_vec();
+        line.resize(MAX_MESSAGE_BYTES + 1 - tail.len(), b'a');
+        line.extend_from_slice(tail);
+        assert_eq!(line.len(), MAX_MESSAGE_BYTES + 1);
+        // Written in a task: the duplex pipe holds 64 KiB, the server drains it as it discards.
+        let mut writer = client.write;
+        let write = tokio::spawn(async move {
+            writer.write_all(&line).await.expect("the server reads");
+            writer
+        });
+        client.write = timeout(BOUND, write)
+            .await
+            .expect("the oversized line is consumed in time")
+            .expect("the writer task does not panic");
+        let answer = client.ping(3).await;
+        assert_eq!(
+            answer["id"], 3,
+            "the oversized request was answered: {answer}"
+        );
+        assert!(client.finish().await, "the session ended with an error");
+    }
+
+    #[tokio::test]
+    async fn a_line_of_exactly_the_maximum_is_read() {
+        let mut client = Client::start();
+        client.initialize(1, "2025-11-25").await;
+        let head = br#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"pad":""#;
+        let tail = b"\"}}\n";
+        let mut line = head.to_vec();
+        line.resize(MAX_MESSAGE_BYTES - tail.len(), b'a');
+        line.extend_from_slice(tail);
+        assert_eq!(line.len(), MAX_MESSAGE_BYTES);
+        let mut writer = client.write;
+        let write = tokio::spawn(async move {
+            writer.write_all(&line).await.expect("the server reads");
+            writer
+        });
+        client.write = timeout(BOUND, write)
+            .await
+            .expect("the line is consumed in time")
+            .expect("the writer task does not panic");
+        assert_eq!(client.next().await["id"], 2);
+        assert!(client.finish().await, "the session ended with an error");
+    }
+}
