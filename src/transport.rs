@@ -381,27 +381,33 @@ mod tests {
         assert_eq!(gate.in_flight, expected);
     }
 
+    /// A `ping` with id 2, padded to exactly `len` bytes, newline included.
+    fn padded_ping(len: usize) -> Vec<u8> {
+        let head = br#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"pad":""#;
+        let tail = b"\"}}\n";
+        let mut line = head.to_vec();
+        line.resize(len - tail.len(), b'a');
+        line.extend_from_slice(tail);
+        assert_eq!(line.len(), len);
+        line
+    }
+
+    impl Client {
+        /// Writes `line`, which is longer than the duplex pipe (64 KiB): the server's task
+        /// drains the pipe as it reads (or discards) the line.
+        async fn write_long(&mut self, line: &[u8]) {
+            timeout(BOUND, self.write.write_all(line))
+                .await
+                .expect("the line is consumed in time")
+                .expect("the server reads");
+        }
+    }
+
     #[tokio::test]
     async fn a_line_over_the_maximum_is_dropped_and_the_next_one_is_read() {
         let mut client = Client::start();
         client.initialize(1, "2025-11-25").await;
-        // A ping padded to one byte over the maximum (newline included), then a normal one.
-        let head = br#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"pad":""#;
-        let tail = b"\"}}\n";
-        let mut line = head.to_vec();
-        line.resize(MAX_MESSAGE_BYTES + 1 - tail.len(), b'a');
-        line.extend_from_slice(tail);
-        assert_eq!(line.len(), MAX_MESSAGE_BYTES + 1);
-        // Written in a task: the duplex pipe holds 64 KiB, the server drains it as it discards.
-        let mut writer = client.write;
-        let write = tokio::spawn(async move {
-            writer.write_all(&line).await.expect("the server reads");
-            writer
-        });
-        client.write = timeout(BOUND, write)
-            .await
-            .expect("the oversized line is consumed in time")
-            .expect("the writer task does not panic");
+        client.write_long(&padded_ping(MAX_MESSAGE_BYTES + 1)).await;
         let answer = client.ping(3).await;
         assert_eq!(
             answer["id"], 3,
@@ -414,21 +420,7 @@ mod tests {
     async fn a_line_of_exactly_the_maximum_is_read() {
         let mut client = Client::start();
         client.initialize(1, "2025-11-25").await;
-        let head = br#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"pad":""#;
-        let tail = b"\"}}\n";
-        let mut line = head.to_vec();
-        line.resize(MAX_MESSAGE_BYTES - tail.len(), b'a');
-        line.extend_from_slice(tail);
-        assert_eq!(line.len(), MAX_MESSAGE_BYTES);
-        let mut writer = client.write;
-        let write = tokio::spawn(async move {
-            writer.write_all(&line).await.expect("the server reads");
-            writer
-        });
-        client.write = timeout(BOUND, write)
-            .await
-            .expect("the line is consumed in time")
-            .expect("the writer task does not panic");
+        client.write_long(&padded_ping(MAX_MESSAGE_BYTES)).await;
         assert_eq!(client.next().await["id"], 2);
         assert!(client.finish().await, "the session ended with an error");
     }
