@@ -27,6 +27,9 @@
 //!
 //! It prints a table and writes the same figures as JSON to `target/bench-e2e.json`.
 
+#[path = "../tests/common/memory.rs"]
+mod memory;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -273,7 +276,7 @@ impl Server {
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        proc_status_kib(self.child.id(), "VmHWM")
+        memory::status_kib(self.child.id(), "VmHWM")
     }
 
     /// Closes stdin and waits for a clean exit.
@@ -291,15 +294,6 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// CPU time the process `pid` has used so far, all threads, in nanoseconds.
@@ -430,7 +424,7 @@ fn pipelined(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
         answered[id] = true;
         let _ = credit.send(());
         if count == checkpoint {
-            rss_at_checkpoint = proc_status_kib(pid, "VmHWM");
+            rss_at_checkpoint = memory::status_kib(pid, "VmHWM");
         }
     }
     let elapsed = start.elapsed();

@@ -10,6 +10,8 @@
 
 #[path = "../tests/fake_stage0/mod.rs"]
 mod fake_stage0;
+#[path = "../tests/common/memory.rs"]
+mod memory;
 
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -148,14 +150,14 @@ async fn soak(env: &[(&str, &str)]) -> Figures {
         );
         answered += 1;
         if answered == EARLY {
-            rss_early_kib = memory_kib(pid, "VmRSS:");
+            rss_early_kib = memory::status_kib(pid, "VmRSS");
         }
     }
     let elapsed = started.elapsed();
     let figures = Figures {
         rss_early_kib,
-        rss_end_kib: memory_kib(pid, "VmRSS:"),
-        hwm_end_kib: memory_kib(pid, "VmHWM:"),
+        rss_end_kib: memory::status_kib(pid, "VmRSS"),
+        hwm_end_kib: memory::status_kib(pid, "VmHWM"),
         elapsed,
     };
     drop(stdin);
@@ -176,15 +178,4 @@ async fn write_lines(stdin: &mut tokio::process::ChildStdin, messages: &[Value])
     }
     stdin.write_all(&bytes).await.expect("the server reads");
     stdin.flush().await.expect("the server reads");
-}
-
-/// A `kB` field (`VmRSS:`, `VmHWM:`) of `/proc/<pid>/status`, in KiB.
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("/proc/<pid>/status is readable");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }

@@ -11,6 +11,8 @@
 // Each test crate uses its own part of this module; the rest would be reported as dead code.
 #![allow(dead_code)]
 
+pub mod memory;
+
 use std::future::Future;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -281,16 +283,10 @@ impl RawServer {
     /// `/proc/<pid>/status`; Linux only).
     pub fn memory_kib(&self) -> (u64, u64) {
         let pid = self.child.id().expect("the server is running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .expect("/proc/<pid>/status is readable");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-        };
-        (field("VmHWM:"), field("VmRSS:"))
+        (
+            memory::status_kib(pid, "VmHWM"),
+            memory::status_kib(pid, "VmRSS"),
+        )
     }
 
     /// Sends `message` as one line of JSON.
