@@ -156,7 +156,9 @@ impl Operator {
         for claim in claims {
             match claim {
                 Claim::RetryCount { workflow_id, count } => {
-                    let observed = ledger.observe(workflow_id);
+                    let key = AttemptLedger::key(workflow_id);
+                    let observed = ledger.observe_key(key);
+                    provenance.workflow_key = Some(key);
                     let claimed = *count;
                     *count = claimed.max(observed);
                     provenance.retry_count = Some(RetrySource {
@@ -207,6 +209,10 @@ pub struct Provenance {
     /// The count sent as `retry_count`, the agent's claim, and the attempts the server had seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_count: Option<RetrySource>,
+    /// The attempt ledger's key of the workflow whose retry this call counted; recorded in the
+    /// audit log, not shown in results.
+    #[serde(skip)]
+    pub workflow_key: Option<[u8; 32]>,
 }
 
 /// The effective role and where it came from.

@@ -4,6 +4,7 @@
 //! tests pass a map and the binary passes `std::env::var`. Variables and defaults follow SPEC §5.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -57,6 +58,20 @@ pub struct Config {
     /// `STAGE0_APPROVALS` (`on` | `off`, default `on`) and `STAGE0_APPROVAL_TIMEOUT_S` (whole
     /// seconds from 1, default 300): whether and how long to ask a human about a `DEFER`.
     pub approvals: Approvals,
+    /// `STAGE0_AUDIT_LOG` and `STAGE0_AUDIT_SYNC`: where and how durably to keep the audit log.
+    pub audit: AuditConfig,
+}
+
+/// Where the audit log goes and how durably it is written (see `audit.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// `STAGE0_AUDIT_LOG`: the JSON Lines file; `None` for `off`. When the variable is not set,
+    /// [`audit::default_path`](crate::audit::default_path), in the user's state folder.
+    pub path: Option<PathBuf>,
+    /// `STAGE0_AUDIT_SYNC` (`on` | `off`, default `on`): fsync every batch of records before a
+    /// tool body runs. `off` keeps the records through a killed process but not through a power
+    /// loss or an operating-system crash.
+    pub sync: bool,
 }
 
 /// Why the configuration cannot be used; the server refuses to start with it.
@@ -72,6 +87,13 @@ pub enum ConfigError {
     InvalidApprovals(String),
     #[error("`STAGE0_APPROVAL_TIMEOUT_S` must be a whole number of seconds from 1, got `{0}`")]
     InvalidApprovalTimeout(String),
+    #[error("`STAGE0_AUDIT_SYNC` must be `on` or `off`, got `{0}`")]
+    InvalidAuditSync(String),
+    #[error(
+        "`STAGE0_AUDIT_LOG` is not set and this user has no home folder for the default audit \
+         log; set it to a file path, or to `off`"
+    )]
+    NoAuditLogPath,
 }
 
 impl Config {
@@ -80,8 +102,9 @@ impl Config {
     /// # Errors
     ///
     /// [`ConfigError`] naming the variable when `STAGE0_TIMEOUT_MS`, `STAGE0_BASE_URL`,
-    /// `STAGE0_ACTOR_ROLE`, `STAGE0_APPROVALS` or `STAGE0_APPROVAL_TIMEOUT_S` is set to something
-    /// unusable.
+    /// `STAGE0_ACTOR_ROLE`, `STAGE0_APPROVALS`, `STAGE0_APPROVAL_TIMEOUT_S` or
+    /// `STAGE0_AUDIT_SYNC` is set to something unusable, or when `STAGE0_AUDIT_LOG` is not set
+    /// and there is no default folder for it.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let set = |name: &str| {
             lookup(name)
@@ -132,6 +155,17 @@ impl Config {
             Some(other) => return Err(ConfigError::InvalidApprovals(other.to_owned())),
         };
 
+        let path = match set("STAGE0_AUDIT_LOG") {
+            Some(off) if off == "off" => None,
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(crate::audit::default_path().ok_or(ConfigError::NoAuditLogPath)?),
+        };
+        let sync = match set("STAGE0_AUDIT_SYNC").as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => return Err(ConfigError::InvalidAuditSync(other.to_owned())),
+        };
+
         Ok(Config {
             api_key: set("STAGE0_API_KEY").map(ApiKey::new),
             base_url,
@@ -142,6 +176,7 @@ impl Config {
                 actor_id: set("STAGE0_ACTOR_ID"),
             },
             approvals,
+            audit: AuditConfig { path, sync },
         })
     }
 }
@@ -174,6 +209,9 @@ mod tests {
                 timeout: Duration::from_secs(300)
             }
         );
+        assert_eq!(config.audit.path, crate::audit::default_path());
+        assert!(config.audit.path.unwrap().ends_with("audit.jsonl"));
+        assert!(config.audit.sync);
     }
 
     #[test]
@@ -196,6 +234,8 @@ mod tests {
             ("STAGE0_ACTOR_ROLE", "developer"),
             ("STAGE0_ACTOR_ID", "alice@example.test"),
             ("STAGE0_APPROVAL_TIMEOUT_S", "30"),
+            ("STAGE0_AUDIT_LOG", "/var/log/stage0/audit.jsonl"),
+            ("STAGE0_AUDIT_SYNC", "off"),
         ])
         .unwrap();
         assert_eq!(config.api_key.unwrap().expose(), "sk-test");
@@ -214,6 +254,21 @@ mod tests {
             Approvals::Ask {
                 timeout: Duration::from_secs(30)
             }
+        );
+        assert_eq!(
+            config.audit,
+            AuditConfig {
+                path: Some(PathBuf::from("/var/log/stage0/audit.jsonl")),
+                sync: false
+            }
+        );
+    }
+
+    #[test]
+    fn auditing_can_be_turned_off() {
+        assert_eq!(
+            config(&[("STAGE0_AUDIT_LOG", "off")]).unwrap().audit.path,
+            None
         );
     }
 
@@ -238,6 +293,7 @@ mod tests {
             ("STAGE0_APPROVALS", "maybe"),
             ("STAGE0_APPROVAL_TIMEOUT_S", "0"),
             ("STAGE0_APPROVAL_TIMEOUT_S", "5m"),
+            ("STAGE0_AUDIT_SYNC", "sometimes"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             let message = error.to_string();

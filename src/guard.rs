@@ -4,7 +4,9 @@
 //! tools): read the arguments → replace the agent's claims with what the server vouches for
 //! (`claims.rs`) → build the execution intent → ask the policy decision point → on `DEFER`, ask
 //! the human through elicitation and, on approval, ask the policy once more (`approval.rs`) → on
-//! `ALLOW` run the tool body, otherwise return the blocked result without running it.
+//! `ALLOW` run the tool body, otherwise return the blocked result without running it. With an
+//! audit log (`audit.rs`), every verdict is recorded, durably, before the next step, and a
+//! verdict that cannot be recorded is a `DENY`.
 //!
 //! The guarantee is structural, not a convention. A tool body is [`GuardedTool::run`], which
 //! needs a [`Permit`]; a `Permit` has a private field, so only this module can make one, and it
@@ -13,6 +15,8 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
 use rmcp::model::{CallToolResult, JsonObject};
 use rmcp::service::RequestContext;
@@ -20,6 +24,8 @@ use rmcp::{Peer, RoleServer};
 use serde::de::DeserializeOwned;
 
 use crate::approval::{self, ApprovalReport, Approvals};
+use crate::audit::record::Status;
+use crate::audit::{self, AuditLog, CallTrail};
 use crate::claims::{ApprovalStatus, Claim, Operator, Provenance};
 use crate::ledger::AttemptLedger;
 use crate::report::{self, Checked};
@@ -60,18 +66,31 @@ pub struct Guard {
     policy: PolicyClient,
     operator: Operator,
     approvals: Approvals,
-    ledger: AttemptLedger,
+    ledger: Arc<AttemptLedger>,
+    audit: Option<AuditLog>,
 }
 
 impl Guard {
     /// A guard that asks `policy` before every call, vouches for claims with what `operator`
-    /// configured, and asks a human about a `DEFER` as `approvals` says.
+    /// configured, and asks a human about a `DEFER` as `approvals` says. It keeps no audit log
+    /// until [`with_audit`](Guard::with_audit).
     pub fn new(policy: PolicyClient, operator: Operator, approvals: Approvals) -> Self {
         Guard {
             policy,
             operator,
             approvals,
-            ledger: AttemptLedger::default(),
+            ledger: Arc::new(AttemptLedger::default()),
+            audit: None,
+        }
+    }
+
+    /// The same guard, recording every call in `audit` and counting retries in the attempt
+    /// ledger rebuilt from it ([`AuditLog::ledger`]), so a restart does not reset a loop count.
+    pub fn with_audit(self, audit: AuditLog) -> Self {
+        Guard {
+            ledger: audit.ledger(),
+            audit: Some(audit),
+            ..self
         }
     }
 
@@ -87,6 +106,8 @@ impl Guard {
     /// approval, checks once more with the approval in the context. If the client cancels the
     /// request (`notifications/cancelled`) or the session ends before the final verdict, the
     /// check is dropped where it is and nothing runs; a body that has started runs to its end.
+    /// With an audit log, each verdict's `decision` record is durable before anything else
+    /// happens, and the call's `outcome` record before the result is returned.
     ///
     /// Never fails: invalid arguments, `DENY`, `DEFER`, a cancelled call and a failing body are
     /// all `isError` results (see `report.rs`); only `ALLOW` and a successful body is a success.
@@ -95,21 +116,27 @@ impl Guard {
         arguments: JsonObject,
         request: Option<&RequestContext<RoleServer>>,
     ) -> CallToolResult {
-        let (call, mut provenance, mut intent) = match self.prepare::<T>(arguments) {
+        let mut trail = CallTrail::new(self.audit.as_ref(), T::NAME, &arguments);
+        let (call, mut provenance, mut intent) = match self.prepare::<T>(arguments, &trail).await {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
         let peer = request.map(|request| &request.peer);
-        let decision = self.decide_and_review(T::NAME, &mut intent, &mut provenance, peer);
+        let decision =
+            self.decide_and_review(&mut trail, T::NAME, &mut intent, &mut provenance, peer);
         // rmcp marks a cancelled request on its token but lets the handler run on, so the guard
         // itself stops waiting: a verdict that arrives after the cancellation runs nothing.
-        let (policy, approval) = match request {
+        let decided = match request {
             Some(request) => tokio::select! {
                 biased;
-                () = request.ct.cancelled() => return report::cancelled(T::NAME),
-                decided = decision => decided,
+                () = request.ct.cancelled() => None,
+                decided = decision => Some(decided),
             },
-            None => decision.await,
+            None => Some(decision.await),
+        };
+        let Some((policy, approval)) = decided else {
+            trail.outcome(None, Status::Cancelled, None, None).await;
+            return report::cancelled(T::NAME);
         };
         let checked = Checked {
             tool: T::NAME,
@@ -118,21 +145,35 @@ impl Guard {
             provenance,
             approval,
         };
+        let request_id = Some(checked.policy.request_id.as_str());
         if checked.policy.verdict != Verdict::Allow {
+            trail.outcome(request_id, Status::Blocked, None, None).await;
             return report::blocked(checked);
         }
+        let started = Instant::now();
         let outcome = call.run(Permit(())).await;
+        let (status, error) = match &outcome {
+            Ok(_) => (Status::Ok, None),
+            Err(error) => (Status::Error, Some(error.as_str())),
+        };
+        trail
+            .outcome(request_id, status, error, Some(started.elapsed()))
+            .await;
         report::executed(checked, outcome)
     }
 
     /// Checks a call of report-only tool `T` and reports the verdict; nothing runs and no human
     /// is asked, since there is nothing to approve.
     pub async fn report<T: ToolIntent>(&self, arguments: JsonObject) -> CallToolResult {
-        let (_, provenance, intent) = match self.prepare::<T>(arguments) {
+        let mut trail = CallTrail::new(self.audit.as_ref(), T::NAME, &arguments);
+        let (_, provenance, intent) = match self.prepare::<T>(arguments, &trail).await {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
-        let policy = self.decide(T::NAME, &intent).await;
+        let policy = self.decide(&mut trail, T::NAME, &intent, &provenance).await;
+        trail
+            .outcome(Some(&policy.request_id), Status::Reported, None, None)
+            .await;
         let checked = Checked {
             tool: T::NAME,
             mode: self.mode(),
@@ -148,12 +189,13 @@ impl Guard {
     /// the call was deferred, how asking ended.
     async fn decide_and_review(
         &self,
+        trail: &mut CallTrail<'_>,
         tool: &'static str,
         intent: &mut Intent,
         provenance: &mut Provenance,
         peer: Option<&Peer<RoleServer>>,
     ) -> (PolicyResponse, Option<ApprovalReport>) {
-        let policy = self.decide(tool, intent).await;
+        let policy = self.decide(trail, tool, intent, provenance).await;
         if policy.verdict != Verdict::Defer {
             return (policy, None);
         }
@@ -166,6 +208,9 @@ impl Guard {
             approved_by = asked.approval.as_ref().map(|h| h.approved_by.as_str()),
             "human review"
         );
+        if let Err(why) = trail.approval(&asked).await {
+            return (audit::fail_closed(policy, &why), Some(asked));
+        }
         let Some(human) = &asked.approval else {
             return (policy, Some(asked));
         };
@@ -173,23 +218,46 @@ impl Guard {
         if let Some(status) = &mut provenance.approval_status {
             status.effective = ApprovalStatus::Approved;
         }
-        (self.decide(tool, intent).await, Some(asked))
+        (
+            self.decide(trail, tool, intent, provenance).await,
+            Some(asked),
+        )
     }
 
-    /// Reads the arguments, replaces the claims with vouched values and builds the intent.
-    fn prepare<T: ToolIntent>(
+    /// Reads the arguments, replaces the claims with vouched values and builds the intent. Calls
+    /// whose arguments cannot be read end here, with their `outcome` record.
+    async fn prepare<T: ToolIntent>(
         &self,
         arguments: JsonObject,
+        trail: &CallTrail<'_>,
     ) -> Result<(T, Provenance, Intent), CallToolResult> {
-        let mut call = read_arguments::<T>(arguments)?;
+        let mut call = match read_arguments::<T>(arguments) {
+            Ok(call) => call,
+            Err(problem) => {
+                trail
+                    .outcome(None, Status::InvalidArguments, Some(&problem), None)
+                    .await;
+                return Err(report::invalid_arguments(T::NAME, &problem));
+            }
+        };
         let provenance = self.operator.vouch(call.claims(), &self.ledger);
         let mut intent = call.intent();
         provenance.annotate(&mut intent.context);
         Ok((call, provenance, intent))
     }
 
-    async fn decide(&self, tool: &str, intent: &Intent) -> PolicyResponse {
+    /// Asks the policy decision point about `intent` and records the verdict; a verdict whose
+    /// `decision` record cannot be written becomes a `DENY` (`AUDIT_UNAVAILABLE`).
+    async fn decide(
+        &self,
+        trail: &mut CallTrail<'_>,
+        tool: &str,
+        intent: &Intent,
+        provenance: &Provenance,
+    ) -> PolicyResponse {
+        let started = Instant::now();
         let policy = self.policy.check(intent).await;
+        let latency = started.elapsed();
         tracing::info!(
             tool,
             goal = %excerpt(&intent.goal),
@@ -201,7 +269,16 @@ impl Guard {
             reason = %excerpt(&policy.reason),
             "stage0 check"
         );
-        policy
+        match trail
+            .decision(intent, provenance, &policy, self.mode(), latency)
+            .await
+        {
+            Ok(()) => policy,
+            Err(why) => {
+                tracing::error!(tool, request_id = %policy.request_id, %why, "decision record not written: denied");
+                audit::fail_closed(policy, &why)
+            }
+        }
     }
 }
 
@@ -218,16 +295,15 @@ fn excerpt(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// Reads `T` from the call's arguments; the error result names the offending field.
-fn read_arguments<T: ToolIntent>(arguments: JsonObject) -> Result<T, CallToolResult> {
+/// Reads `T` from the call's arguments; the error names the offending field.
+fn read_arguments<T: ToolIntent>(arguments: JsonObject) -> Result<T, String> {
     serde_path_to_error::deserialize(serde_json::Value::Object(arguments)).map_err(|error| {
         let path = error.path().to_string();
-        let problem = if path == "." {
+        if path == "." {
             error.inner().to_string()
         } else {
             format!("`{path}`: {}", error.inner())
-        };
-        report::invalid_arguments(T::NAME, &problem)
+        }
     })
 }
 

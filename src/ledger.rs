@@ -46,7 +46,17 @@ impl AttemptLedger {
     ///
     /// Atomic: of two concurrent calls for one workflow, one sees `n` and the other `n + 1`.
     pub fn observe(&self, workflow_id: &str) -> u64 {
-        let key: [u8; 32] = Sha256::digest(workflow_id.as_bytes()).into();
+        self.observe_key(AttemptLedger::key(workflow_id))
+    }
+
+    /// The key `workflow_id` is counted under: the SHA-256 of its bytes. The audit log records it
+    /// (hex, as `workflow_sha256`) so that the ledger can be rebuilt from the log.
+    pub fn key(workflow_id: &str) -> [u8; 32] {
+        Sha256::digest(workflow_id.as_bytes()).into()
+    }
+
+    /// [`observe`](AttemptLedger::observe) by key.
+    pub fn observe_key(&self, key: [u8; 32]) -> u64 {
         let mut attempts = self.lock();
         let seen = attempts.get_or_insert_mut(key, || 0);
         let before = *seen;

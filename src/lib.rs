@@ -16,6 +16,7 @@
 //! - [`config`]: the environment variables.
 
 pub mod approval;
+pub mod audit;
 pub mod claims;
 pub mod config;
 pub mod guard;

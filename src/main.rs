@@ -2,10 +2,15 @@
 //!
 //! stdout carries JSON-RPC and nothing else; every log line goes to stderr. The process exits 0
 //! on stdin EOF, SIGINT or SIGTERM, and 2 with a message when the configuration is unusable.
+//! `mcp-server-stage0 audit verify|show` reads the audit log instead (exit 1: it does not verify).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mcp_server_stage0::audit::show::Selection;
+use mcp_server_stage0::audit::{self, AuditLog};
 use mcp_server_stage0::config::Config;
 use mcp_server_stage0::guard::Guard;
 use mcp_server_stage0::server::Stage0Server;
@@ -16,18 +21,51 @@ use rmcp::service::ServerInitializeError;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// A stdio MCP server that checks every tool call with the Stage0 policy authority before it
+/// runs. Start it from an MCP client; it is configured by STAGE0_* environment variables (see
+/// README).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read the audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: exit 0 and print the record count and last hash when it holds, exit
+    /// 1 and name the first bad record when it does not
+    Verify {
+        /// The log file [default: STAGE0_AUDIT_LOG, else the per-user default]
+        path: Option<PathBuf>,
+    },
+    /// Print records readably
+    Show {
+        /// Only the last N records (of those selected)
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+        /// Only the records of the calls this request id took part in
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// The log file [default: STAGE0_AUDIT_LOG, else the per-user default]
+        path: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
-    if let Some(arg) = std::env::args().nth(1) {
-        return match arg.as_str() {
-            "--version" | "-V" => {
-                println!("mcp-server-stage0 {}", env!("CARGO_PKG_VERSION"));
-                ExitCode::SUCCESS
-            }
-            _ => {
-                eprintln!(
-                    "usage: mcp-server-stage0\n\nA stdio MCP server: start it from an MCP client. \
-                     Configuration comes from STAGE0_* environment variables (see README)."
-                );
+    let cli = Cli::parse();
+    if let Some(Command::Audit(command)) = cli.command {
+        return match audit_command(command) {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("mcp-server-stage0: {error:#}");
                 ExitCode::from(2)
             }
         };
@@ -36,7 +74,8 @@ fn main() -> ExitCode {
     // microseconds of CPU between waits on the pipe or on Stage0, so worker threads would only
     // add a hand-off (a thread wake-up) to every message. Calls still run concurrently: each is a
     // task, and one waiting on Stage0 yields to the others. Blocking stdio, when stdin or stdout
-    // is not a pipe, runs on Tokio's blocking pool as before. Measured in BENCHMARKS.md.
+    // is not a pipe, runs on Tokio's blocking pool as before; the audit log has its own writer
+    // thread. Measured in BENCHMARKS.md.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -48,6 +87,51 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `audit verify` and `audit show`: exit 0, or 1 for a log that does not verify.
+fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let (path, selection) = match command {
+        AuditCommand::Verify { path } => (path, None),
+        AuditCommand::Show {
+            last,
+            request_id,
+            path,
+        } => (path, Some(Selection { request_id, last })),
+    };
+    let path = match path {
+        Some(path) => path,
+        None => configured_log()?,
+    };
+    let log = std::fs::read(&path)
+        .with_context(|| format!("cannot read the audit log `{}`", path.display()))?;
+    if let Some(selection) = selection {
+        print!("{}", audit::show::show(&log, &selection));
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(match audit::verify::verify(&log) {
+        Ok(verified) => {
+            println!(
+                "ok: {} records, {} torn line(s) recovered, last hash {}",
+                verified.records, verified.recoveries, verified.last_hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(broken) => {
+            println!("BROKEN at {}: {broken}", path.display());
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// The log the server would write: `STAGE0_AUDIT_LOG` (from the environment or ./.env), else the
+/// per-user default.
+fn configured_log() -> anyhow::Result<PathBuf> {
+    let _ = dotenvy::from_path(".env");
+    Config::from_lookup(|name| std::env::var(name).ok())?
+        .audit
+        .path
+        .context("auditing is off (`STAGE0_AUDIT_LOG=off`): give the log's PATH")
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -77,12 +161,52 @@ async fn run() -> anyhow::Result<()> {
         actor_role = %config.operator.actor_role,
         actor_id = config.operator.actor_id.as_deref().unwrap_or("(unset)"),
         approvals = ?config.approvals,
+        audit_log = %config.audit.path.as_deref().map_or("off".into(), Path::to_string_lossy),
+        audit_sync = config.audit.sync,
         "starting {} {} with the {mode} as policy decision point",
         mcp_server_stage0::server::SERVER_NAME,
         env!("CARGO_PKG_VERSION"),
     );
 
-    let server = Stage0Server::new(Guard::new(policy, config.operator, config.approvals));
+    let audit = config
+        .audit
+        .path
+        .as_deref()
+        .map(|path| open_audit_log(path, config.audit.sync));
+    let mut guard = Guard::new(policy, config.operator, config.approvals);
+    if let Some(log) = &audit {
+        guard = guard.with_audit(log.clone());
+    }
+    let served = serve(Stage0Server::new(guard), shutdown).await;
+    if let Some(log) = &audit {
+        log.close();
+    }
+    served
+}
+
+/// Opens the audit log; one that cannot be opened still makes a guard, which denies every call
+/// (`AUDIT_UNAVAILABLE`), so the client sees why.
+fn open_audit_log(path: &Path, sync: bool) -> AuditLog {
+    match AuditLog::open(path, sync) {
+        Ok((log, opened)) => {
+            tracing::info!(
+                path = %path.display(),
+                seq = opened.seq,
+                hash = %opened.hash,
+                recovered_torn_line = ?opened.recovered,
+                "audit log open"
+            );
+            log
+        }
+        Err(error) => {
+            tracing::error!(%error, "audit log unavailable: every tool call will be denied");
+            AuditLog::unavailable(path, &error)
+        }
+    }
+}
+
+/// Serves the MCP session on stdio until the client leaves or `shutdown` is cancelled.
+async fn serve(server: Stage0Server, shutdown: CancellationToken) -> anyhow::Result<()> {
     let service = match server.serve_with_ct(transport::stdio(), shutdown).await {
         Ok(service) => service,
         Err(ServerInitializeError::ConnectionClosed(_) | ServerInitializeError::Cancelled) => {

@@ -1,0 +1,373 @@
+//! The audit log: a durable, hash-chained record of every decision, kept in a JSON Lines file.
+//!
+//! For every tool call the guard writes a `decision` record for each verdict, an `approval`
+//! record for each human answer and an `outcome` record at the end ([`record`] gives the
+//! shapes). A decision record is on disk (written and fsync'd) before the tool body may run; if
+//! it cannot be written, the call is `DENY` with the issue code `AUDIT_UNAVAILABLE` and nothing
+//! runs. Each record carries the hash of the one before ([`chain`]), so an edited, deleted,
+//! reordered or forged record breaks the chain where it is, and `mcp-server-stage0 audit verify`
+//! ([`verify`]) names the first bad one. One writer thread per process seals and appends
+//! ([`writer`]), sharing an fsync between concurrent calls.
+//!
+//! What the chain proves, and what it does not: anyone who can write the file can also recompute
+//! every hash after an edit. The chain makes any change show unless the whole rest of the file is
+//! rewritten, and a rewrite shows against a last hash kept elsewhere: the server logs the head
+//! (`seq` and `hash`) when it opens and closes the log, and `audit verify` prints it.
+
+pub mod chain;
+pub mod record;
+pub mod show;
+pub mod verify;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rmcp::model::JsonObject;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::approval::{ApprovalOutcome, ApprovalReport};
+use crate::claims::Provenance;
+use crate::ledger::AttemptLedger;
+use crate::stage0::Mode;
+use crate::stage0::wire::{Intent, Issue, PolicyResponse};
+use record::{Event, Status};
+use writer::{Message, Writer};
+
+pub use writer::{MAX_BATCH, Torn};
+
+/// The issue code of the `DENY` a call gets when its decision record cannot be written.
+pub const AUDIT_UNAVAILABLE: &str = "AUDIT_UNAVAILABLE";
+
+/// The file name of the default log, in the platform's per-user state (Linux) or local data
+/// (macOS, Windows) folder for this program.
+pub const DEFAULT_FILE_NAME: &str = "audit.jsonl";
+
+/// Where the log goes when `STAGE0_AUDIT_LOG` is not set: `$XDG_STATE_HOME/mcp-server-stage0/
+/// audit.jsonl` (by default `~/.local/state/...`) on Linux, `~/Library/Application Support/
+/// mcp-server-stage0/audit.jsonl` on macOS, `%LOCALAPPDATA%\mcp-server-stage0\data\audit.jsonl`
+/// on Windows; the same whatever folder an MCP client starts the server in. `None` when the
+/// platform has no home folder for the user. (The `directories` crate reads `HOME` and the XDG
+/// variables itself.)
+pub fn default_path() -> Option<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "mcp-server-stage0")?;
+    let folder = dirs.state_dir().unwrap_or_else(|| dirs.data_local_dir());
+    Some(folder.join(DEFAULT_FILE_NAME))
+}
+
+/// Why an audit log cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot use the audit log `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the audit log `{}` cannot be continued at byte {offset}: {why}; run \
+         `mcp-server-stage0 audit verify` on it, and move it aside to start a new chain",
+        path.display()
+    )]
+    Broken {
+        path: PathBuf,
+        offset: u64,
+        why: String,
+    },
+}
+
+/// Why a record was not written: the reason a call was failed closed. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(Arc<str>);
+
+impl Unavailable {
+    fn new(why: impl Into<Arc<str>>) -> Self {
+        Unavailable(why.into())
+    }
+}
+
+/// A handle on the audit log that every call of a server appends to. Clones share the writer.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    ledger: Arc<AttemptLedger>,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Open {
+        inbox: mpsc::UnboundedSender<Message>,
+        thread: Mutex<Option<JoinHandle<()>>>,
+    },
+    Unavailable(Unavailable),
+}
+
+/// What opening a log found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The `seq` of the last record (0 for a new log).
+    pub seq: u64,
+    /// The `hash` of the last record ([`chain::GENESIS`] for a new log).
+    pub hash: String,
+    /// The torn last line a crash had left, now named by a `recovery` record.
+    pub recovered: Option<Torn>,
+}
+
+impl AuditLog {
+    /// Opens the log at `path` (creating it and its folders if needed), continues its chain,
+    /// records a torn last line, rebuilds the attempt ledger from its records, and starts the
+    /// writer thread. `sync` is `STAGE0_AUDIT_SYNC`: fsync every batch before answering.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError`] when the file cannot be created, locked, read or written, or its chain
+    /// cannot be continued (see `writer.rs`).
+    pub fn open(path: &Path, sync: bool) -> Result<(AuditLog, Opened), AuditError> {
+        let ledger = Arc::new(AttemptLedger::default());
+        let (writer, recovered) = Writer::open(path, sync, Arc::clone(&ledger))?;
+        let (seq, hash) = writer.head();
+        let opened = Opened {
+            seq,
+            hash: hash.to_owned(),
+            recovered,
+        };
+        let (inbox, messages) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || writer.run(messages))
+            .map_err(|source| AuditError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        let state = State::Open {
+            inbox,
+            thread: Mutex::new(Some(thread)),
+        };
+        Ok((AuditLog::with_state(path, ledger, state), opened))
+    }
+
+    /// A log that could not be opened: every call is failed closed with `error` as the reason.
+    pub fn unavailable(path: &Path, error: &AuditError) -> AuditLog {
+        let state = State::Unavailable(Unavailable::new(error.to_string()));
+        AuditLog::with_state(path, Arc::new(AttemptLedger::default()), state)
+    }
+
+    fn with_state(path: &Path, ledger: Arc<AttemptLedger>, state: State) -> AuditLog {
+        AuditLog {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                ledger,
+                state,
+            }),
+        }
+    }
+
+    /// The file this log writes.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The attempt ledger rebuilt from the log's records; the guard counts retries in it.
+    pub fn ledger(&self) -> Arc<AttemptLedger> {
+        Arc::clone(&self.inner.ledger)
+    }
+
+    /// Seals `event` into the chain and waits until it is written (and, with sync on, fsync'd);
+    /// returns its `seq`.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] when the record was not written: the log could not be opened, a write or
+    /// sync failed, or the log was closed.
+    pub async fn append(&self, event: &Event<'_>) -> Result<u64, Unavailable> {
+        let inbox = match &self.inner.state {
+            State::Open { inbox, .. } => inbox,
+            State::Unavailable(why) => return Err(why.clone()),
+        };
+        let Ok(Value::Object(record)) = serde_json::to_value(event) else {
+            unreachable!("every event serialises to a JSON object");
+        };
+        let closed = || Unavailable::new("the audit log is closed (the server is stopping)");
+        let (done, answer) = oneshot::channel();
+        inbox
+            .send(Message::Append { record, done })
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Writes what was sent before, stops the writer and waits for it: call once, at shutdown.
+    /// Later appends are refused.
+    pub fn close(&self) {
+        if let State::Open { inbox, thread } = &self.inner.state {
+            let _ = inbox.send(Message::Close);
+            let thread = thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(thread) = thread
+                && thread.join().is_err()
+            {
+                tracing::error!("the audit writer thread panicked");
+            }
+        }
+    }
+}
+
+/// `policy` replaced by the `DENY` of a call whose decision record could not be written: decision
+/// `ERROR`, issue `AUDIT_UNAVAILABLE`, the same `request_id` and `policy_version`.
+pub fn fail_closed(policy: PolicyResponse, why: &Unavailable) -> PolicyResponse {
+    let mut denied = PolicyResponse::fail_closed(
+        format!("The audit log is unavailable, so nothing may run: {why}"),
+        policy.request_id,
+    );
+    denied.policy_version = policy.policy_version;
+    denied.issues = vec![Issue {
+        code: AUDIT_UNAVAILABLE.to_owned(),
+        severity: "HIGH".to_owned(),
+        message: why.to_string(),
+    }];
+    denied
+}
+
+/// The records of one tool call, written as the guard reaches each step. Without a log (auditing
+/// off) every step does nothing.
+#[derive(Debug)]
+pub struct CallTrail<'a> {
+    log: Option<&'a AuditLog>,
+    call_id: String,
+    tool: &'static str,
+    arguments_sha256: String,
+    /// Set by an approval, named by the decision of the second check.
+    deferred_request_id: Option<String>,
+    decisions: u32,
+}
+
+impl<'a> CallTrail<'a> {
+    /// The trail of a call of `tool` with `arguments`, in `log` (or nowhere).
+    pub fn new(log: Option<&'a AuditLog>, tool: &'static str, arguments: &JsonObject) -> Self {
+        let (call_id, arguments_sha256) = match log {
+            Some(_) => (
+                Uuid::new_v4().to_string(),
+                chain::sha256_hex(&chain::canonical(arguments)),
+            ),
+            None => (String::new(), String::new()),
+        };
+        CallTrail {
+            log,
+            call_id,
+            tool,
+            arguments_sha256,
+            deferred_request_id: None,
+            decisions: 0,
+        }
+    }
+
+    /// Writes the `decision` record of `policy`, the verdict on `intent`, and waits until it is
+    /// durable.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] when it was not written; the caller must then fail the call closed.
+    pub async fn decision(
+        &mut self,
+        intent: &Intent,
+        provenance: &Provenance,
+        policy: &PolicyResponse,
+        mode: Mode,
+        latency: Duration,
+    ) -> Result<(), Unavailable> {
+        let Some(log) = self.log else {
+            return Ok(());
+        };
+        self.decisions += 1;
+        let event = Event::Decision(record::Decision {
+            call_id: &self.call_id,
+            request_id: &policy.request_id,
+            deferred_request_id: self.deferred_request_id.as_deref(),
+            tool: self.tool,
+            arguments_sha256: &self.arguments_sha256,
+            goal: &intent.goal,
+            side_effects: &intent.side_effects,
+            context: &intent.context,
+            provenance,
+            // Only the first check of a call counted an attempt, whatever came after.
+            workflow_sha256: provenance
+                .workflow_key
+                .filter(|_| self.decisions == 1)
+                .map(hex::encode),
+            verdict: policy.verdict,
+            decision: policy.decision,
+            reason: &policy.reason,
+            policy_version: &policy.policy_version,
+            risk_score: policy.risk_score.as_ref(),
+            issues: policy.issues.iter().map(|i| i.code.as_str()).collect(),
+            mode,
+            check_latency_ms: record::millis(latency),
+        });
+        log.append(&event).await.map(drop)
+    }
+
+    /// Writes the `approval` record of how asking a human ended, and waits until it is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] when it was not written; the caller must then fail the call closed.
+    pub async fn approval(&mut self, asked: &ApprovalReport) -> Result<(), Unavailable> {
+        let Some(log) = self.log else {
+            return Ok(());
+        };
+        if asked.outcome == ApprovalOutcome::Approved {
+            self.deferred_request_id = Some(asked.deferred_request_id.clone());
+        }
+        let event = Event::Approval(record::Approval {
+            call_id: &self.call_id,
+            request_id: &asked.deferred_request_id,
+            tool: self.tool,
+            outcome: asked.outcome,
+            approval: asked.approval.as_ref(),
+            detail: asked.detail.as_deref(),
+        });
+        log.append(&event).await.map(drop)
+    }
+
+    /// Writes the `outcome` record and waits until it is durable. A failure is logged, not
+    /// returned: the call has ended, and its result stands.
+    ///
+    /// `request_id` is that of the final verdict, `error` why the body failed or the arguments
+    /// could not be read, `duration` how long the body ran.
+    pub async fn outcome(
+        &self,
+        request_id: Option<&str>,
+        status: Status,
+        error: Option<&str>,
+        duration: Option<Duration>,
+    ) {
+        let Some(log) = self.log else {
+            return;
+        };
+        let event = Event::Outcome(record::Outcome {
+            call_id: &self.call_id,
+            request_id,
+            tool: self.tool,
+            arguments_sha256: &self.arguments_sha256,
+            executed: matches!(status, Status::Ok | Status::Error),
+            status,
+            error,
+            duration_ms: duration.map(record::millis),
+        });
+        if let Err(why) = log.append(&event).await {
+            tracing::error!(tool = self.tool, call_id = %self.call_id, %why, "outcome record not written");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The hash chain: how a record is sealed into one line and how a line is checked.
+//!
+//! A record is a JSON object. Sealing gives it `seq`, `ts` and `prev` (the `hash` of the record
+//! before it, [`GENESIS`] for the first), then `hash` = SHA-256 (lowercase hex) of the record's
+//! canonical JSON without `hash`, and writes the whole record, `hash` included, as one line of
+//! canonical JSON. Canonical JSON is the JSON Canonicalization Scheme of RFC 8785 (sorted keys, no
+//! whitespace, one spelling per number and string), so anyone can recompute a hash with any RFC
+//! 8785 library, and a line that is not in canonical form has been edited.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The `prev` of the first record of a log: 64 zeros.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `value` as RFC 8785 canonical JSON bytes.
+///
+/// # Panics
+///
+/// Never for the values this crate seals: JSON objects with string keys.
+pub fn canonical(value: &impl Serialize) -> Vec<u8> {
+    serde_json_canonicalizer::to_vec(value).expect("a JSON value with string keys canonicalises")
+}
+
+/// SHA-256 of `bytes`, as 64 lowercase hex digits.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A sealed record: its line (canonical JSON, no newline) and its `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub line: Vec<u8>,
+    pub hash: String,
+}
+
+/// Seals `record` as number `seq`, written at `ts` (RFC 3339 UTC, microseconds), after the
+/// record whose hash is `prev`. Any `seq`, `ts`, `prev` or `hash` already in `record` is replaced.
+pub fn seal(mut record: Map<String, Value>, seq: u64, ts: String, prev: &str) -> Sealed {
+    record.insert("seq".to_owned(), seq.into());
+    record.insert("ts".to_owned(), ts.into());
+    record.insert("prev".to_owned(), prev.into());
+    record.remove("hash");
+    let hash = sha256_hex(&canonical(&record));
+    record.insert("hash".to_owned(), hash.as_str().into());
+    Sealed {
+        line: canonical(&record),
+        hash,
+    }
+}
+
+/// Why a line is not a sealed record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    #[error("not in canonical form (RFC 8785): the line was edited")]
+    NotCanonical,
+    #[error("`{0}` is missing or has the wrong type")]
+    MissingField(&'static str),
+    #[error("`hash` does not match the record's content")]
+    HashMismatch,
+}
+
+/// A line that checked out: its fields, with the three the chain links by.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub seq: u64,
+    pub prev: String,
+    pub hash: String,
+    pub record: Map<String, Value>,
+}
+
+/// Checks one line (without its newline): a JSON object in canonical form whose `hash` is the
+/// SHA-256 of its canonical JSON without `hash`, with a whole-number `seq` and a string `prev`.
+///
+/// # Errors
+///
+/// The first [`LineProblem`] found, in the order of the variants.
+pub fn check(line: &[u8]) -> Result<Checked, LineProblem> {
+    let mut record: Map<String, Value> =
+        serde_json::from_slice(line).map_err(|error| LineProblem::NotJson(error.to_string()))?;
+    if canonical(&record) != line {
+        return Err(LineProblem::NotCanonical);
+    }
+    let Some(Value::String(hash)) = record.remove("hash") else {
+        return Err(LineProblem::MissingField("hash"));
+    };
+    if sha256_hex(&canonical(&record)) != hash {
+        return Err(LineProblem::HashMismatch);
+    }
+    let seq = record
+        .get("seq")
+        .and_then(Value::as_u64)
+        .ok_or(LineProblem::MissingField("seq"))?;
+    let prev = record
+        .get("prev")
+        .and_then(Value::as_str)
+        .ok_or(LineProblem::MissingField("prev"))?
+        .to_owned();
+    Ok(Checked {
+        seq,
+        prev,
+        hash,
+        record,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("an object"),
+        }
+    }
+
+    #[test]
+    fn the_hash_is_the_sha256_of_the_canonical_record_without_it() {
+        let sealed = seal(
+            object(json!({"kind": "decision", "goal": "Ship é", "n": 1.5})),
+            1,
+            "2026-11-30T17:45:00.000001Z".to_owned(),
+            GENESIS,
+        );
+        // The canonical form, as RFC 8785 writes it: keys sorted, no whitespace.
+        let unsealed = format!(
+            r#"{{"goal":"Ship é","kind":"decision","n":1.5,"prev":"{GENESIS}","seq":1,"ts":"2026-11-30T17:45:00.000001Z"}}"#
+        );
+        assert_eq!(sealed.hash, sha256_hex(unsealed.as_bytes()));
+        let checked = check(&sealed.line).expect("a sealed line checks out");
+        assert_eq!((checked.seq, checked.hash), (1, sealed.hash));
+    }
+
+    #[test]
+    fn sha256_hex_is_lowercase_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn an_edited_line_is_found_whatever_the_edit() {
+        let sealed = seal(object(json!({"goal": "a"})), 7, "t".to_owned(), GENESIS);
+        let line = String::from_utf8(sealed.line).unwrap();
+        let reformatted = line.replace(r#""goal":"a""#, r#""goal": "a""#);
+        assert_eq!(
+            check(reformatted.as_bytes()).unwrap_err(),
+            LineProblem::NotCanonical
+        );
+        let changed = line.replace(r#""goal":"a""#, r#""goal":"b""#);
+        assert_eq!(
+            check(changed.as_bytes()).unwrap_err(),
+            LineProblem::HashMismatch
+        );
+        assert!(matches!(
+            check(&line.as_bytes()[1..]).unwrap_err(),
+            LineProblem::NotJson(_)
+        ));
+    }
+}

@@ -1,0 +1,140 @@
+//! What an audit record says, one shape per `kind`.
+//!
+//! - `decision`: a verdict of the policy decision point, written and made durable before the tool
+//!   body may run. A deferred call that a human approved has two: the `DEFER`, then the verdict
+//!   of the second check (which names the first in `deferred_request_id`).
+//! - `approval`: how asking a human about a `DEFER` ended (MCP elicitation).
+//! - `outcome`: how the call ended: the body ran (`ok` / `error`, with its duration) or it did
+//!   not (`blocked`, `reported`, `cancelled`, `invalid_arguments`).
+//! - `recovery`: a torn last line, left by a crash, that the server found at start and kept.
+//!
+//! Every record of one tool call carries the same `call_id`. The chain fields (`seq`, `ts`,
+//! `prev`, `hash`) are added when the record is sealed (`chain.rs`). The tool arguments are never
+//! stored, only `arguments_sha256`; the API key is never part of any record.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Map, Number, Value};
+
+use crate::approval::{ApprovalOutcome, HumanApproval};
+use crate::claims::Provenance;
+use crate::stage0::Mode;
+use crate::stage0::wire::{self, Verdict};
+
+/// One event of the audit log; `kind` is the variant's name in snake case.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event<'a> {
+    Decision(Decision<'a>),
+    Approval(Approval<'a>),
+    Outcome(Outcome<'a>),
+    Recovery(Recovery),
+}
+
+/// A `decision` record: one verdict and everything it was given and said.
+#[derive(Debug, Serialize)]
+pub struct Decision<'a> {
+    /// The tool call this verdict belongs to (a UUID, the same in every record of the call).
+    pub call_id: &'a str,
+    /// The check's id: the `X-Request-Id` sent to Stage0, or the simulator's.
+    pub request_id: &'a str,
+    /// On the check after a human approval: the `request_id` of the `DEFER` that was approved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred_request_id: Option<&'a str>,
+    pub tool: &'a str,
+    /// SHA-256 (hex) of the RFC 8785 canonical JSON of the call's arguments.
+    pub arguments_sha256: &'a str,
+    /// The execution intent's goal, whole.
+    pub goal: &'a str,
+    pub side_effects: &'a [String],
+    /// The authorization context sent to the policy decision point: the effective values and,
+    /// beside them, what the agent claimed (`claimed_retry_count`, `claimed_actor_role`, ...).
+    pub context: &'a Map<String, Value>,
+    /// Where each effective value came from (see `claims.rs`).
+    pub provenance: &'a Provenance,
+    /// SHA-256 (hex) of the workflow id whose retry this call counted in the attempt ledger; the
+    /// ledger is rebuilt from these at start. Only on the first check of a call that counted one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_sha256: Option<String>,
+    pub verdict: Verdict,
+    pub decision: wire::Decision,
+    pub reason: &'a str,
+    pub policy_version: &'a str,
+    /// 0–100; `null` when the policy decision point sent none.
+    pub risk_score: Option<&'a Number>,
+    /// The `code` of each issue the policy decision point raised.
+    pub issues: Vec<&'a str>,
+    pub mode: Mode,
+    /// How long the check took, in milliseconds (microsecond precision).
+    pub check_latency_ms: f64,
+}
+
+/// An `approval` record: a human's answer (or its absence) about a `DEFER`.
+#[derive(Debug, Serialize)]
+pub struct Approval<'a> {
+    pub call_id: &'a str,
+    /// The `request_id` of the check that answered `DEFER`.
+    pub request_id: &'a str,
+    pub tool: &'a str,
+    pub outcome: ApprovalOutcome,
+    /// Who approved, when and why; only when `outcome` is `approved`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<&'a HumanApproval>,
+    /// Who rejected and why, or what went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a str>,
+}
+
+/// An `outcome` record: how a tool call ended.
+#[derive(Debug, Serialize)]
+pub struct Outcome<'a> {
+    pub call_id: &'a str,
+    /// The `request_id` of the final verdict; absent when no verdict was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
+    pub tool: &'a str,
+    pub arguments_sha256: &'a str,
+    /// Whether the tool body ran (only ever after an `ALLOW` whose decision record is durable).
+    pub executed: bool,
+    pub status: Status,
+    /// Why the body failed, or why the arguments could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    /// How long the tool body ran, in milliseconds (microsecond precision); only when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+}
+
+/// How a tool call ended, as an `outcome` record's `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The body ran and succeeded.
+    Ok,
+    /// The body ran and failed.
+    Error,
+    /// The final verdict was `DENY` or `DEFER`; the body did not run.
+    Blocked,
+    /// A report-only tool (`check-authorization`): the verdict was reported, nothing ran.
+    Reported,
+    /// The client cancelled the call before its final verdict; nothing ran.
+    Cancelled,
+    /// The arguments could not be read; nothing was checked or run.
+    InvalidArguments,
+}
+
+/// A `recovery` record: the torn last line a crash left, kept where it is and named here.
+#[derive(Debug, Serialize)]
+pub struct Recovery {
+    /// Where the torn line starts in the file, in bytes from its start.
+    pub torn_offset: u64,
+    /// Its length in bytes; the server ended it with a newline before this record.
+    pub torn_length: u64,
+    /// SHA-256 (hex) of its bytes, so they cannot be changed unseen either.
+    pub torn_sha256: String,
+}
+
+/// `duration` in milliseconds with microsecond precision, as records write durations.
+pub fn millis(duration: std::time::Duration) -> f64 {
+    duration.as_micros() as f64 / 1000.0
+}

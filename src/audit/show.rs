@@ -1,0 +1,148 @@
+//! `audit show`: an audit log's records, one readable paragraph each.
+//!
+//! `--request-id ID` keeps every record of the tool calls that `ID` took part in (a call's
+//! records share its `call_id`), so a deferred call shows its `DEFER`, the human's answer, the
+//! second verdict and the outcome together. `--last N` keeps the last `N` records of what is
+//! left. Lines that are not records are shown as such, never skipped.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+/// Which records to show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Only the calls whose records include this `request_id` (or `deferred_request_id`).
+    pub request_id: Option<String>,
+    /// Only the last this many of the records selected.
+    pub last: Option<usize>,
+}
+
+/// The selected records of `log` (the bytes of a whole log file), as text for a terminal.
+pub fn show(log: &[u8], selection: &Selection) -> String {
+    let lines: Vec<(usize, Option<Map<String, Value>>)> = log
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty())
+        .map(|(index, line)| (index + 1, serde_json::from_slice(line).ok()))
+        .collect();
+    let calls: Option<HashSet<&str>> = selection.request_id.as_deref().map(|id| {
+        lines
+            .iter()
+            .filter_map(|(_, record)| record.as_ref())
+            .filter(|record| {
+                text(record, "request_id") == id || text(record, "deferred_request_id") == id
+            })
+            .map(|record| text(record, "call_id"))
+            .collect()
+    });
+    let selected: Vec<_> = lines
+        .iter()
+        .filter(|(_, record)| match (&calls, record) {
+            (None, _) => true,
+            (Some(calls), Some(record)) => calls.contains(text(record, "call_id")),
+            (Some(_), None) => false,
+        })
+        .collect();
+    let skip = selection
+        .last
+        .map_or(0, |last| selected.len().saturating_sub(last));
+    let mut out = String::new();
+    for (number, record) in &selected[skip..] {
+        match record {
+            Some(record) => paragraph(&mut out, record),
+            None => {
+                let _ = writeln!(
+                    out,
+                    "line {number}: not an audit record (run `audit verify`)"
+                );
+            }
+        }
+    }
+    out
+}
+
+fn text<'a>(record: &'a Map<String, Value>, field: &str) -> &'a str {
+    record.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+/// A record as a head line (`#seq ts kind tool …`) and indented details.
+fn paragraph(out: &mut String, record: &Map<String, Value>) {
+    let field = |name: &str| text(record, name);
+    let number = |name: &str| record.get(name).map(Value::to_string).unwrap_or_default();
+    let _ = write!(
+        out,
+        "#{} {} {:<8} {}",
+        number("seq"),
+        field("ts"),
+        field("kind"),
+        field("tool")
+    );
+    let mut details: Vec<(&str, String)> = Vec::new();
+    match field("kind") {
+        "decision" => {
+            let _ = write!(
+                out,
+                " {} {} risk {} in {} ms",
+                field("verdict"),
+                field("decision"),
+                number("risk_score"),
+                number("check_latency_ms")
+            );
+            details.push(("goal", field("goal").to_owned()));
+            details.push(("reason", field("reason").to_owned()));
+            if let Some(Value::Array(issues)) = record.get("issues")
+                && !issues.is_empty()
+            {
+                let codes: Vec<_> = issues.iter().filter_map(Value::as_str).collect();
+                details.push(("issues", codes.join(", ")));
+            }
+            details.push(("context", number("context")));
+            if !field("deferred_request_id").is_empty() {
+                details.push(("approves", field("deferred_request_id").to_owned()));
+            }
+        }
+        "approval" => {
+            let _ = write!(out, " {}", field("outcome"));
+            if let Some(Value::Object(human)) = record.get("approval") {
+                let by = |name| text(human, name).to_owned();
+                details.push(("by", by("approved_by")));
+                details.push(("at", by("approved_at")));
+                details.push(("reason", by("approval_reason")));
+            }
+            if !field("detail").is_empty() {
+                details.push(("detail", field("detail").to_owned()));
+            }
+        }
+        "outcome" => {
+            let _ = write!(out, " {}", field("status"));
+            if record.contains_key("duration_ms") {
+                let _ = write!(out, " in {} ms", number("duration_ms"));
+            }
+            if !field("error").is_empty() {
+                details.push(("error", field("error").to_owned()));
+            }
+        }
+        "recovery" => {
+            let _ = write!(
+                out,
+                "torn line of {} bytes at byte {} kept",
+                number("torn_length"),
+                number("torn_offset")
+            );
+        }
+        _ => {}
+    }
+    out.push('\n');
+    if !field("request_id").is_empty() {
+        details.insert(0, ("request", field("request_id").to_owned()));
+    }
+    if !field("call_id").is_empty() {
+        details.push(("call", field("call_id").to_owned()));
+    }
+    details.push(("hash", field("hash").to_owned()));
+    for (name, value) in details {
+        let _ = writeln!(out, "    {name}: {value}");
+    }
+}

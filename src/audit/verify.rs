@@ -1,0 +1,174 @@
+//! `audit verify`: checks a whole audit log, line by line, and names the first bad record.
+//!
+//! A log verifies when every line is a sealed record in canonical form whose `hash` matches its
+//! content (`chain.rs`), `seq` counts 1, 2, 3, … without a gap, and every `prev` is the `hash` of
+//! the record before (64 zeros for the first). The one exception is the mark a crash leaves: a
+//! line that is not a record (or not a whole one) is accepted when the very next record is a
+//! `recovery` record naming exactly its byte offset, length and SHA-256; the chain then goes on
+//! from the last whole record before it. A last line without its newline is a torn write that no
+//! recovery record names yet: starting the server once records it.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::chain::{self, Checked, GENESIS};
+
+/// A log that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// How many records the chain holds (torn lines are not records).
+    pub records: u64,
+    /// The `hash` of the last record; [`GENESIS`] for an empty log.
+    pub last_hash: String,
+    /// How many torn lines `recovery` records name.
+    pub recoveries: u64,
+}
+
+/// The first bad record of a log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}{}: {why}", seq.map(|seq| format!(" (seq {seq})")).unwrap_or_default())]
+pub struct Break {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The record's `seq`, when the line has one.
+    pub seq: Option<u64>,
+    /// What is wrong, in a few words.
+    pub why: String,
+}
+
+/// Verifies the log at `path`.
+///
+/// # Errors
+///
+/// `Ok(Err(Break))` for a log that does not verify; `Err` when the file cannot be read.
+pub fn verify_file(path: &Path) -> std::io::Result<Result<Verified, Break>> {
+    Ok(verify(&std::fs::read(path)?))
+}
+
+/// Verifies the bytes of a whole log.
+///
+/// # Errors
+///
+/// The first [`Break`].
+pub fn verify(log: &[u8]) -> Result<Verified, Break> {
+    let lines = split_lines(log);
+    let mut verified = Verified {
+        records: 0,
+        last_hash: GENESIS.to_owned(),
+        recoveries: 0,
+    };
+    let mut seq = 0;
+    let mut index = 0;
+    while index < lines.len() {
+        let line = &lines[index];
+        let number = index + 1;
+        if let Some(recovery) = lines
+            .get(index + 1)
+            .and_then(|next| next.checked.as_ref().ok())
+            .filter(|next| names(next, line))
+        {
+            // A torn line and the recovery record naming it: the chain skips the torn line.
+            check_link(index + 2, recovery, seq, &verified.last_hash)?;
+            seq = recovery.seq;
+            verified.last_hash = recovery.hash.clone();
+            verified.records += 1;
+            verified.recoveries += 1;
+            index += 2;
+            continue;
+        }
+        if !line.whole {
+            return Err(Break {
+                line: number,
+                seq: None,
+                why: format!(
+                    "the last line is a torn write ({} bytes at byte {}) that no recovery record \
+                     names yet; starting the server once records it",
+                    line.bytes.len(),
+                    line.offset
+                ),
+            });
+        }
+        let record = line.checked.as_ref().map_err(|problem| Break {
+            line: number,
+            seq: seq_of(line.bytes),
+            why: problem.to_string(),
+        })?;
+        if record.record.get("kind").and_then(Value::as_str) == Some("recovery") {
+            return Err(Break {
+                line: number,
+                seq: Some(record.seq),
+                why: "a recovery record that does not name the torn line just before it".into(),
+            });
+        }
+        check_link(number, record, seq, &verified.last_hash)?;
+        seq = record.seq;
+        verified.last_hash = record.hash.clone();
+        verified.records += 1;
+        index += 1;
+    }
+    Ok(verified)
+}
+
+/// One line of the log: where it starts, its bytes (without the newline), whether it had its
+/// newline, and what checking it found.
+struct Line<'a> {
+    offset: usize,
+    bytes: &'a [u8],
+    whole: bool,
+    checked: Result<Checked, chain::LineProblem>,
+}
+
+fn split_lines(log: &[u8]) -> Vec<Line<'_>> {
+    let mut lines = Vec::new();
+    let mut offset = 0;
+    while offset < log.len() {
+        let rest = &log[offset..];
+        let (bytes, whole) = match rest.iter().position(|&b| b == b'\n') {
+            Some(end) => (&rest[..end], true),
+            None => (rest, false),
+        };
+        lines.push(Line {
+            offset,
+            bytes,
+            whole,
+            checked: chain::check(bytes),
+        });
+        offset += bytes.len() + usize::from(whole);
+    }
+    lines
+}
+
+/// Whether `record` is a `recovery` record naming exactly `torn`: its offset, length and SHA-256.
+fn names(record: &Checked, torn: &Line<'_>) -> bool {
+    let field = |name: &str| record.record.get(name);
+    record.record.get("kind").and_then(Value::as_str) == Some("recovery")
+        && field("torn_offset").and_then(Value::as_u64) == Some(torn.offset as u64)
+        && field("torn_length").and_then(Value::as_u64) == Some(torn.bytes.len() as u64)
+        && field("torn_sha256").and_then(Value::as_str)
+            == Some(chain::sha256_hex(torn.bytes).as_str())
+}
+
+/// Checks that `record` follows the record numbered `seq` whose hash is `hash`.
+fn check_link(line: usize, record: &Checked, seq: u64, hash: &str) -> Result<(), Break> {
+    let why = if record.seq != seq + 1 {
+        format!("seq {} where {} was expected", record.seq, seq + 1)
+    } else if record.prev != hash {
+        format!("`prev` is not the hash of the record before (seq {seq})")
+    } else {
+        return Ok(());
+    };
+    Err(Break {
+        line,
+        seq: Some(record.seq),
+        why,
+    })
+}
+
+/// The `seq` of a line that is JSON but failed a check, for the report.
+fn seq_of(line: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(line)
+        .ok()?
+        .get("seq")?
+        .as_u64()
+}

@@ -1,0 +1,418 @@
+//! The one writer of an audit log: a thread that seals records into the chain and appends them.
+//!
+//! Callers send records over a channel and wait for their answer. The writer takes every record
+//! that is waiting (up to [`MAX_BATCH`]), seals them in order, appends them with one `write` and
+//! makes them durable with one `fdatasync`, then answers each caller: concurrent calls share an
+//! fsync (group commit) instead of paying one each, and no caller hears "written" before its
+//! record is on disk. With `STAGE0_AUDIT_SYNC=off` the fsync is skipped: records still reach the
+//! file before the caller is answered, so they survive the process being killed, but not a power
+//! loss or an operating-system crash.
+//!
+//! Each batch is appended under an exclusive lock on the file (`flock` on Unix), after catching
+//! up with whatever other processes appended since (two MCP clients may each start a server on
+//! the same default log): their records move the chain's head and feed the attempt ledger, so
+//! one file holds one chain. The same catch-up, from byte 0, is what opening a log does. A last
+//! line without its newline is a torn write left by a crash: it is kept, ended with a newline,
+//! and named by a `recovery` record, and the chain continues from the last whole record. Any
+//! other break (a line that is not a record, a `seq` or `prev` that does not follow, a file that
+//! shrank) makes the log unavailable, which fails every later call closed.
+//!
+//! After any failure to write or sync, the writer stops: what reached the disk is unknown, so
+//! every later record is refused until the server restarts (and recovers).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::chain::{self, GENESIS};
+use super::record::{Event, Recovery};
+use super::{AuditError, Unavailable};
+use crate::ledger::AttemptLedger;
+
+/// The most records sealed and appended in one batch (one write, one fsync).
+pub const MAX_BATCH: usize = 256;
+
+/// What callers send the writer.
+pub(super) enum Message {
+    /// Seal and append `record`, then answer with its `seq` once it is durable.
+    Append {
+        record: Map<String, Value>,
+        done: oneshot::Sender<Result<u64, Unavailable>>,
+    },
+    /// Finish what was sent before, then stop.
+    Close,
+}
+
+/// A torn last line: where it starts and how long it is, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Torn {
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// The writer's view of its file.
+pub(super) struct Writer {
+    file: File,
+    path: PathBuf,
+    sync: bool,
+    /// How many bytes of the file this writer has read or written.
+    end: u64,
+    /// `seq` and `hash` of the chain's last record (0 and [`GENESIS`] for an empty log).
+    seq: u64,
+    hash: String,
+    ledger: Arc<AttemptLedger>,
+    /// Set after a failed write or sync: every later record is refused with this.
+    stopped: Option<Unavailable>,
+}
+
+/// The fields of a record that catching up reads; the rest of the line is skipped.
+#[derive(Deserialize)]
+struct Link {
+    seq: u64,
+    prev: String,
+    hash: String,
+    kind: String,
+    #[serde(default)]
+    workflow_sha256: Option<String>,
+    #[serde(default)]
+    torn_offset: Option<u64>,
+    #[serde(default)]
+    torn_length: Option<u64>,
+}
+
+/// A whole line's place in the file.
+#[derive(Clone, Copy)]
+struct LineAt {
+    offset: u64,
+    length: u64,
+}
+
+impl Writer {
+    /// Opens (creating it and its folders if needed) the log at `path`, reads it to its end,
+    /// counting every retry it records in `ledger`, and records a torn last line if there is one.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError`] when the file cannot be opened, locked, read or written, or when its chain
+    /// cannot be continued.
+    pub(super) fn open(
+        path: &Path,
+        sync: bool,
+        ledger: Arc<AttemptLedger>,
+    ) -> Result<(Writer, Option<Torn>), AuditError> {
+        let io = |source| AuditError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder).map_err(io)?;
+        }
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io)?;
+        if !existed && sync {
+            // The new file's directory entry must be durable too, or a crash can lose the file.
+            sync_folder(path).map_err(io)?;
+        }
+        let mut writer = Writer {
+            file,
+            path: path.to_owned(),
+            sync,
+            end: 0,
+            seq: 0,
+            hash: GENESIS.to_owned(),
+            ledger,
+            stopped: None,
+        };
+        let (_, torn) = writer.append(Vec::new())?;
+        Ok((writer, torn))
+    }
+
+    /// The `seq` and `hash` of the last record.
+    pub(super) fn head(&self) -> (u64, &str) {
+        (self.seq, &self.hash)
+    }
+
+    /// Answers messages until [`Message::Close`] or until every sender is gone.
+    pub(super) fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Message>) {
+        let mut records = Vec::new();
+        let mut replies = Vec::new();
+        while let Some(first) = inbox.blocking_recv() {
+            let mut next = Some(first);
+            let mut closing = false;
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Append { record, done } => {
+                        records.push(record);
+                        replies.push(done);
+                    }
+                    Message::Close => {
+                        closing = true;
+                        break;
+                    }
+                }
+                if records.len() < MAX_BATCH {
+                    next = inbox.try_recv().ok();
+                }
+            }
+            if !records.is_empty() {
+                match self.commit(std::mem::take(&mut records)) {
+                    Ok(seqs) => {
+                        for (done, seq) in replies.drain(..).zip(seqs) {
+                            // A caller that stopped waiting (a cancelled call) needs no answer.
+                            let _ = done.send(Ok(seq));
+                        }
+                    }
+                    Err(why) => {
+                        for done in replies.drain(..) {
+                            let _ = done.send(Err(why.clone()));
+                        }
+                    }
+                }
+            }
+            if closing {
+                break;
+            }
+        }
+        tracing::info!(
+            path = %self.path.display(),
+            seq = self.seq,
+            hash = %self.hash,
+            "audit log closed"
+        );
+    }
+
+    /// Appends `records` as one batch, or refuses them all once the writer has stopped.
+    fn commit(&mut self, records: Vec<Map<String, Value>>) -> Result<Vec<u64>, Unavailable> {
+        if let Some(why) = &self.stopped {
+            return Err(why.clone());
+        }
+        self.append(records).map(|(seqs, _)| seqs).map_err(|error| {
+            tracing::error!(path = %self.path.display(), %error, "audit log stopped: every later call is denied");
+            let why = Unavailable::new(error.to_string());
+            self.stopped = Some(why.clone());
+            why
+        })
+    }
+
+    /// Under the file lock: catches up, records a torn last line, seals and appends `records`,
+    /// syncs. Returns the `seq` of each record and the torn line recorded, if any.
+    fn append(
+        &mut self,
+        records: Vec<Map<String, Value>>,
+    ) -> Result<(Vec<u64>, Option<Torn>), AuditError> {
+        self.file.lock().map_err(|source| self.io(source))?;
+        let appended = self.append_locked(records);
+        // Closing the file or ending the process releases the lock too; an error here changes
+        // nothing that was written.
+        let _ = self.file.unlock();
+        appended
+    }
+
+    fn append_locked(
+        &mut self,
+        records: Vec<Map<String, Value>>,
+    ) -> Result<(Vec<u64>, Option<Torn>), AuditError> {
+        let torn = self.catch_up()?;
+        let mut buffer = Vec::new();
+        if let Some(torn) = torn {
+            let torn_sha256 = self.torn_sha256(torn)?;
+            buffer.push(b'\n');
+            let recovery = Event::Recovery(Recovery {
+                torn_offset: torn.offset,
+                torn_length: torn.length,
+                torn_sha256,
+            });
+            let Ok(Value::Object(recovery)) = serde_json::to_value(&recovery) else {
+                unreachable!("a recovery record is a JSON object");
+            };
+            self.seal_into(&mut buffer, recovery);
+            tracing::warn!(
+                path = %self.path.display(),
+                offset = torn.offset,
+                length = torn.length,
+                "the audit log ended in a torn line (a crash during a write); kept it and recorded it"
+            );
+        }
+        let seqs = records
+            .into_iter()
+            .map(|record| self.seal_into(&mut buffer, record))
+            .collect();
+        if !buffer.is_empty() {
+            (&self.file)
+                .write_all(&buffer)
+                .map_err(|source| self.io(source))?;
+            if self.sync {
+                self.file.sync_data().map_err(|source| self.io(source))?;
+            }
+            self.end += buffer.len() as u64;
+        }
+        Ok((seqs, torn))
+    }
+
+    /// Seals `record` as the next in the chain and adds its line to `buffer`; returns its `seq`.
+    fn seal_into(&mut self, buffer: &mut Vec<u8>, record: Map<String, Value>) -> u64 {
+        let seq = self.seq + 1;
+        let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let sealed = chain::seal(record, seq, ts, &self.hash);
+        buffer.extend_from_slice(&sealed.line);
+        buffer.push(b'\n');
+        self.seq = seq;
+        self.hash = sealed.hash;
+        seq
+    }
+
+    /// Reads what was appended since this writer last looked (everything, at open): moves the
+    /// head, counts retries in the ledger, and returns the torn last line if there is one.
+    fn catch_up(&mut self) -> Result<Option<Torn>, AuditError> {
+        let length = self
+            .file
+            .metadata()
+            .map_err(|source| self.io(source))?
+            .len();
+        if length < self.end {
+            return Err(AuditError::Broken {
+                path: self.path.clone(),
+                offset: length,
+                why: format!(
+                    "the file shrank from {} to {length} bytes while the server was writing it",
+                    self.end
+                ),
+            });
+        }
+        if length == self.end {
+            return Ok(None);
+        }
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(self.end))
+            .map_err(|source| self.io(source))?;
+        let mut reader = BufReader::new(file.take(length - self.end));
+        let mut offset = self.end;
+        let mut line = Vec::new();
+        // The last whole line, the head before it, and a line that is not a record and so must
+        // be the torn line named by the next (recovery) record.
+        let mut last: Option<LineAt> = None;
+        let mut head_before_last = (self.seq, self.hash.clone());
+        let mut unparsed: Option<LineAt> = None;
+        let mut torn = None;
+        loop {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|source| self.io(source))? as u64;
+            if read == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                torn = Some(Torn {
+                    offset,
+                    length: read,
+                });
+                offset += read;
+                break;
+            }
+            let at = LineAt {
+                offset,
+                length: read - 1,
+            };
+            offset += read;
+            let Ok(link) = serde_json::from_slice::<Link>(&line[..line.len() - 1]) else {
+                if let Some(earlier) = unparsed {
+                    return Err(self.broken(earlier.offset, "the line is not an audit record"));
+                }
+                unparsed = Some(at);
+                head_before_last = (self.seq, self.hash.clone());
+                last = Some(at);
+                continue;
+            };
+            let names_last = link.kind == "recovery"
+                && last.is_some_and(|last| {
+                    link.torn_offset == Some(last.offset) && link.torn_length == Some(last.length)
+                });
+            if names_last {
+                (self.seq, self.hash) = head_before_last.clone();
+                unparsed = None;
+            } else if let Some(earlier) = unparsed {
+                return Err(self.broken(earlier.offset, "the line is not an audit record"));
+            }
+            if link.seq != self.seq + 1 || link.prev != self.hash {
+                return Err(self.broken(
+                    at.offset,
+                    &format!(
+                        "record seq {} does not continue the chain after seq {}",
+                        link.seq, self.seq
+                    ),
+                ));
+            }
+            if let Some(key) = link.workflow_sha256.as_deref().and_then(ledger_key) {
+                self.ledger.observe_key(key);
+            }
+            head_before_last = (self.seq, std::mem::replace(&mut self.hash, link.hash));
+            self.seq = link.seq;
+            last = Some(at);
+        }
+        if let Some(earlier) = unparsed {
+            return Err(self.broken(earlier.offset, "the line is not an audit record"));
+        }
+        self.end = offset;
+        Ok(torn)
+    }
+
+    /// SHA-256 (hex) of the torn line's bytes.
+    fn torn_sha256(&self, torn: Torn) -> Result<String, AuditError> {
+        let mut file = &self.file;
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(torn.offset))
+            .and_then(|_| file.take(torn.length).read_to_end(&mut bytes))
+            .map_err(|source| self.io(source))?;
+        Ok(chain::sha256_hex(&bytes))
+    }
+
+    fn io(&self, source: io::Error) -> AuditError {
+        AuditError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn broken(&self, offset: u64, why: &str) -> AuditError {
+        AuditError::Broken {
+            path: self.path.clone(),
+            offset,
+            why: why.to_owned(),
+        }
+    }
+}
+
+/// The ledger key a `workflow_sha256` names: its 32 bytes.
+fn ledger_key(hex: &str) -> Option<[u8; 32]> {
+    let mut key = [0; 32];
+    hex::decode_to_slice(hex, &mut key).ok()?;
+    Some(key)
+}
+
+/// Makes the directory entry of a new file durable.
+#[cfg(unix)]
+fn sync_folder(path: &Path) -> io::Result<()> {
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    File::open(folder)?.sync_all()
+}
+
+/// Windows cannot open a directory as a file; its file system orders the metadata itself.
+#[cfg(not(unix))]
+fn sync_folder(_path: &Path) -> io::Result<()> {
+    Ok(())
+}
