@@ -39,6 +39,9 @@ pub const BOUND: Duration = Duration::from_secs(20);
 /// Every stand-in tool body says this in its output, so its absence proves the body did not run.
 pub const STAND_IN: &str = "Stand-in action";
 
+/// The file name of a test server's audit log, in its working directory.
+pub const AUDIT_LOG: &str = "audit.jsonl";
+
 /// A distinctive API key, so a leak is unmistakable in any text.
 pub const SECRET_KEY: &str = "sk-test-DO-NOT-LEAK-9f8e7d";
 
@@ -51,9 +54,13 @@ pub async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
 }
 
 /// The server command: empty environment plus `env`, working directory `dir`, killed on drop.
+///
+/// Its audit log is [`AUDIT_LOG`] in `dir` unless `env` sets `STAGE0_AUDIT_LOG`, so no test
+/// writes to the developer's own log.
 pub fn command(dir: &Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
+        .env("STAGE0_AUDIT_LOG", dir.join(AUDIT_LOG))
         .envs(env.iter().copied())
         .current_dir(dir)
         .kill_on_drop(true);

@@ -80,10 +80,11 @@ async def connect(
     # `stdio_client` passes the server only a small safe subset of this process's environment
     # (PATH, HOME, ...) plus `env`, so a STAGE0_API_KEY or STAGE0_BASE_URL set around the test
     # cannot reach the server. RUST_LOG keeps its stderr quiet; stdout carries JSON-RPC only.
-    env = {"RUST_LOG": "warn"}
-    inherited = get_default_environment() | env
+    inherited = get_default_environment()
     assert not [key for key in inherited if key.startswith("STAGE0_")], sorted(inherited)
     with tempfile.TemporaryDirectory(prefix="stage0-e2e-") as cwd:
+        # The audit log goes to the temp dir, never to the developer's own default log.
+        env = {"RUST_LOG": "warn", "STAGE0_AUDIT_LOG": str(Path(cwd) / "audit.jsonl")}
         params = StdioServerParameters(command=str(server_bin()), args=[], env=env, cwd=cwd)
         async with stdio_client(params) as (read_stream, write_stream):
             async with ClientSession(
