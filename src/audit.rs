@@ -371,3 +371,202 @@ impl<'a> CallTrail<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn outcome(call_id: &str) -> Event<'_> {
+        Event::Outcome(record::Outcome {
+            call_id,
+            request_id: None,
+            tool: "research-topic",
+            arguments_sha256: "00",
+            executed: false,
+            status: Status::Blocked,
+            error: None,
+            duration_ms: None,
+        })
+    }
+
+    /// A log at `path` with `n` records written by a writer that is then closed.
+    async fn write(path: &Path, n: usize) -> Opened {
+        let (log, opened) = AuditLog::open(path, true).expect("the log opens");
+        for i in 0..n {
+            log.append(&outcome(&i.to_string())).await.unwrap();
+        }
+        log.close();
+        opened
+    }
+
+    fn verified(path: &Path) -> verify::Verified {
+        verify::verify_file(path)
+            .unwrap()
+            .expect("the log verifies")
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reopened_log_continues_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/folder/audit.jsonl");
+        assert_eq!(write(&path, 3).await.seq, 0);
+        let first = verified(&path);
+        let reopened = write(&path, 2).await;
+        assert_eq!((reopened.seq, reopened.hash), (3, first.last_hash));
+        assert_eq!(verified(&path).records, 5);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_get_contiguous_seqs_in_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, true).unwrap();
+        let mut appends = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let log = log.clone();
+            appends.spawn(async move { log.append(&outcome(&i.to_string())).await.unwrap() });
+        }
+        let mut seqs = appends.join_all().await;
+        log.close();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+        assert_eq!(verified(&path).records, 200);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_kept_and_named_by_a_recovery_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        write(&path, 2).await;
+        let before = std::fs::read(&path).unwrap();
+        let torn = br#"{"call_id":"7","kind":"outc"#;
+        append_bytes(&path, torn);
+
+        let reopened = write(&path, 1).await;
+        let expected = Torn {
+            offset: before.len() as u64,
+            length: torn.len() as u64,
+        };
+        assert_eq!(reopened.recovered, Some(expected));
+        assert_eq!(reopened.seq, 3, "the recovery record is seq 3");
+        let after = std::fs::read(&path).unwrap();
+        assert!(after.starts_with(&[before, torn.to_vec(), b"\n".to_vec()].concat()));
+        let verified = verified(&path);
+        assert_eq!((verified.records, verified.recoveries), (4, 1));
+    }
+
+    #[tokio::test]
+    async fn a_whole_record_that_lost_only_its_newline_is_recovered_as_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        write(&path, 2).await;
+        let last = verified(&path).last_hash;
+        let Ok(Value::Object(record)) = serde_json::to_value(outcome("x")) else {
+            unreachable!()
+        };
+        append_bytes(&path, &chain::seal(record, 3, "t".to_owned(), &last).line);
+
+        let reopened = write(&path, 0).await;
+        assert!(reopened.recovered.is_some());
+        assert_eq!(verified(&path).recoveries, 1);
+        // And again after a second crash that tore the very first write of a restart.
+        append_bytes(&path, b"{");
+        assert!(write(&path, 1).await.recovered.is_some());
+        assert_eq!(verified(&path).recoveries, 2);
+    }
+
+    #[tokio::test]
+    async fn a_log_torn_before_its_first_record_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, b"{\"ca").unwrap();
+        let opened = write(&path, 1).await;
+        assert_eq!(
+            opened.recovered,
+            Some(Torn {
+                offset: 0,
+                length: 4
+            })
+        );
+        assert_eq!(verified(&path).records, 2);
+    }
+
+    #[tokio::test]
+    async fn a_log_whose_chain_cannot_be_continued_is_refused_and_fails_calls_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        write(&path, 2).await;
+        let size = std::fs::metadata(&path).unwrap().len();
+        append_bytes(&path, b"edited by hand\n");
+        let error = AuditLog::open(&path, true).unwrap_err();
+        assert!(
+            matches!(&error, AuditError::Broken { offset, .. } if *offset == size),
+            "{error}"
+        );
+        let log = AuditLog::unavailable(&path, &error);
+        let why = log.append(&outcome("1")).await.unwrap_err();
+        assert!(why.to_string().contains("audit verify"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_path_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let path = file.join("audit.jsonl");
+        let error = AuditLog::open(&path, true).unwrap_err();
+        assert!(
+            error.to_string().contains(&*path.to_string_lossy()),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_attempt_ledger_is_rebuilt_from_decision_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, false).unwrap();
+        let key = AttemptLedger::key("etl");
+        let provenance = Provenance {
+            workflow_key: Some(key),
+            ..Provenance::default()
+        };
+        let intent = Intent {
+            goal: "Retry workflow etl".to_owned(),
+            success_criteria: Vec::new(),
+            constraints: Vec::new(),
+            tools: Vec::new(),
+            side_effects: vec!["loop".to_owned()],
+            context: serde_json::Map::new(),
+        };
+        let policy = PolicyResponse::fail_closed("test".to_owned(), "r".to_owned());
+        for _ in 0..3 {
+            let mut trail = CallTrail::new(Some(&log), "retry-workflow", &JsonObject::new());
+            for _ in 0..2 {
+                // A second check of the same call (after an approval) counts nothing more.
+                trail
+                    .decision(
+                        &intent,
+                        &provenance,
+                        &policy,
+                        Mode::Simulator,
+                        Duration::ZERO,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        log.close();
+        let (reopened, _) = AuditLog::open(&path, false).unwrap();
+        assert_eq!(reopened.ledger().observe("etl"), 3);
+        assert_eq!(reopened.ledger().observe("other"), 0);
+        reopened.close();
+    }
+}

@@ -309,7 +309,8 @@ fn read_arguments<T: ToolIntent>(arguments: JsonObject) -> Result<T, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
+    use std::path::PathBuf;
 
     use serde::Deserialize;
     use serde_json::{Map, json};
@@ -320,6 +321,9 @@ mod tests {
         /// How often a [`Probe`] body ran. `#[tokio::test]` runs each test on its own thread
         /// (a current-thread runtime), so every test has its own count.
         static RUNS: Cell<usize> = const { Cell::new(0) };
+        /// An audit log the [`Probe`] body reads when it runs, and the last line it found there.
+        static AUDIT_FILE: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+        static LAST_LINE_SEEN: RefCell<Option<String>> = const { RefCell::new(None) };
     }
 
     /// A tool whose intent and outcome the test chooses.
@@ -347,6 +351,10 @@ mod tests {
     impl GuardedTool for Probe {
         async fn run(self, _permit: Permit) -> Result<String, String> {
             RUNS.set(RUNS.get() + 1);
+            if let Some(path) = AUDIT_FILE.with_borrow(Clone::clone) {
+                let log = std::fs::read_to_string(path).expect("the audit log is readable");
+                LAST_LINE_SEEN.set(log.lines().last().map(str::to_owned));
+            }
             if self.fail {
                 Err("disk full".to_owned())
             } else {
@@ -366,6 +374,120 @@ mod tests {
         )
         .enforce::<Probe>(arguments, None)
         .await
+    }
+
+    /// A simulator guard that records in a new log at `path`.
+    fn audited(path: &std::path::Path) -> (Guard, AuditLog) {
+        let (log, _) = AuditLog::open(path, true).expect("the audit log opens");
+        let guard = Guard::new(
+            PolicyClient::Simulator,
+            Operator::default(),
+            Approvals::default(),
+        )
+        .with_audit(log.clone());
+        (guard, log)
+    }
+
+    fn records(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .expect("the audit log is readable")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON record"))
+            .collect()
+    }
+
+    fn object(value: serde_json::Value) -> JsonObject {
+        match value {
+            serde_json::Value::Object(map) => map,
+            _ => panic!("arguments are an object"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_allow_decision_is_in_the_audit_log_before_the_body_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (guard, log) = audited(&path);
+        AUDIT_FILE.set(Some(path.clone()));
+        let arguments = object(json!({"side_effects": [], "fail": false}));
+        let result = guard.enforce::<Probe>(arguments, None).await;
+        log.close();
+        assert_eq!(RUNS.get(), 1);
+        let seen: serde_json::Value =
+            serde_json::from_str(&LAST_LINE_SEEN.take().expect("the body saw a record")).unwrap();
+        assert_eq!(seen["kind"], "decision");
+        assert_eq!(seen["verdict"], "ALLOW");
+        let request_id = &result.structured_content.unwrap()["request_id"];
+        assert_eq!(&seen["request_id"], request_id);
+        let records = records(&path);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1]["kind"], "outcome");
+        assert_eq!(records[1]["status"], "ok");
+        assert_eq!(&records[1]["request_id"], request_id);
+        assert_eq!(records[1]["call_id"], seen["call_id"]);
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_decision_cannot_be_recorded_is_denied_and_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, true).unwrap();
+        let broken = audit::AuditError::Broken {
+            path: path.clone(),
+            offset: 0,
+            why: "test".to_owned(),
+        };
+        let guard = Guard::new(
+            PolicyClient::Simulator,
+            Operator::default(),
+            Approvals::default(),
+        )
+        .with_audit(AuditLog::unavailable(&path, &broken));
+        let result = guard
+            .enforce::<Probe>(object(json!({"side_effects": [], "fail": false})), None)
+            .await;
+        log.close();
+        assert_eq!(RUNS.get(), 0);
+        assert_eq!(result.is_error, Some(true));
+        let report = result.structured_content.unwrap();
+        assert_eq!(report["verdict"], "DENY");
+        assert_eq!(report["decision"], "ERROR");
+        assert_eq!(report["issues"][0]["code"], audit::AUDIT_UNAVAILABLE);
+        assert_eq!(report["executed"], false);
+    }
+
+    #[tokio::test]
+    async fn every_ending_of_a_call_has_its_outcome_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (guard, log) = audited(&path);
+        for arguments in [
+            json!({"side_effects": ["deploy"], "fail": false}),
+            json!({"side_effects": [], "fail": true}),
+            json!({"side_effects": [], "fail": "yes"}),
+        ] {
+            guard.enforce::<Probe>(object(arguments), None).await;
+        }
+        guard
+            .report::<Probe>(object(json!({"side_effects": [], "fail": false})))
+            .await;
+        log.close();
+        let kinds: Vec<String> = records(&path)
+            .iter()
+            .map(|r| format!("{} {}", r["kind"], r["status"]).replace('"', ""))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "decision null",
+                "outcome blocked",
+                "decision null",
+                "outcome error",
+                "outcome invalid_arguments",
+                "decision null",
+                "outcome reported",
+            ]
+        );
     }
 
     fn text(result: &CallToolResult) -> &str {

@@ -172,3 +172,141 @@ fn seq_of(line: &[u8]) -> Option<u64> {
         .get("seq")?
         .as_u64()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A log of `n` records, as the writer seals them, and the byte offset where each line starts.
+    fn log(n: u64) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        for seq in 1..=n {
+            let Value::Object(record) = json!({"kind": "outcome", "tool": "research-topic",
+                "status": "ok", "goal": format!("Research é {seq}"), "duration_ms": 0.25})
+            else {
+                unreachable!()
+            };
+            let sealed = chain::seal(record, seq, format!("2026-11-30T17:00:0{seq}Z"), &prev);
+            starts.push(bytes.len());
+            bytes.extend_from_slice(&sealed.line);
+            bytes.push(b'\n');
+            prev = sealed.hash;
+        }
+        (bytes, starts)
+    }
+
+    fn lines(log: &[u8]) -> Vec<Vec<u8>> {
+        log.split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    /// The next record after `log`'s last, sealed: a recovery record naming `torn`.
+    fn recovery(seq: u64, prev: &str, offset: usize, torn: &[u8]) -> Vec<u8> {
+        let Value::Object(record) = json!({"kind": "recovery", "torn_offset": offset,
+            "torn_length": torn.len(), "torn_sha256": chain::sha256_hex(torn)})
+        else {
+            unreachable!()
+        };
+        let mut line = chain::seal(record, seq, "2026-11-30T18:00:00Z".to_owned(), prev).line;
+        line.push(b'\n');
+        line
+    }
+
+    #[test]
+    fn a_sealed_log_verifies_with_its_count_and_last_hash() {
+        let (bytes, _) = log(4);
+        let verified = verify(&bytes).unwrap();
+        assert_eq!(verified.records, 4);
+        let last = chain::check(lines(&bytes)[3].strip_suffix(b"\n").unwrap()).unwrap();
+        assert_eq!(verified.last_hash, last.hash);
+        assert_eq!(verify(b"").unwrap().last_hash, GENESIS);
+    }
+
+    #[test]
+    fn changing_any_single_byte_names_the_line_that_holds_it() {
+        let (bytes, starts) = log(4);
+        for position in 0..bytes.len() {
+            let mut edited = bytes.clone();
+            edited[position] ^= 0x01;
+            let line = starts.iter().filter(|&&start| start <= position).count();
+            let broken = verify(&edited).expect_err("an edited log does not verify");
+            assert_eq!(broken.line, line, "byte {position}: {broken}");
+        }
+    }
+
+    #[test]
+    fn a_deleted_or_moved_line_breaks_the_chain_at_the_first_out_of_place_record() {
+        let (bytes, _) = log(5);
+        let original = lines(&bytes);
+        for deleted in 0..4 {
+            let mut edited = original.clone();
+            edited.remove(deleted);
+            let broken = verify(&edited.concat()).unwrap_err();
+            assert_eq!(
+                (broken.line, broken.seq),
+                (deleted + 1, Some(deleted as u64 + 2))
+            );
+            assert!(broken.why.contains("where"), "{broken}");
+        }
+        for first in 0..4 {
+            let mut edited = original.clone();
+            edited.swap(first, first + 1);
+            let broken = verify(&edited.concat()).unwrap_err();
+            assert_eq!(
+                (broken.line, broken.seq),
+                (first + 1, Some(first as u64 + 2))
+            );
+        }
+    }
+
+    #[test]
+    fn a_forged_record_appended_without_the_right_prev_is_named() {
+        let (bytes, _) = log(3);
+        let first = chain::check(lines(&bytes)[0].strip_suffix(b"\n").unwrap()).unwrap();
+        // Right seq, sealed correctly, but chained to the first record instead of the last.
+        let mut forged = chain::seal(first.record, 4, "t".to_owned(), &first.hash).line;
+        forged.push(b'\n');
+        let broken = verify(&[bytes, forged].concat()).unwrap_err();
+        assert_eq!((broken.line, broken.seq), (4, Some(4)));
+        assert!(broken.why.contains("`prev`"), "{broken}");
+    }
+
+    #[test]
+    fn a_torn_line_is_accepted_only_with_the_recovery_record_that_names_it() {
+        let (mut bytes, _) = log(2);
+        let last_hash = verify(&bytes).unwrap().last_hash;
+        let torn = br#"{"kind":"deci"#.to_vec();
+        let offset = bytes.len();
+        bytes.extend_from_slice(&torn);
+        let broken = verify(&bytes).unwrap_err();
+        assert_eq!(broken.line, 3);
+        assert!(broken.why.contains("torn write"), "{broken}");
+
+        bytes.push(b'\n');
+        let with_recovery = [bytes.clone(), recovery(3, &last_hash, offset, &torn)].concat();
+        let verified = verify(&with_recovery).unwrap();
+        assert_eq!((verified.records, verified.recoveries), (3, 1));
+
+        // The torn bytes are covered too: changing one breaks the recovery's `torn_sha256`.
+        let mut edited = with_recovery.clone();
+        edited[offset + 3] ^= 0x01;
+        assert_eq!(verify(&edited).unwrap_err().line, 3);
+        // A recovery naming some other bytes does not excuse the line before it.
+        let elsewhere = [bytes, recovery(3, &last_hash, offset - 1, &torn)].concat();
+        assert_eq!(verify(&elsewhere).unwrap_err().line, 3);
+    }
+
+    #[test]
+    fn a_recovery_record_with_no_torn_line_before_it_is_refused() {
+        let (bytes, _) = log(2);
+        let last_hash = verify(&bytes).unwrap().last_hash;
+        let stray = recovery(3, &last_hash, 0, b"");
+        let broken = verify(&[bytes, stray].concat()).unwrap_err();
+        assert_eq!((broken.line, broken.seq), (3, Some(3)));
+    }
+}
