@@ -16,7 +16,9 @@ schema the server declares.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -73,10 +75,12 @@ def server_bin() -> Path:
 @asynccontextmanager
 async def connect(
     elicitation_callback: Any = None,
+    audit_log: Path | None = None,
 ) -> AsyncIterator[tuple[ClientSession, types.InitializeResult]]:
     """Start the server in a temp dir, without an API key, and complete the MCP handshake.
 
-    With `elicitation_callback`, the client declares elicitation and answers with it."""
+    With `elicitation_callback`, the client declares elicitation and answers with it. The audit
+    log is `audit_log`, or a file in the temp dir."""
     # `stdio_client` passes the server only a small safe subset of this process's environment
     # (PATH, HOME, ...) plus `env`, so a STAGE0_API_KEY or STAGE0_BASE_URL set around the test
     # cannot reach the server. RUST_LOG keeps its stderr quiet; stdout carries JSON-RPC only.
@@ -84,7 +88,8 @@ async def connect(
     assert not [key for key in inherited if key.startswith("STAGE0_")], sorted(inherited)
     with tempfile.TemporaryDirectory(prefix="stage0-e2e-") as cwd:
         # The audit log goes to the temp dir, never to the developer's own default log.
-        env = {"RUST_LOG": "warn", "STAGE0_AUDIT_LOG": str(Path(cwd) / "audit.jsonl")}
+        log = audit_log or Path(cwd) / "audit.jsonl"
+        env = {"RUST_LOG": "warn", "STAGE0_AUDIT_LOG": str(log)}
         params = StdioServerParameters(command=str(server_bin()), args=[], env=env, cwd=cwd)
         async with stdio_client(params) as (read_stream, write_stream):
             async with ClientSession(
@@ -291,3 +296,45 @@ async def test_a_declined_elicitation_leaves_the_retry_deferred() -> None:
             assert report["executed"] is False
             assert report["approval"]["outcome"] == "declined"
             assert "output" not in report
+
+
+async def test_the_audit_log_records_an_approved_call_step_by_step_and_verifies() -> None:
+    """DEFER, the human's answer, the second verdict and the outcome, chained; `audit verify` agrees."""
+
+    async def approve(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"approve": True, "name": "Dana", "reason": "ok"})
+
+    with tempfile.TemporaryDirectory(prefix="stage0-audit-") as folder:
+        log = Path(folder) / "audit.jsonl"
+        with anyio.fail_after(TIMEOUT_SECONDS):
+            async with connect(approve, audit_log=log) as (session, _):
+                result = await call(session, "retry-workflow", {"workflowId": "nightly-etl", "retryCount": 5})
+                assert result.is_error is False, text_of(result)
+                final_request_id = structured(result)["request_id"]
+
+        records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+        assert [(r["seq"], r["kind"]) for r in records] == [
+            (1, "decision"),
+            (2, "approval"),
+            (3, "decision"),
+            (4, "outcome"),
+        ]
+        deferred, answer, allowed, outcome = records
+        assert deferred["verdict"] == "DEFER"
+        assert answer["outcome"] == "approved" and answer["approval"]["approved_by"] == "Dana"
+        assert allowed["verdict"] == "ALLOW"
+        assert allowed["deferred_request_id"] == deferred["request_id"] == answer["request_id"]
+        assert allowed["request_id"] == outcome["request_id"] == final_request_id
+        assert outcome["executed"] is True and outcome["status"] == "ok"
+        assert len({r["call_id"] for r in records}) == 1
+        assert "nightly-etl" not in json.dumps(outcome), "arguments are stored only as a hash"
+
+        verified = subprocess.run(
+            [str(server_bin()), "audit", "verify", str(log)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_SECONDS,
+            check=False,
+        )
+        assert verified.returncode == 0, verified
+        assert verified.stdout.startswith("ok: 4 records"), verified.stdout
