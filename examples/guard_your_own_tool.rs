@@ -9,8 +9,10 @@
 //! Then a one-line `#[tool]` method hands the raw arguments to `Guard::enforce`. Run it with
 //! `cargo run --example guard_your_own_tool` and connect any MCP client over stdio. Without
 //! `STAGE0_API_KEY` the simulator answers; it only denies `publish` and `deploy`, so this tool is
-//! allowed there. With a key, your Stage0 policy decides.
+//! allowed there. With a key, your Stage0 policy decides. Every call is recorded in the audit log
+//! (see the README's "Audit log").
 
+use mcp_server_stage0::audit::AuditLog;
 use mcp_server_stage0::config::Config;
 use mcp_server_stage0::guard::{Guard, GuardedTool, Permit, ToolIntent};
 use mcp_server_stage0::report::ToolReport;
@@ -99,7 +101,16 @@ impl ServerHandler for BranchServer {
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_lookup(|name| std::env::var(name).ok())?;
     let policy = PolicyClient::from_config(&config)?;
-    let guard = Guard::new(policy, config.operator, config.approvals);
+    let mut guard = Guard::new(policy, config.operator, config.approvals);
+    // The audit log, as the server binary keeps it (`STAGE0_AUDIT_LOG`, `off` for none). Unlike
+    // the binary, which denies every call when its log cannot be opened, this example stops.
+    let audit = match &config.audit.path {
+        Some(path) => Some(AuditLog::open(path, config.audit.sync)?.0),
+        None => None,
+    };
+    if let Some(log) = &audit {
+        guard = guard.with_audit(log.clone());
+    }
     let server = BranchServer {
         guard: std::sync::Arc::new(guard),
         tool_router: BranchServer::tool_router(),
@@ -109,5 +120,9 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .waiting()
         .await?;
+    // Writes what is still queued and stops the writer thread.
+    if let Some(log) = audit {
+        log.close();
+    }
     Ok(())
 }

@@ -168,11 +168,11 @@ async fn run() -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
     );
 
-    let audit = config
-        .audit
-        .path
-        .as_deref()
-        .map(|path| open_audit_log(path, config.audit.sync));
+    let audit = config.audit.path.as_deref().map(|path| {
+        // A client may start the server in any folder, so say which file a relative path meant.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        open_audit_log(&path, config.audit.sync)
+    });
     let mut guard = Guard::new(policy, config.operator, config.approvals);
     if let Some(log) = &audit {
         guard = guard.with_audit(log.clone());
