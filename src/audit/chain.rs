@@ -138,6 +138,24 @@ mod tests {
     }
 
     #[test]
+    fn records_with_any_numbers_and_text_check_out_after_the_round_trip() {
+        // RFC 8785 writes every number as an IEEE double: integers past 2^53 lose digits once,
+        // when sealed, and the line then reads back to the same canonical bytes.
+        for value in [
+            json!(u64::MAX),
+            json!(9_007_199_254_740_993_u64),
+            json!(-0.0),
+            json!(1e-7),
+            json!(123456789.125),
+            json!("tab\t nul\u{0} line\u{2028} emoji 🦀 quote\" backslash\\"),
+        ] {
+            let sealed = seal(object(json!({ "value": value })), 1, "t".to_owned(), GENESIS);
+            let checked = check(&sealed.line);
+            assert!(checked.is_ok(), "{value}: {checked:?}");
+        }
+    }
+
+    #[test]
     fn sha256_hex_is_lowercase_hex() {
         assert_eq!(
             sha256_hex(b"abc"),
