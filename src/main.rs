@@ -103,13 +103,17 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
         Some(path) => path,
         None => configured_log()?,
     };
-    let log = std::fs::read(&path)
-        .with_context(|| format!("cannot read the audit log `{}`", path.display()))?;
+    let read = |error| {
+        anyhow::Error::new(error).context(format!("cannot read the audit log `{}`", path.display()))
+    };
     if let Some(selection) = selection {
-        print!("{}", audit::show::show(&log, &selection));
-        return Ok(ExitCode::SUCCESS);
+        return match audit::show::show(&path, &selection, &mut std::io::stdout().lock()) {
+            // `audit show | head` closes the pipe early; that is not a failure.
+            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(read(error)),
+            _ => Ok(ExitCode::SUCCESS),
+        };
     }
-    Ok(match audit::verify::verify(&log) {
+    Ok(match audit::verify::verify_file(&path).map_err(read)? {
         Ok(verified) => {
             println!(
                 "ok: {} records, {} torn line(s) recovered, last hash {}",

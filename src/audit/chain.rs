@@ -149,7 +149,12 @@ mod tests {
             json!(123456789.125),
             json!("tab\t nul\u{0} line\u{2028} emoji 🦀 quote\" backslash\\"),
         ] {
-            let sealed = seal(object(json!({ "value": value })), 1, "t".to_owned(), GENESIS);
+            let sealed = seal(
+                object(json!({ "value": value })),
+                1,
+                "t".to_owned(),
+                GENESIS,
+            );
             let checked = check(&sealed.line);
             assert!(checked.is_ok(), "{value}: {checked:?}");
         }

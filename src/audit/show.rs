@@ -5,8 +5,11 @@
 //! second verdict and the outcome together. `--last N` keeps the last `N` records of what is
 //! left. Lines that are not records are shown as such, never skipped.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
@@ -19,48 +22,85 @@ pub struct Selection {
     pub last: Option<usize>,
 }
 
-/// The selected records of `log` (the bytes of a whole log file), as text for a terminal.
-pub fn show(log: &[u8], selection: &Selection) -> String {
-    let lines: Vec<(usize, Option<Map<String, Value>>)> = log
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .filter(|(_, line)| !line.is_empty())
-        .map(|(index, line)| (index + 1, serde_json::from_slice(line).ok()))
-        .collect();
-    let calls: Option<HashSet<&str>> = selection.request_id.as_deref().map(|id| {
-        lines
-            .iter()
-            .filter_map(|(_, record)| record.as_ref())
-            .filter(|record| {
-                text(record, "request_id") == id || text(record, "deferred_request_id") == id
-            })
-            .map(|record| text(record, "call_id"))
-            .collect()
-    });
-    let selected: Vec<_> = lines
-        .iter()
-        .filter(|(_, record)| match (&calls, record) {
+/// Writes the selected records of the log at `path` to `out`, as text for a terminal. Reads the
+/// file one line at a time (twice with `--request-id`); memory holds at most `--last` records.
+///
+/// # Errors
+///
+/// When the file cannot be read or `out` written.
+pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Result<()> {
+    let calls: Option<HashSet<String>> = match &selection.request_id {
+        None => None,
+        Some(id) => {
+            let mut calls = HashSet::new();
+            for_each_record(path, |_, record| {
+                if let Some(record) = record
+                    && (text(&record, "request_id") == id
+                        || text(&record, "deferred_request_id") == id)
+                {
+                    calls.insert(text(&record, "call_id").to_owned());
+                }
+                Ok(())
+            })?;
+            Some(calls)
+        }
+    };
+    let mut kept = VecDeque::new();
+    for_each_record(path, |number, record| {
+        let shown = match (&calls, &record) {
             (None, _) => true,
             (Some(calls), Some(record)) => calls.contains(text(record, "call_id")),
             (Some(_), None) => false,
-        })
-        .collect();
-    let skip = selection
-        .last
-        .map_or(0, |last| selected.len().saturating_sub(last));
-    let mut out = String::new();
-    for (number, record) in &selected[skip..] {
-        match record {
-            Some(record) => paragraph(&mut out, record),
+        };
+        if !shown {
+            return Ok(());
+        }
+        let mut paragraph_text = String::new();
+        match &record {
+            Some(record) => paragraph(&mut paragraph_text, record),
             None => {
                 let _ = writeln!(
-                    out,
+                    paragraph_text,
                     "line {number}: not an audit record (run `audit verify`)"
                 );
             }
         }
+        match selection.last {
+            None => out.write_all(paragraph_text.as_bytes()),
+            Some(last) => {
+                kept.push_back(paragraph_text);
+                if kept.len() > last {
+                    kept.pop_front();
+                }
+                Ok(())
+            }
+        }
+    })?;
+    for paragraph_text in kept {
+        out.write_all(paragraph_text.as_bytes())?;
     }
-    out
+    Ok(())
+}
+
+/// Calls `each` with the number and the record (`None` when it is not JSON) of every line.
+fn for_each_record(
+    path: &Path,
+    mut each: impl FnMut(u64, Option<Map<String, Value>>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        number += 1;
+        let bytes = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !bytes.is_empty() {
+            each(number, serde_json::from_slice(bytes).ok())?;
+        }
+    }
 }
 
 fn text<'a>(record: &'a Map<String, Value>, field: &str) -> &'a str {

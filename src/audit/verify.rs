@@ -8,6 +8,8 @@
 //! from the last whole record before it. A last line without its newline is a torn write that no
 //! recovery record names yet: starting the server once records it.
 
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
 use serde_json::Value;
@@ -30,127 +32,153 @@ pub struct Verified {
 #[error("line {line}{}: {why}", seq.map(|seq| format!(" (seq {seq})")).unwrap_or_default())]
 pub struct Break {
     /// 1-based line number in the file.
-    pub line: usize,
+    pub line: u64,
     /// The record's `seq`, when the line has one.
     pub seq: Option<u64>,
     /// What is wrong, in a few words.
     pub why: String,
 }
 
-/// Verifies the log at `path`.
+/// Verifies the log at `path`, reading it once, one line at a time.
 ///
 /// # Errors
 ///
 /// `Ok(Err(Break))` for a log that does not verify; `Err` when the file cannot be read.
-pub fn verify_file(path: &Path) -> std::io::Result<Result<Verified, Break>> {
-    Ok(verify(&std::fs::read(path)?))
+pub fn verify_file(path: &Path) -> io::Result<Result<Verified, Break>> {
+    verify(BufReader::new(File::open(path)?))
 }
 
-/// Verifies the bytes of a whole log.
+/// Verifies a whole log read from `log`; memory holds two lines at a time.
 ///
 /// # Errors
 ///
-/// The first [`Break`].
-pub fn verify(log: &[u8]) -> Result<Verified, Break> {
-    let lines = split_lines(log);
+/// `Ok(Err(Break))` naming the first bad record; `Err` when `log` cannot be read.
+pub fn verify(log: impl BufRead) -> io::Result<Result<Verified, Break>> {
+    let mut lines = Lines {
+        reader: log,
+        offset: 0,
+        number: 0,
+    };
     let mut verified = Verified {
         records: 0,
         last_hash: GENESIS.to_owned(),
         recoveries: 0,
     };
     let mut seq = 0;
-    let mut index = 0;
-    while index < lines.len() {
-        let line = &lines[index];
-        let number = index + 1;
-        if let Some(recovery) = lines
-            .get(index + 1)
+    let mut current = lines.next()?;
+    while let Some(line) = current.take() {
+        let next = lines.next()?;
+        if let Some(recovery) = next
+            .as_ref()
             .and_then(|next| next.checked.as_ref().ok())
-            .filter(|next| names(next, line))
+            .filter(|next| names(next, &line))
         {
             // A torn line and the recovery record naming it: the chain skips the torn line.
-            check_link(index + 2, recovery, seq, &verified.last_hash)?;
+            if let Err(broken) = check_link(line.number + 1, recovery, seq, &verified.last_hash) {
+                return Ok(Err(broken));
+            }
             seq = recovery.seq;
             verified.last_hash = recovery.hash.clone();
             verified.records += 1;
             verified.recoveries += 1;
-            index += 2;
+            current = lines.next()?;
             continue;
         }
-        if !line.whole {
-            return Err(Break {
-                line: number,
-                seq: None,
-                why: format!(
-                    "the last line is a torn write ({} bytes at byte {}) that no recovery record \
-                     names yet; starting the server once records it",
-                    line.bytes.len(),
-                    line.offset
-                ),
-            });
+        if let Err(broken) = check_line(&line, seq, &verified.last_hash) {
+            return Ok(Err(broken));
         }
-        let record = line.checked.as_ref().map_err(|problem| Break {
-            line: number,
-            seq: seq_of(line.bytes),
-            why: problem.to_string(),
-        })?;
-        if record.record.get("kind").and_then(Value::as_str) == Some("recovery") {
-            return Err(Break {
-                line: number,
-                seq: Some(record.seq),
-                why: "a recovery record that does not name the torn line just before it".into(),
-            });
-        }
-        check_link(number, record, seq, &verified.last_hash)?;
+        let record = line.checked.expect("a line that checked out");
         seq = record.seq;
-        verified.last_hash = record.hash.clone();
+        verified.last_hash = record.hash;
         verified.records += 1;
-        index += 1;
+        current = next;
     }
-    Ok(verified)
+    Ok(Ok(verified))
 }
 
-/// One line of the log: where it starts, its bytes (without the newline), whether it had its
-/// newline, and what checking it found.
-struct Line<'a> {
-    offset: usize,
-    bytes: &'a [u8],
+/// Checks that `line` is a whole, sealed, non-recovery record following the record numbered `seq`
+/// whose hash is `hash`.
+fn check_line(line: &Line, seq: u64, hash: &str) -> Result<(), Break> {
+    if !line.whole {
+        return Err(Break {
+            line: line.number,
+            seq: None,
+            why: format!(
+                "the last line is a torn write ({} bytes at byte {}) that no recovery record \
+                 names yet; starting the server once records it",
+                line.bytes.len(),
+                line.offset
+            ),
+        });
+    }
+    let record = line.checked.as_ref().map_err(|problem| Break {
+        line: line.number,
+        seq: seq_of(&line.bytes),
+        why: problem.to_string(),
+    })?;
+    if record.record.get("kind").and_then(Value::as_str) == Some("recovery") {
+        return Err(Break {
+            line: line.number,
+            seq: Some(record.seq),
+            why: "a recovery record that does not name the torn line just before it".into(),
+        });
+    }
+    check_link(line.number, record, seq, hash)
+}
+
+/// One line of the log: its number and where it starts, its bytes (without the newline), whether
+/// it had its newline, and what checking it found.
+struct Line {
+    number: u64,
+    offset: u64,
+    bytes: Vec<u8>,
     whole: bool,
     checked: Result<Checked, chain::LineProblem>,
 }
 
-fn split_lines(log: &[u8]) -> Vec<Line<'_>> {
-    let mut lines = Vec::new();
-    let mut offset = 0;
-    while offset < log.len() {
-        let rest = &log[offset..];
-        let (bytes, whole) = match rest.iter().position(|&b| b == b'\n') {
-            Some(end) => (&rest[..end], true),
-            None => (rest, false),
-        };
-        lines.push(Line {
-            offset,
+/// The lines of a log, in order.
+struct Lines<R> {
+    reader: R,
+    offset: u64,
+    number: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn next(&mut self) -> io::Result<Option<Line>> {
+        let mut bytes = Vec::new();
+        let read = self.reader.read_until(b'\n', &mut bytes)? as u64;
+        if read == 0 {
+            return Ok(None);
+        }
+        let whole = bytes.last() == Some(&b'\n');
+        if whole {
+            bytes.pop();
+        }
+        self.number += 1;
+        let line = Line {
+            number: self.number,
+            offset: self.offset,
+            checked: chain::check(&bytes),
             bytes,
             whole,
-            checked: chain::check(bytes),
-        });
-        offset += bytes.len() + usize::from(whole);
+        };
+        self.offset += read;
+        Ok(Some(line))
     }
-    lines
 }
 
 /// Whether `record` is a `recovery` record naming exactly `torn`: its offset, length and SHA-256.
-fn names(record: &Checked, torn: &Line<'_>) -> bool {
+fn names(record: &Checked, torn: &Line) -> bool {
     let field = |name: &str| record.record.get(name);
     record.record.get("kind").and_then(Value::as_str) == Some("recovery")
-        && field("torn_offset").and_then(Value::as_u64) == Some(torn.offset as u64)
+        && field("torn_offset").and_then(Value::as_u64) == Some(torn.offset)
         && field("torn_length").and_then(Value::as_u64) == Some(torn.bytes.len() as u64)
         && field("torn_sha256").and_then(Value::as_str)
-            == Some(chain::sha256_hex(torn.bytes).as_str())
+            == Some(chain::sha256_hex(&torn.bytes).as_str())
 }
 
 /// Checks that `record` follows the record numbered `seq` whose hash is `hash`.
-fn check_link(line: usize, record: &Checked, seq: u64, hash: &str) -> Result<(), Break> {
+fn check_link(line: u64, record: &Checked, seq: u64, hash: &str) -> Result<(), Break> {
     let why = if record.seq != seq + 1 {
         format!("seq {} where {} was expected", record.seq, seq + 1)
     } else if record.prev != hash {
@@ -199,6 +227,10 @@ mod tests {
         (bytes, starts)
     }
 
+    fn verify(log: &[u8]) -> Result<Verified, Break> {
+        super::verify(log).expect("reading bytes cannot fail")
+    }
+
     fn lines(log: &[u8]) -> Vec<Vec<u8>> {
         log.split_inclusive(|&b| b == b'\n')
             .map(<[u8]>::to_vec)
@@ -233,7 +265,7 @@ mod tests {
         for position in 0..bytes.len() {
             let mut edited = bytes.clone();
             edited[position] ^= 0x01;
-            let line = starts.iter().filter(|&&start| start <= position).count();
+            let line = starts.iter().filter(|&&start| start <= position).count() as u64;
             let broken = verify(&edited).expect_err("an edited log does not verify");
             assert_eq!(broken.line, line, "byte {position}: {broken}");
         }
@@ -243,9 +275,9 @@ mod tests {
     fn a_deleted_or_moved_line_breaks_the_chain_at_the_first_out_of_place_record() {
         let (bytes, _) = log(5);
         let original = lines(&bytes);
-        for deleted in 0..4 {
+        for deleted in 0..4_u64 {
             let mut edited = original.clone();
-            edited.remove(deleted);
+            edited.remove(deleted as usize);
             let broken = verify(&edited.concat()).unwrap_err();
             assert_eq!(
                 (broken.line, broken.seq),
@@ -253,9 +285,9 @@ mod tests {
             );
             assert!(broken.why.contains("where"), "{broken}");
         }
-        for first in 0..4 {
+        for first in 0..4_u64 {
             let mut edited = original.clone();
-            edited.swap(first, first + 1);
+            edited.swap(first as usize, first as usize + 1);
             let broken = verify(&edited.concat()).unwrap_err();
             assert_eq!(
                 (broken.line, broken.seq),
