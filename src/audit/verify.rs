@@ -279,20 +279,14 @@ mod tests {
             let mut edited = original.clone();
             edited.remove(deleted as usize);
             let broken = verify(&edited.concat()).unwrap_err();
-            assert_eq!(
-                (broken.line, broken.seq),
-                (deleted + 1, Some(deleted as u64 + 2))
-            );
+            assert_eq!((broken.line, broken.seq), (deleted + 1, Some(deleted + 2)));
             assert!(broken.why.contains("where"), "{broken}");
         }
         for first in 0..4_u64 {
             let mut edited = original.clone();
             edited.swap(first as usize, first as usize + 1);
             let broken = verify(&edited.concat()).unwrap_err();
-            assert_eq!(
-                (broken.line, broken.seq),
-                (first + 1, Some(first as u64 + 2))
-            );
+            assert_eq!((broken.line, broken.seq), (first + 1, Some(first + 2)));
         }
     }
 
