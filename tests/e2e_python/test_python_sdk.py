@@ -16,6 +16,7 @@ schema the server declares.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from typing import Any
 
 import anyio
 import pytest
+import rfc8785
 from mcp import types
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, get_default_environment, stdio_client
@@ -328,6 +330,15 @@ async def test_the_audit_log_records_an_approved_call_step_by_step_and_verifies(
         assert outcome["executed"] is True and outcome["status"] == "ok"
         assert len({r["call_id"] for r in records}) == 1
         assert "nightly-etl" not in json.dumps(outcome), "arguments are stored only as a hash"
+
+        # An independent RFC 8785 implementation agrees on every line and every hash.
+        prev = "0" * 64
+        for line, record in zip(log.read_bytes().splitlines(), records):
+            assert rfc8785.dumps(record) == line
+            unsealed = {key: value for key, value in record.items() if key != "hash"}
+            assert record["prev"] == prev
+            assert hashlib.sha256(rfc8785.dumps(unsealed)).hexdigest() == record["hash"]
+            prev = record["hash"]
 
         verified = subprocess.run(
             [str(server_bin()), "audit", "verify", str(log)],
