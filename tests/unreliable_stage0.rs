@@ -20,7 +20,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{BOUND, assert_json_rpc, bounded, collect, command, live_env};
+use common::{AUDIT_LOG, BOUND, assert_json_rpc, bounded, collect, command, live_env};
 use fake_stage0::{Exchange, FakeStage0, Fate, Reply};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -38,7 +38,7 @@ struct LiveServer {
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
     stderr: JoinHandle<String>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl LiveServer {
@@ -56,7 +56,7 @@ impl LiveServer {
             stdout: BufReader::new(child.stdout.take().expect("piped stdout")).lines(),
             stderr: collect(child.stderr.take().expect("piped stderr")),
             child,
-            _dir: dir,
+            dir,
         };
         server
             .send(json!({
@@ -119,9 +119,10 @@ impl LiveServer {
         }
     }
 
-    /// Closes stdin and waits for the server to exit; its stderr, after checking that nothing
-    /// it wrote to stdout since the last read answers a request in `unexpected`.
-    async fn stop(mut self, unexpected: &HashSet<u64>) -> String {
+    /// Closes stdin and waits for the server to exit; its stderr and its audit log's records,
+    /// after checking that nothing it wrote to stdout since the last read answers a request in
+    /// `unexpected`.
+    async fn stop(mut self, unexpected: &HashSet<u64>) -> (String, Vec<Value>) {
         self.stdin = None;
         while let Some(line) = bounded("the rest of stdout", self.stdout.next_line())
             .await
@@ -138,9 +139,16 @@ impl LiveServer {
             .await
             .expect("an exit status");
         assert!(status.success(), "{status}");
-        bounded("stderr to close", self.stderr)
+        let stderr = bounded("stderr to close", self.stderr)
             .await
-            .expect("stderr is collected")
+            .expect("stderr is collected");
+        let log = std::fs::read_to_string(self.dir.path().join(AUDIT_LOG))
+            .expect("the audit log is readable");
+        let records = log
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an audit record"))
+            .collect();
+        (stderr, records)
     }
 }
 
@@ -398,7 +406,7 @@ async fn a_flapping_stage0_never_earns_an_unanswered_call_or_an_unearned_allow()
     assert!(executed > 0, "some calls were allowed and ran");
     assert!(executed < CALLS as usize, "some calls were blocked");
 
-    let stderr = server.stop(&answered_ids).await;
+    let (stderr, _) = server.stop(&answered_ids).await;
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -473,7 +481,7 @@ async fn a_cancelled_call_is_dropped_at_once_and_never_reaches_a_verdict_or_its_
 
     // The cancelled calls get no answer on stdout, not even at shutdown, and no verdict is ever
     // logged for them: the guard never got past their check, so no body ran.
-    let stderr = server.stop(&cancelled).await;
+    let (stderr, audit) = server.stop(&cancelled).await;
     let verdicts: Vec<_> = stderr
         .lines()
         .filter(|line| line.contains("stage0 check") && line.contains("held-"))
@@ -484,4 +492,19 @@ async fn a_cancelled_call_is_dropped_at_once_and_never_reaches_a_verdict_or_its_
         CANCELLED_CALLS as usize,
         "{stderr}"
     );
+    // The audit log says the same: a `cancelled` outcome for each, with no verdict, and a
+    // decision only for the calls that were answered.
+    let cancelled_outcomes = audit
+        .iter()
+        .filter(|r| r["kind"] == "outcome" && r["status"] == "cancelled")
+        .inspect(|r| assert!(r.get("request_id").is_none(), "{r}"))
+        .count();
+    assert_eq!(cancelled_outcomes, CANCELLED_CALLS as usize);
+    let decisions = audit.iter().filter(|r| r["kind"] == "decision");
+    assert!(
+        decisions
+            .clone()
+            .all(|r| r["goal"].as_str().unwrap().contains("after-"))
+    );
+    assert_eq!(decisions.count(), CANCELLED_CALLS as usize);
 }
