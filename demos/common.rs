@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
+use mcp_server_stage0::audit::AuditLog;
 use mcp_server_stage0::config::Config;
 use mcp_server_stage0::guard::Guard;
 use mcp_server_stage0::server::Stage0Server;
@@ -53,8 +54,10 @@ pub async fn run(demo: impl AsyncFnOnce(&Session) -> anyhow::Result<()>) -> Exit
         let session = Session::start().await?;
         let mode = session.mode;
         let outcome = demo(&session).await;
+        let audit = session.audit.clone();
         let closed = session.close().await;
         print_mode_note(mode);
+        print_audit_note(audit.as_ref());
         outcome.and(closed)
     }
     .await;
@@ -72,6 +75,8 @@ pub struct Session {
     client: RunningService<RoleClient, ScriptedHuman>,
     server: JoinHandle<anyhow::Result<()>>,
     mode: Mode,
+    /// The audit log the server records every call in, as the binary does (`STAGE0_AUDIT_LOG`).
+    audit: Option<AuditLog>,
     /// The person at the client, who answers approval requests.
     // Only demo_defer scripts answers; the other demos compile this module too.
     #[allow(dead_code)]
@@ -86,7 +91,14 @@ impl Session {
         let config = Config::from_lookup(|name| std::env::var(name).ok())?;
         let policy =
             PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
-        let guard = Guard::new(policy, config.operator, config.approvals);
+        let mut guard = Guard::new(policy, config.operator, config.approvals);
+        let audit = match &config.audit.path {
+            Some(path) => Some(AuditLog::open(path, config.audit.sync)?.0),
+            None => None,
+        };
+        if let Some(log) = &audit {
+            guard = guard.with_audit(log.clone());
+        }
         let mode = guard.mode();
         let server = Stage0Server::new(guard);
 
@@ -110,6 +122,7 @@ impl Session {
             client,
             server,
             mode,
+            audit,
             human,
         })
     }
@@ -151,6 +164,9 @@ impl Session {
     async fn close(self) -> anyhow::Result<()> {
         self.client.cancel().await?;
         self.server.await??;
+        if let Some(log) = &self.audit {
+            log.close();
+        }
         Ok(())
     }
 }
@@ -428,5 +444,17 @@ fn print_mode_note(mode: Mode) {
              \x20   depending on policy settings\n\
              Unset STAGE0_API_KEY to see the simulator's deterministic verdicts."
         ),
+    }
+}
+
+/// Where the calls were recorded, and how to check the record.
+fn print_audit_note(audit: Option<&AuditLog>) {
+    match audit {
+        Some(log) => println!(
+            "\nEvery call above is recorded in the audit log {path}.\n\
+             Check its hash chain with `cargo run -- audit verify {path}`, read it with `audit show`.",
+            path = log.path().display()
+        ),
+        None => println!("\nThe audit log is off (STAGE0_AUDIT_LOG=off)."),
     }
 }

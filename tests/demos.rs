@@ -11,8 +11,10 @@ use std::process::Command;
 fn run_demo(binary: &str, expected: &[&str]) -> String {
     // An empty environment and an empty working directory: no key, no `.env`, the simulator.
     let dir = tempfile::tempdir().expect("a temporary working directory");
+    let log = dir.path().join("audit.jsonl");
     let output = Command::new(binary)
         .env_clear()
+        .env("STAGE0_AUDIT_LOG", &log)
         .current_dir(dir.path())
         .output()
         .unwrap_or_else(|e| panic!("cannot run `{binary}`: {e}"));
@@ -29,6 +31,15 @@ fn run_demo(binary: &str, expected: &[&str]) -> String {
     for text in ["Mode: simulator"].iter().chain(expected) {
         assert!(stdout.contains(text), "`{text}` missing from:\n{stdout}");
     }
+    // Every call was recorded, in a chain that verifies.
+    assert!(
+        stdout.contains(&format!("audit log {}", log.display())),
+        "{stdout}"
+    );
+    let verified = mcp_server_stage0::audit::verify::verify_file(&log)
+        .expect("the audit log is readable")
+        .expect("the audit log verifies");
+    assert!(verified.records >= 2, "{verified:?}");
     stdout
 }
 
