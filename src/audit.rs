@@ -38,7 +38,7 @@ use crate::stage0::wire::{Intent, Issue, PolicyResponse};
 use record::{Event, Status};
 use writer::{Message, Writer};
 
-pub use writer::{MAX_BATCH, Torn};
+pub use writer::Torn;
 
 /// The issue code of the `DENY` a call gets when its decision record cannot be written.
 pub const AUDIT_UNAVAILABLE: &str = "AUDIT_UNAVAILABLE";

@@ -36,7 +36,7 @@ use super::{AuditError, Unavailable};
 use crate::ledger::AttemptLedger;
 
 /// The most records sealed and appended in one batch (one write, one fsync).
-pub const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 256;
 
 /// What callers send the writer.
 pub(super) enum Message {
