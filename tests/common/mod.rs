@@ -235,8 +235,13 @@ pub struct Exit {
 impl RawServer {
     /// Spawns the server in simulator mode with piped stdin, stdout and stderr.
     pub fn spawn() -> RawServer {
+        RawServer::spawn_with(&[])
+    }
+
+    /// Spawns the server with `env` (and nothing else), stdin, stdout and stderr piped.
+    pub fn spawn_with(env: &[(&str, &str)]) -> RawServer {
         let dir = TempDir::new().expect("a temporary working directory");
-        let mut child = command(dir.path(), &[])
+        let mut child = command(dir.path(), env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -317,6 +322,24 @@ impl RawServer {
                 return message;
             }
         }
+    }
+
+    /// The next message the server writes to stdout; `None` once stdout closes.
+    pub async fn message(&mut self) -> Option<Value> {
+        let line = bounded("the next stdout line", self.stdout.next_line())
+            .await
+            .expect("stdout is readable")?;
+        let message = assert_json_rpc(&line);
+        self.lines.push(line);
+        Some(message)
+    }
+
+    /// Kills the server with SIGKILL, so it can finish nothing, and waits until it is gone.
+    pub async fn kill(mut self) -> ExitStatus {
+        self.child.start_kill().expect("the server can be killed");
+        bounded("the killed server to exit", self.child.wait())
+            .await
+            .expect("the server's exit status")
     }
 
     /// Sends a request and waits for its response.
