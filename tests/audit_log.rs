@@ -377,10 +377,21 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
     assert_verifies(&tampered, next).await;
 }
 
-/// After how many answers each round of the SIGKILL test kills the server.
-const KILL_AFTER: [usize; 6] = [1, 7, 30, 80, 150, 300];
+/// The rounds of the SIGKILL test: after how many answers the server is killed, and
+/// `STAGE0_AUDIT_SYNC` (records reach the file before the answer either way).
+const KILL_ROUNDS: [(usize, &str); 6] = [
+    (1, "on"),
+    (7, "off"),
+    (30, "on"),
+    (80, "off"),
+    (150, "on"),
+    (300, "off"),
+];
 /// How many calls the SIGKILL test keeps in flight.
 const IN_FLIGHT: u64 = 64;
+/// The round after whose kill the test cuts the last line in half, as a kill in the middle of a
+/// write would leave it, so that the restart's recovery runs whether or not a kill tore a line.
+const CUT_ROUND: usize = 80;
 
 /// Call number `n` of the SIGKILL load: three `ALLOW`s (bodies that run) to one `DENY`.
 fn kill_load_call(n: u64) -> Value {
@@ -403,99 +414,122 @@ fn decided_verdicts(bytes: &[u8]) -> HashMap<String, String> {
         .filter_map(|line| serde_json::from_slice::<Record>(line).ok())
         .filter(|record| field(record, "kind") == "decision")
         .map(|record| {
-            (
-                field(&record, "request_id").to_owned(),
-                field(&record, "verdict").to_owned(),
-            )
+            let verdict = field(&record, "verdict").to_owned();
+            (field(&record, "request_id").to_owned(), verdict)
         })
         .collect()
+}
+
+/// Keeps [`IN_FLIGHT`] calls in flight until `answers` have come back, then kills the server
+/// with SIGKILL; the `request_id` of every answer whose tool body ran.
+async fn load_then_kill(env: &[(&str, &str)], answers: usize) -> Vec<String> {
+    let mut server = RawServer::spawn_with(env);
+    server.initialize(0).await;
+    let mut sent = 0;
+    while sent < IN_FLIGHT {
+        sent += 1;
+        server.send(kill_load_call(sent)).await;
+    }
+    let (mut answered, mut executed) = (0, Vec::new());
+    while answered < answers {
+        let message = server.message().await.expect("the server answers");
+        if message["id"].as_u64().is_none() {
+            continue;
+        }
+        answered += 1;
+        let report = report(&message);
+        if report["executed"] == true {
+            let request_id = report["request_id"].as_str().expect("a request id");
+            executed.push(request_id.to_owned());
+        }
+        sent += 1;
+        server.send(kill_load_call(sent)).await;
+    }
+    server.kill().await;
+    executed
+}
+
+/// Starts the server on the log again, makes one call and lets it exit.
+async fn restart_with_one_call(env: &[(&str, &str)]) {
+    let mut server = RawServer::spawn_with(env);
+    server.initialize(0).await;
+    let call = kill_load_call(1);
+    let answer = server
+        .request(1, "tools/call", call["params"].clone())
+        .await;
+    assert_eq!(report(&answer)["executed"], true, "{answer}");
+    server.close_stdin();
+    let exit = server.exit().await;
+    assert!(exit.status.success(), "{}", exit.stderr);
+}
+
+/// Checks that `after` is `torn` (a log ending in a torn line) followed by a newline and a
+/// `recovery` record naming the torn line's offset and length.
+fn assert_recovery_of(torn: &[u8], after: &[u8]) {
+    let offset = torn
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |at| at + 1);
+    assert_eq!(
+        after.get(torn.len()),
+        Some(&b'\n'),
+        "the torn line was ended"
+    );
+    let next = after[torn.len() + 1..].split(|&b| b == b'\n').next();
+    let recovery: Record = serde_json::from_slice(next.expect("a line after the torn one"))
+        .expect("the line after the torn one is a record");
+    assert_eq!(field(&recovery, "kind"), "recovery", "{recovery:?}");
+    assert_eq!(recovery["torn_offset"], offset);
+    assert_eq!(recovery["torn_length"], torn.len() - offset);
 }
 
 #[tokio::test]
 async fn every_body_that_ran_before_a_sigkill_has_its_allow_on_disk_and_a_restart_continues_the_chain()
  {
     let (_dir, path) = temp_log();
-    let env = [("STAGE0_AUDIT_LOG", text(&path))];
-    let mut torn_rounds = 0;
-    for kill_after in KILL_AFTER {
-        let mut server = RawServer::spawn_with(&env);
-        server.initialize(0).await;
-        let mut sent = 0;
-        while sent < IN_FLIGHT {
-            sent += 1;
-            server.send(kill_load_call(sent)).await;
-        }
-        let (mut answered, mut executed) = (0, Vec::new());
-        while answered < kill_after {
-            let message = server.message().await.expect("the server answers");
-            if message["id"].as_u64().is_none() {
-                continue;
-            }
-            answered += 1;
-            let report = report(&message);
-            if report["executed"] == true {
-                executed.push(
-                    report["request_id"]
-                        .as_str()
-                        .expect("a request id")
-                        .to_owned(),
-                );
-            }
-            sent += 1;
-            server.send(kill_load_call(sent)).await;
-        }
-        server.kill().await;
-
-        let killed = std::fs::read(&path).expect("the log is readable");
+    let (mut torn_by_kill, mut recoveries) = (0, 0);
+    for (answers, sync) in KILL_ROUNDS {
+        let env = [
+            ("STAGE0_AUDIT_LOG", text(&path)),
+            ("STAGE0_AUDIT_SYNC", sync),
+        ];
+        let executed = load_then_kill(&env, answers).await;
+        let mut killed = std::fs::read(&path).expect("the log is readable");
         let verdicts = decided_verdicts(&killed);
         for request_id in &executed {
             assert_eq!(
                 verdicts.get(request_id).map(String::as_str),
                 Some("ALLOW"),
-                "round {kill_after}: the body of {request_id} ran without its ALLOW on disk"
+                "round {answers}: the body of {request_id} ran without its ALLOW on disk"
             );
         }
-        let torn = killed.last().is_some_and(|&b| b != b'\n');
+        let mut torn = killed.last().is_some_and(|&b| b != b'\n');
+        torn_by_kill += usize::from(torn);
+        if answers == CUT_ROUND && !torn {
+            let last_line = killed[..killed.len() - 1].iter().rposition(|&b| b == b'\n');
+            let start = last_line.map_or(0, |at| at + 1);
+            killed.truncate(start + (killed.len() - start) / 2);
+            std::fs::write(&path, &killed).expect("the log is cut");
+            torn = true;
+        }
 
-        let mut server = RawServer::spawn_with(&env);
-        server.initialize(0).await;
-        let answer = server
-            .request(1, "tools/call", kill_load_call(1)["params"].clone())
-            .await;
-        assert_eq!(report(&answer)["executed"], true, "{answer}");
-        server.close_stdin();
-        let exit = server.exit().await;
-        assert!(exit.status.success(), "{}", exit.stderr);
-
+        restart_with_one_call(&env).await;
         let after = std::fs::read(&path).expect("the log is readable");
         assert!(
             after.starts_with(&killed),
             "the restart changed what was there"
         );
         if torn {
-            torn_rounds += 1;
-            let offset = killed
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |at| at + 1);
-            let recovery: Record = serde_json::from_slice(
-                after[killed.len() + 1..]
-                    .split(|&b| b == b'\n')
-                    .next()
-                    .expect("a line"),
-            )
-            .expect("the line after the torn one is a record");
-            assert_eq!(field(&recovery, "kind"), "recovery", "{recovery:?}");
-            assert_eq!(recovery["torn_offset"], offset);
-            assert_eq!(recovery["torn_length"], killed.len() - offset);
+            assert_recovery_of(&killed, &after);
+            recoveries += 1;
         }
         let verified = verified(&path);
-        assert_eq!(verified.recoveries, torn_rounds);
+        assert_eq!(verified.recoveries, recoveries);
         assert_verifies(&path, verified.records).await;
     }
     eprintln!(
-        "{torn_rounds} of {} rounds left a torn last line",
-        KILL_AFTER.len()
+        "{torn_by_kill} of {} kills left a torn last line",
+        KILL_ROUNDS.len()
     );
 }
 
