@@ -13,7 +13,7 @@
 mod common;
 mod fake_stage0;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -216,6 +216,29 @@ async fn two_hundred_concurrent_calls_leave_one_whole_contiguous_chain_that_veri
             "{call_id}: {kinds:?}"
         );
     }
+    // The mix, by outcome: per ten calls, three research ALLOWs that run, two publish DENYs,
+    // two report-only checks, one call with invalid arguments and two retries, which run five
+    // times per workflow (3 workflows) and are deferred from then on.
+    let mut tally: HashMap<&str, usize> = HashMap::new();
+    for record in &records {
+        let kind = field(record, "kind");
+        let key = if kind == "outcome" {
+            field(record, "status")
+        } else {
+            kind
+        };
+        *tally.entry(key).or_default() += 1;
+    }
+    let expected = [
+        ("ok", 60 + 15),
+        ("blocked", 40 + 25),
+        ("reported", 40),
+        ("invalid_arguments", 20),
+        ("decision", 180),
+        ("approval", 25),
+    ];
+    assert_eq!(tally, HashMap::from(expected));
+
     // Each answer the client got matches its call's records.
     let decisions: HashMap<&str, &Record> = records
         .iter()
@@ -292,6 +315,8 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
     let line_4_start: usize = lines[..3].iter().map(Vec::len).sum();
     let positions: Vec<usize> = (line_4_start..line_4_start + lines[3].len())
         .chain((0..original.len()).step_by(61))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     let original = Arc::new(original);
     for batch in positions.chunks(PARALLEL_COMMANDS) {
@@ -393,8 +418,8 @@ const IN_FLIGHT: u64 = 64;
 /// write would leave it, so that the restart's recovery runs whether or not a kill tore a line.
 const CUT_ROUND: usize = 80;
 
-/// Call number `n` of the SIGKILL load: three `ALLOW`s (bodies that run) to one `DENY`.
-fn kill_load_call(n: u64) -> Value {
+/// Call number `n` of a plain load: three `ALLOW`s (bodies that run) to one `DENY`.
+fn allow_or_deny_call(n: u64) -> Value {
     if n.is_multiple_of(4) {
         call(
             n,
@@ -428,7 +453,7 @@ async fn load_then_kill(env: &[(&str, &str)], answers: usize) -> Vec<String> {
     let mut sent = 0;
     while sent < IN_FLIGHT {
         sent += 1;
-        server.send(kill_load_call(sent)).await;
+        server.send(allow_or_deny_call(sent)).await;
     }
     let (mut answered, mut executed) = (0, Vec::new());
     while answered < answers {
@@ -443,7 +468,7 @@ async fn load_then_kill(env: &[(&str, &str)], answers: usize) -> Vec<String> {
             executed.push(request_id.to_owned());
         }
         sent += 1;
-        server.send(kill_load_call(sent)).await;
+        server.send(allow_or_deny_call(sent)).await;
     }
     server.kill().await;
     executed
@@ -453,7 +478,7 @@ async fn load_then_kill(env: &[(&str, &str)], answers: usize) -> Vec<String> {
 async fn restart_with_one_call(env: &[(&str, &str)]) {
     let mut server = RawServer::spawn_with(env);
     server.initialize(0).await;
-    let call = kill_load_call(1);
+    let call = allow_or_deny_call(1);
     let answer = server
         .request(1, "tools/call", call["params"].clone())
         .await;
@@ -557,6 +582,19 @@ async fn a_log_that_cannot_be_written_denies_every_call_with_audit_unavailable_a
     assert!(
         outcome.field("reason").contains(text(&path)),
         "{outcome:#?}"
+    );
+    // A report-only check is denied too: its verdict could not be recorded either.
+    let goal = "Summarize the quarterly sales report";
+    let reported = session
+        .call(
+            "check-authorization",
+            json!({"goal": goal, "sideEffects": []}),
+        )
+        .await;
+    assert_eq!(reported.field("verdict"), "DENY", "{reported:#?}");
+    assert_eq!(
+        reported.structured["issues"][0]["code"],
+        "AUDIT_UNAVAILABLE"
     );
 
     let stderr = session.stop().await;
@@ -682,7 +720,7 @@ async fn the_api_key_is_nowhere_in_the_log() {
 /// of each verdict.
 async fn call_and_collect(server: &mut RawServer, first: u64, calls: u64) -> Vec<String> {
     for n in first..first + calls {
-        server.send(kill_load_call(n)).await;
+        server.send(allow_or_deny_call(n)).await;
     }
     let answers = responses(server, calls as usize).await;
     answers
@@ -756,6 +794,7 @@ async fn audit_show_prints_every_record_of_one_call_and_the_last_n() {
         heads_shown[1].starts_with("#4 ") && heads_shown[1].contains(" outcome "),
         "{shown}"
     );
+    assert!(shown.contains(request_ids[1]), "{shown}");
     assert!(shown.contains(&call_of(request_ids[1])), "{shown}");
     for other in [0, 2] {
         assert!(!shown.contains(request_ids[other]), "{shown}");
