@@ -51,23 +51,24 @@ const WATCHDOG: Duration = Duration::from_secs(10 * 60);
 /// Calls kept in flight by the pipelined runs.
 const IN_FLIGHT: usize = 64;
 
-/// How an audit record's line looks in size: about 600 bytes.
+/// The size of an audit record's line, about that of a `research-topic` decision, in bytes.
 const RECORD_BYTES: usize = 600;
 
 /// How long each configuration is measured, and the bounds on its call count.
 struct Budget {
     seconds: f64,
-    min_calls: [usize; 2],
-    max_calls: [usize; 2],
+    /// The fewest and the most measured calls with one call in flight.
+    sequential: (usize, usize),
+    /// The same with [`IN_FLIGHT`]; the fewest is also the pipelined warm-up.
+    pipelined: (usize, usize),
 }
 
 impl Budget {
     fn new(quick: bool) -> Budget {
         Budget {
             seconds: if quick { 0.5 } else { 3.0 },
-            // Sequential, then pipelined.
-            min_calls: [200, 1_000],
-            max_calls: [20_000, 50_000],
+            sequential: (200, 20_000),
+            pipelined: (1_000, 50_000),
         }
     }
 }
@@ -256,7 +257,7 @@ fn measure(
 
     // The warm-up, which also gives the rate the measured count is chosen from.
     let (warm_up, warm_up_time) = if pipelined {
-        let calls = budget.min_calls[1];
+        let calls = budget.pipelined.0;
         (
             calls,
             server.pipelined(RESEARCH_TOPIC, 2, calls, in_flight, |_| {}),
@@ -270,9 +271,13 @@ fn measure(
         }
         (calls, start.elapsed())
     };
-    let index = usize::from(pipelined);
+    let (fewest, most) = if pipelined {
+        budget.pipelined
+    } else {
+        budget.sequential
+    };
     let calls = ((warm_up as f64 / warm_up_time.as_secs_f64() * budget.seconds) as usize)
-        .clamp(budget.min_calls[index], budget.max_calls[index]);
+        .clamp(fewest, most);
     let first = 2 + warm_up as u64;
 
     let cpu_before = cpu_ns(pid);
@@ -285,9 +290,7 @@ fn measure(
             .map(|id| server.call_timed(first + id, RESEARCH_TOPIC))
             .collect();
         let elapsed = start.elapsed();
-        times.sort();
-        let at = |percent: usize| times[(times.len() * percent / 100).min(times.len() - 1)];
-        (elapsed, Some((at(50), at(99))))
+        (elapsed, Some(p50_p99(&mut times)))
     };
     // Under strace, `pid` is strace's, and its CPU time is not the server's.
     let cpu = cpu_ns(pid) - cpu_before;
@@ -362,6 +365,11 @@ fn fsync_floor(folder: &Path, budget: &Budget) -> (Duration, Duration) {
     }
     drop(file);
     std::fs::remove_file(&path).expect("the floor file can be removed");
+    p50_p99(&mut times)
+}
+
+/// The 50th and 99th percentiles of `times` (sorted in place; not empty).
+fn p50_p99(times: &mut [Duration]) -> (Duration, Duration) {
     times.sort();
     let at = |percent: usize| times[(times.len() * percent / 100).min(times.len() - 1)];
     (at(50), at(99))
