@@ -4,11 +4,22 @@
 //! `target/release/mcp-server-stage0` (or `STAGE0_E2E_SERVER`), and refuses one older than the
 //! sources. `cargo bench --bench e2e -- --quick` is a fast smoke run with a tenth of the calls.
 //!
-//! The client is deliberately lean: it writes JSON-RPC lines to the child's stdin and reads
-//! answer lines from its stdout with blocking I/O, matching answers to requests by `id`. A raw
-//! line client measures the server and the pipe, not an MCP client library (an rmcp client would
-//! add its own tasks and parsing to every figure). It measures, in simulator mode with the
-//! per-check log lines off (`RUST_LOG=warn`) unless said otherwise:
+//! The client is deliberately lean (`common/line_client.rs`, shared with `benches/audit.rs`): it
+//! writes JSON-RPC lines to the child's stdin and reads answer lines from its stdout with
+//! blocking I/O, matching answers to requests by `id`. A raw line client measures the server and
+//! the pipe, not an MCP client library (an rmcp client would add its own tasks and parsing to
+//! every figure).
+//!
+//! The audit log is off (`STAGE0_AUDIT_LOG=off`) in every run here, although a server started
+//! without the variable writes one, fsync'd, to the per-user default. These figures are the cost
+//! of the guard and the protocol, comparable with those taken before the audit log existed (issue
+//! 5's targets are about them); with the default, the sequential figures would be those of the
+//! disk's fsync (two per call), and every run would append to the developer's own log.
+//! `benches/audit.rs` measures what auditing adds, off, without fsync and with fsync. "Audit log
+//! line" below means the stderr line `stage0 check` (`RUST_LOG=info`), not the audit log file.
+//!
+//! It measures, in simulator mode with the per-check log lines off (`RUST_LOG=warn`) unless said
+//! otherwise:
 //!
 //! - cold start: spawn → `initialize` answer, median and max of 20 fresh processes;
 //! - sequential `tools/call` latency of `check-authorization` and `research-topic`:
@@ -27,20 +38,26 @@
 //!
 //! It prints a table and writes the same figures as JSON to `target/bench-e2e.json`.
 
+#[path = "common/line_client.rs"]
+mod line_client;
 #[path = "../tests/common/memory.rs"]
 mod memory;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use line_client::{
+    CHECK_AUTHORIZATION, INITIALIZE, RESEARCH_TOPIC, Server, answer_id, cpu_ns, load_average,
+    scratch_dir, server_binary, watchdog,
+};
 
 /// The whole run is aborted after this long: a hung server must not hang the bench forever.
 const WATCHDOG: Duration = Duration::from_secs(30 * 60);
@@ -83,11 +100,7 @@ fn main() {
     // `cargo bench` passes `--bench`; anything but `--quick` is ignored.
     let quick = std::env::args().any(|arg| arg == "--quick");
     let sizes = Sizes::new(quick);
-    std::thread::spawn(|| {
-        std::thread::sleep(WATCHDOG);
-        eprintln!("e2e bench: still running after {WATCHDOG:?}, giving up");
-        std::process::exit(1);
-    });
+    watchdog("e2e", WATCHDOG);
     let binary = server_binary();
     let mut figures = Figures::default();
     figures.text("server", &binary.display().to_string());
@@ -111,205 +124,6 @@ fn main() {
     )
     .expect("target/bench-e2e.json is writable");
     println!("figures written to {}", path.display());
-}
-
-/// `STAGE0_E2E_SERVER`, or the release binary, which must exist and be newer than the sources.
-fn server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("STAGE0_E2E_SERVER") {
-        return PathBuf::from(path);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = root.join("target/release/mcp-server-stage0");
-    let built = std::fs::metadata(&binary)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} is missing: run `cargo build --release` first",
-                binary.display()
-            )
-        });
-    let newest_source =
-        newest_modification(&root.join("src")).max(newest_modification(&root.join("Cargo.lock")));
-    assert!(
-        built >= newest_source,
-        "{} is older than the sources: run `cargo build --release` first",
-        binary.display()
-    );
-    binary
-}
-
-fn newest_modification(path: &Path) -> SystemTime {
-    let metadata = std::fs::metadata(path).expect("a readable source path");
-    let own = metadata.modified().expect("a modification time");
-    if !metadata.is_dir() {
-        return own;
-    }
-    std::fs::read_dir(path)
-        .expect("a readable source folder")
-        .map(|entry| newest_modification(&entry.expect("a folder entry").path()))
-        .fold(own, SystemTime::max)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The lean line client.
-
-/// The server as a child process, driven line by line over its stdin and stdout.
-struct Server {
-    child: Child,
-    stdin: Option<BufWriter<ChildStdin>>,
-    stdout: BufReader<ChildStdout>,
-    line: String,
-}
-
-const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"e2e-bench","version":"0"}}}"#;
-const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-
-/// The arguments of the two benchmarked tools, as JSON text.
-const CHECK_AUTHORIZATION: (&str, &str) = (
-    "check-authorization",
-    r#"{"goal":"Summarise the release notes","sideEffects":[],"successCriteria":["Summary produced"]}"#,
-);
-const RESEARCH_TOPIC: (&str, &str) = ("research-topic", r#"{"topic":"Rust async runtimes"}"#);
-
-fn call_line(id: u64, (tool, arguments): (&str, &str)) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{arguments}}}}}"#
-    )
-}
-
-/// The `id` of an answer line, read without parsing the whole line.
-fn answer_id(line: &str) -> Option<u64> {
-    let rest = &line[line.find(r#""id":"#)? + 5..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-impl Server {
-    /// Spawns the server with `env` only (and `RUST_LOG=warn` unless `env` sets it), stderr
-    /// discarded, in a fresh temporary folder so no `.env` is read.
-    fn spawn(binary: &Path, env: &[(&str, &str)], dir: &Path) -> Server {
-        let mut command = Command::new(binary);
-        command.env_clear().env("RUST_LOG", "warn");
-        command
-            .envs(env.iter().copied())
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = command.spawn().expect("the server binary starts");
-        let stdin = BufWriter::new(child.stdin.take().expect("piped stdin"));
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Server {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            line: String::new(),
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin is open");
-        stdin
-            .write_all(line.as_bytes())
-            .expect("write to the server");
-        stdin.write_all(b"\n").expect("write to the server");
-        stdin.flush().expect("write to the server");
-    }
-
-    /// The next answer line; fails the run when the server closed stdout.
-    fn receive(&mut self) -> &str {
-        self.line.clear();
-        let read = self
-            .stdout
-            .read_line(&mut self.line)
-            .expect("read from the server");
-        assert!(read > 0, "the server closed stdout");
-        &self.line
-    }
-
-    /// `initialize` and `notifications/initialized`; returns the `initialize` answer.
-    fn initialize(&mut self) -> Value {
-        self.send(INITIALIZE);
-        let answer: Value = serde_json::from_str(self.receive()).expect("a JSON answer");
-        assert_eq!(answer["id"], 0, "{answer}");
-        assert!(answer["result"]["serverInfo"].is_object(), "{answer}");
-        self.send(INITIALIZED);
-        answer
-    }
-
-    /// One call, checked fully: a result that is not an error.
-    fn call_checked(&mut self, id: u64, call: (&str, &str)) {
-        self.send(&call_line(id, call));
-        let answer: Value = serde_json::from_str(self.receive()).expect("a JSON answer");
-        assert_eq!(answer["id"], id, "{answer}");
-        assert_eq!(answer["result"]["isError"], false, "{answer}");
-        assert!(
-            answer["result"]["structuredContent"].is_object(),
-            "{answer}"
-        );
-    }
-
-    /// One call, timed from the write to the end of the answer line; the answer is checked by
-    /// its id and `"isError":false` without parsing the whole line.
-    fn call_timed(&mut self, id: u64, call: (&str, &str)) -> Duration {
-        let line = call_line(id, call);
-        let start = Instant::now();
-        self.send(&line);
-        let answer = self.receive();
-        let elapsed = start.elapsed();
-        assert_eq!(answer_id(answer), Some(id), "{answer}");
-        assert!(answer.contains(r#""isError":false"#), "{answer}");
-        elapsed
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        memory::status_kib(self.child.id(), "VmHWM")
-    }
-
-    /// Closes stdin and waits for a clean exit.
-    fn stop(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().expect("the server exits");
-        assert!(status.success(), "the server exited with {status}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.stdin.is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// CPU time the process `pid` has used so far, all threads, in nanoseconds.
-fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("/proc task list")
-        .filter_map(|task| {
-            let path = task.ok()?.path().join("schedstat");
-            let text = std::fs::read_to_string(path).ok()?;
-            text.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
-fn scratch_dir() -> tempfile::TempDir {
-    tempfile::TempDir::new().expect("a temporary folder")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -369,7 +183,7 @@ fn sequential(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
             );
         }
         if audit.is_empty() {
-            figures.kib("peak_rss_sequential_kib", server.peak_rss_kib());
+            figures.kib("peak_rss_sequential_kib", peak_rss_kib(&server));
         }
         server.stop();
     }
@@ -379,60 +193,24 @@ fn pipelined(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
     let dir = scratch_dir();
     let mut server = Server::spawn(binary, &[], dir.path());
     server.initialize();
-    figures.kib("peak_rss_after_initialize_kib", server.peak_rss_kib());
+    figures.kib("peak_rss_after_initialize_kib", peak_rss_kib(&server));
     let pid = server.child.id();
-    let total = sizes.pipelined;
     let checkpoint = sizes.rss_checkpoint;
-    let mut stdin = server.stdin.take().expect("stdin is open");
-    let (credit, credits) = mpsc::channel::<()>();
-
-    let cpu_before = cpu_ns(pid);
-    let start = Instant::now();
-    let writer = std::thread::spawn(move || {
-        let mut available = IN_FLIGHT;
-        for id in 1..=total as u64 {
-            if available == 0 {
-                credits.recv().expect("the reader is alive");
-                available += 1;
-            }
-            while credits.try_recv().is_ok() {
-                available += 1;
-            }
-            let line = call_line(id, CHECK_AUTHORIZATION);
-            stdin
-                .write_all(line.as_bytes())
-                .expect("write to the server");
-            stdin.write_all(b"\n").expect("write to the server");
-            available -= 1;
-            // Send now unless more credits are about to allow a larger write.
-            if available == 0 || id == total as u64 {
-                stdin.flush().expect("write to the server");
-            }
-        }
-        stdin
-    });
-    let mut answered = vec![false; total + 1];
     let mut rss_at_checkpoint = 0;
-    for count in 1..=total {
-        let answer = server.receive();
-        let id = answer_id(answer).expect("an answer with an id") as usize;
-        assert!(answer.contains(r#""isError":false"#), "{answer}");
-        assert!(
-            (1..=total).contains(&id) && !answered[id],
-            "answer to an unknown or already answered id {id}"
-        );
-        answered[id] = true;
-        let _ = credit.send(());
-        if count == checkpoint {
-            rss_at_checkpoint = memory::status_kib(pid, "VmHWM");
-        }
-    }
-    let elapsed = start.elapsed();
+    let cpu_before = cpu_ns(pid);
+    let elapsed = server.pipelined(
+        CHECK_AUTHORIZATION,
+        1,
+        sizes.pipelined,
+        IN_FLIGHT,
+        |count| {
+            if count == checkpoint {
+                rss_at_checkpoint = memory::status_kib(pid, "VmHWM");
+            }
+        },
+    );
     let cpu = cpu_ns(pid) - cpu_before;
-    let stdin = writer.join().expect("the writer finished");
-    assert!(answered[1..].iter().all(|&a| a), "every request answered");
-    server.stdin = Some(stdin);
-
+    let total = sizes.pipelined;
     figures.number(
         "pipelined_calls_per_s",
         (total as f64 / elapsed.as_secs_f64()).round(),
@@ -442,8 +220,13 @@ fn pipelined(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
         Duration::from_nanos(cpu / total as u64),
     );
     figures.kib(&format!("peak_rss_at_{checkpoint}_kib"), rss_at_checkpoint);
-    figures.kib(&format!("peak_rss_at_{total}_kib"), server.peak_rss_kib());
+    figures.kib(&format!("peak_rss_at_{total}_kib"), peak_rss_kib(&server));
     server.stop();
+}
+
+/// The server's peak resident memory so far.
+fn peak_rss_kib(server: &Server) -> u64 {
+    memory::status_kib(server.child.id(), "VmHWM")
 }
 
 /// The body of every answer of the fake Stage0: an `ALLOW` with the usual fields.

@@ -7,6 +7,13 @@
 //! [`EARLY`] and after [`CALLS`] answers, prints both, and exits non-zero when the second exceeds
 //! the first by more than [`ALLOWED_GROWTH`] (a leak grows with every call; a steady state does
 //! not). Linux only. Not part of `cargo test` or CI: it is a measurement, and it takes minutes.
+//!
+//! The server keeps its audit log as it does by default (on, every batch of records fsync'd), but
+//! in a file of the run's temporary folder rather than the developer's own log: the audit writer
+//! handles two records per call, and a soak is where a per-call leak in it would show. The
+//! calls/s it prints are therefore bounded by the disk's fsync (group commit shares each among
+//! the calls in flight); `benches/audit.rs` measures that cost, `benches/e2e.rs` the server
+//! without it. The number of lines of the log is checked too: two per call.
 
 #[path = "../tests/fake_stage0/mod.rs"]
 mod fake_stage0;
@@ -97,8 +104,10 @@ fn main() -> ExitCode {
 /// One session of [`CALLS`] calls against a server started with `env` (and nothing else).
 async fn soak(env: &[(&str, &str)]) -> Figures {
     let dir = tempfile::TempDir::new().expect("a temporary working directory");
+    let log = dir.path().join("audit.jsonl");
     let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-server-stage0"))
         .env_clear()
+        .env("STAGE0_AUDIT_LOG", &log)
         .envs(env.iter().copied())
         .current_dir(dir.path())
         .stdin(Stdio::piped())
@@ -166,6 +175,9 @@ async fn soak(env: &[(&str, &str)]) -> Figures {
         .expect("the server exits when stdin closes")
         .expect("the server's exit status");
     assert!(status.success(), "the server exited with {status}");
+    let log = std::fs::File::open(&log).expect("the audit log");
+    let records = std::io::BufRead::split(std::io::BufReader::new(log), b'\n').count() as u64;
+    assert_eq!(records, 2 * CALLS, "two audit records per call");
     figures
 }
 
