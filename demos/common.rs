@@ -92,10 +92,7 @@ impl Session {
         let policy =
             PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
         let mut guard = Guard::new(policy, config.operator, config.approvals);
-        let audit = match &config.audit.path {
-            Some(path) => Some(AuditLog::open(path, config.audit.sync)?.0),
-            None => None,
-        };
+        let audit = AuditLog::from_config(&config.audit)?;
         if let Some(log) = &audit {
             guard = guard.with_audit(log.clone());
         }

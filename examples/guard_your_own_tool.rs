@@ -104,10 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let mut guard = Guard::new(policy, config.operator, config.approvals);
     // The audit log, as the server binary keeps it (`STAGE0_AUDIT_LOG`, `off` for none). Unlike
     // the binary, which denies every call when its log cannot be opened, this example stops.
-    let audit = match &config.audit.path {
-        Some(path) => Some(AuditLog::open(path, config.audit.sync)?.0),
-        None => None,
-    };
+    let audit = AuditLog::from_config(&config.audit)?;
     if let Some(log) = &audit {
         guard = guard.with_audit(log.clone());
     }

@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::approval::{ApprovalOutcome, ApprovalReport};
 use crate::claims::Provenance;
+use crate::config::AuditConfig;
 use crate::ledger::AttemptLedger;
 use crate::stage0::Mode;
 use crate::stage0::wire::{Intent, Issue, PolicyResponse};
@@ -155,6 +156,21 @@ impl AuditLog {
             thread: Mutex::new(Some(thread)),
         };
         Ok((AuditLog::with_state(path, ledger, state), opened))
+    }
+
+    /// The log `config` asks for (`STAGE0_AUDIT_LOG`, `STAGE0_AUDIT_SYNC`), opened; `None` when
+    /// auditing is off.
+    ///
+    /// # Errors
+    ///
+    /// As [`AuditLog::open`]. (The server binary does not stop then: it denies every call with
+    /// [`AuditLog::unavailable`], so the client sees why.)
+    pub fn from_config(config: &AuditConfig) -> Result<Option<AuditLog>, AuditError> {
+        config
+            .path
+            .as_deref()
+            .map(|path| AuditLog::open(path, config.sync).map(|(log, _)| log))
+            .transpose()
     }
 
     /// A log that could not be opened: every call is failed closed with `error` as the reason.
