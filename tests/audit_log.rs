@@ -17,7 +17,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{BIN, Outcome, RawServer, SECRET_KEY, STAND_IN, Session, bounded, live_env};
+use common::{
+    BIN, Outcome, RawServer, SECRET_KEY, STAND_IN, Session, audit_records, bounded, live_env,
+};
 use fake_stage0::{FakeStage0, Reply};
 use mcp_server_stage0::audit::chain::{self, GENESIS};
 use mcp_server_stage0::audit::verify::{self, Verified};
@@ -87,25 +89,6 @@ async fn responses(server: &mut RawServer, count: usize) -> HashMap<u64, Value> 
 /// The `structuredContent` of a `tools/call` response (`Null` for invalid arguments).
 fn report(response: &Value) -> &Value {
     &response["result"]["structuredContent"]
-}
-
-/// The records of a log that ends with a whole line: every line a JSON object, in file order.
-fn records(path: &Path) -> Vec<Record> {
-    let bytes = std::fs::read(path).expect("the audit log is readable");
-    assert!(bytes.ends_with(b"\n"), "the log ends in a torn line");
-    bytes[..bytes.len() - 1]
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(index, line)| {
-            serde_json::from_slice(line).unwrap_or_else(|error| {
-                panic!(
-                    "line {} is not a whole JSON object ({error}): {}",
-                    index + 1,
-                    String::from_utf8_lossy(line)
-                )
-            })
-        })
-        .collect()
 }
 
 /// A string field of a record ("" when absent).
@@ -178,7 +161,7 @@ async fn two_hundred_concurrent_calls_leave_one_whole_contiguous_chain_that_veri
     let exit = server.exit().await;
     assert!(exit.status.success(), "{}", exit.stderr);
 
-    let records = records(&path);
+    let records = audit_records(&path);
     assert!(
         records.len() >= 2 * CALLS as usize,
         "{} records",
@@ -699,7 +682,7 @@ async fn the_api_key_is_nowhere_in_the_log() {
         12,
         "every call reached the fake Stage0"
     );
-    let records = records(&path);
+    let records = audit_records(&path);
     let live = records
         .iter()
         .filter(|r| field(r, "kind") == "decision" && field(r, "mode") == "stage0")
@@ -767,7 +750,7 @@ async fn two_servers_on_one_log_keep_one_chain_with_every_record_of_both() {
 async fn audit_show_prints_every_record_of_one_call_and_the_last_n() {
     let (_dir, path, outcomes) = log_of_calls(3).await;
     let request_ids: Vec<&str> = outcomes.iter().map(|o| o.field("request_id")).collect();
-    let records = records(&path);
+    let records = audit_records(&path);
     let call_of = |request_id: &str| {
         let record = records
             .iter()

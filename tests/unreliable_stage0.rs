@@ -20,12 +20,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{AUDIT_LOG, BOUND, assert_json_rpc, bounded, collect, command, live_env};
+use common::{
+    AUDIT_LOG, BOUND, assert_json_rpc, audit_records, bounded, collect, command, live_env,
+};
 use fake_stage0::{Exchange, FakeStage0, Fate, Reply};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -122,7 +124,7 @@ impl LiveServer {
     /// Closes stdin and waits for the server to exit; its stderr and its audit log's records,
     /// after checking that nothing it wrote to stdout since the last read answers a request in
     /// `unexpected`.
-    async fn stop(mut self, unexpected: &HashSet<u64>) -> (String, Vec<Value>) {
+    async fn stop(mut self, unexpected: &HashSet<u64>) -> (String, Vec<Map<String, Value>>) {
         self.stdin = None;
         while let Some(line) = bounded("the rest of stdout", self.stdout.next_line())
             .await
@@ -142,13 +144,7 @@ impl LiveServer {
         let stderr = bounded("stderr to close", self.stderr)
             .await
             .expect("stderr is collected");
-        let log = std::fs::read_to_string(self.dir.path().join(AUDIT_LOG))
-            .expect("the audit log is readable");
-        let records = log
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("an audit record"))
-            .collect();
-        (stderr, records)
+        (stderr, audit_records(&self.dir.path().join(AUDIT_LOG)))
     }
 }
 
@@ -497,7 +493,7 @@ async fn a_cancelled_call_is_dropped_at_once_and_never_reaches_a_verdict_or_its_
     let cancelled_outcomes = audit
         .iter()
         .filter(|r| r["kind"] == "outcome" && r["status"] == "cancelled")
-        .inspect(|r| assert!(r.get("request_id").is_none(), "{r}"))
+        .inspect(|r| assert!(r.get("request_id").is_none(), "{r:?}"))
         .count();
     assert_eq!(cancelled_outcomes, CANCELLED_CALLS as usize);
     let decisions = audit.iter().filter(|r| r["kind"] == "decision");

@@ -406,3 +406,23 @@ pub fn assert_json_rpc(line: &str) -> Value {
     );
     message
 }
+
+/// The records of an audit log that ends with a whole line: every line a JSON object, in file
+/// order; fails the test otherwise.
+pub fn audit_records(path: &Path) -> Vec<serde_json::Map<String, Value>> {
+    let bytes = std::fs::read(path).expect("the audit log is readable");
+    assert!(bytes.ends_with(b"\n"), "the log ends in a torn line");
+    bytes[..bytes.len() - 1]
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(index, line)| {
+            serde_json::from_slice(line).unwrap_or_else(|error| {
+                panic!(
+                    "line {} is not a whole JSON object ({error}): {}",
+                    index + 1,
+                    String::from_utf8_lossy(line)
+                )
+            })
+        })
+        .collect()
+}
