@@ -13,16 +13,16 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use mcp_server_stage0::approval::Approvals;
-use mcp_server_stage0::claims::{Operator, Provenance};
-use mcp_server_stage0::guard::Guard;
-use mcp_server_stage0::report::{self, Checked};
-use mcp_server_stage0::server::Stage0Server;
-use mcp_server_stage0::stage0::wire::{Intent, PolicyResponse};
-use mcp_server_stage0::stage0::{Mode, PolicyClient, simulator};
+use mcp_server_stage0::server::stage0_server;
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use serde_json::{Map, Value, json};
+use stage0_guard::approval::Approvals;
+use stage0_guard::claims::{Operator, Provenance};
+use stage0_guard::guard::Guard;
+use stage0_guard::policy::wire::{Intent, PolicyResponse};
+use stage0_guard::policy::{Mode, PolicyClient, simulator};
+use stage0_guard::render::{self, Checked, ToolOutput};
 
 /// The intent `research-topic` sends for a typical topic (SPEC §2).
 fn research_intent() -> Intent {
@@ -111,7 +111,7 @@ fn structured_result(c: &mut Criterion) {
     c.bench_function("result/executed", |b| {
         b.iter_batched(
             checked,
-            |checked| report::executed(checked, Ok("Stand-in action: summary".to_owned())),
+            |checked| render::executed(checked, Ok(ToolOutput::text("Stand-in action: summary"))),
             BatchSize::SmallInput,
         )
     });
@@ -119,7 +119,7 @@ fn structured_result(c: &mut Criterion) {
         let intent = research_intent();
         b.iter_batched(
             checked,
-            |checked| report::reported(checked, &intent),
+            |checked| render::reported(checked, &intent),
             BatchSize::SmallInput,
         )
     });
@@ -132,7 +132,7 @@ fn guarded_call(c: &mut Criterion) {
         .expect("a Tokio runtime");
     let client = runtime.block_on(async {
         let (server_io, client_io) = tokio::io::duplex(64 * 1024);
-        let server = Stage0Server::new(Guard::new(
+        let server = stage0_server(Guard::new(
             PolicyClient::Simulator,
             Operator::default(),
             Approvals::default(),

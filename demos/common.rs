@@ -1,6 +1,6 @@
 //! What the three demo binaries share: a real MCP session with the real server, and the printing.
 //!
-//! Each demo is an MCP client of [`Stage0Server`], connected in process over `tokio::io::duplex`
+//! Each demo is an MCP client of the server ([`stage0_server`]), connected in process over `tokio::io::duplex`
 //! (the shape of rmcp's own tests), so every call goes through the same `tools/call` handling and
 //! the same guard as a call from Claude or any other client. The demo reads the verdict from the
 //! result's `structuredContent`, as a client that acts on verdicts would, prints it in the shape of
@@ -19,12 +19,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
-use mcp_server_stage0::audit::AuditLog;
-use mcp_server_stage0::config::Config;
-use mcp_server_stage0::guard::Guard;
-use mcp_server_stage0::server::Stage0Server;
-use mcp_server_stage0::stage0::wire::{Decision, Verdict};
-use mcp_server_stage0::stage0::{Mode, PolicyClient};
+use mcp_server_stage0::server::stage0_server;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ContentBlock, ElicitRequestParams,
     ElicitResult, ElicitationAction, Implementation,
@@ -33,6 +28,10 @@ use rmcp::service::{RequestContext, RoleClient, RunningService};
 use rmcp::{ClientHandler, RoleServer, ServiceExt};
 use serde::Deserialize;
 use serde_json::{Number, Value};
+use stage0_guard::audit::AuditLog;
+use stage0_guard::config::Config;
+use stage0_guard::policy::Mode;
+use stage0_guard::policy::wire::{Decision, Verdict};
 use tokio::task::JoinHandle;
 
 /// Bytes buffered in each direction of the in-process pipe between client and server.
@@ -70,7 +69,7 @@ pub async fn run(demo: impl AsyncFnOnce(&Session) -> anyhow::Result<()>) -> Exit
     }
 }
 
-/// An MCP client session with a [`Stage0Server`] running in this process.
+/// An MCP client session with the server running in this process.
 pub struct Session {
     client: RunningService<RoleClient, ScriptedHuman>,
     server: JoinHandle<anyhow::Result<()>>,
@@ -89,15 +88,12 @@ impl Session {
         // Only ./.env, as the server binary reads it (dotenvy::dotenv would search parent folders).
         let _ = dotenvy::from_path(".env");
         let config = Config::from_lookup(|name| std::env::var(name).ok())?;
-        let policy =
-            PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
-        let mut guard = Guard::new(policy, config.operator, config.approvals);
-        let audit = AuditLog::from_config(&config.audit)?;
-        if let Some(log) = &audit {
-            guard = guard.with_audit(log.clone());
-        }
+        let guard = config
+            .guard()
+            .context("cannot build the Stage0 HTTP client")?;
+        let audit = guard.audit().cloned();
         let mode = guard.mode();
-        let server = Stage0Server::new(guard);
+        let server = stage0_server(guard);
 
         let (server_transport, client_transport) = tokio::io::duplex(PIPE_BYTES);
         // The server must answer `initialize` while the client sends it, so it runs on its own task.

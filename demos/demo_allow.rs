@@ -9,8 +9,8 @@ mod common;
 use std::process::ExitCode;
 
 use anyhow::ensure;
-use mcp_server_stage0::stage0::wire::Verdict;
 use serde_json::json;
+use stage0_guard::policy::wire::Verdict;
 
 use common::Session;
 

@@ -17,8 +17,8 @@ mod common;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use mcp_server_stage0::stage0::wire::Verdict;
 use serde_json::json;
+use stage0_guard::policy::wire::Verdict;
 
 use common::{Report, Session};
 

@@ -16,8 +16,8 @@ heading() {
     printf '\n==> %s\n' "$*"
 }
 
-heading "cargo test --locked"
-cargo test --locked
+heading "cargo test --workspace --locked"
+cargo test --workspace --locked
 
 heading "cargo build --release --locked --bin mcp-server-stage0"
 cargo build --release --locked --bin mcp-server-stage0

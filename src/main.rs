@@ -9,15 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mcp_server_stage0::audit::show::Selection;
-use mcp_server_stage0::audit::{self, AuditLog};
-use mcp_server_stage0::config::Config;
-use mcp_server_stage0::guard::Guard;
-use mcp_server_stage0::server::Stage0Server;
-use mcp_server_stage0::stage0::{Mode, PolicyClient};
-use mcp_server_stage0::transport;
-use rmcp::ServiceExt;
-use rmcp::service::ServerInitializeError;
+use mcp_server_stage0::server::{SERVER_NAME, stage0_server};
+use stage0_guard::audit;
+use stage0_guard::audit::show::Selection;
+use stage0_guard::config::Config;
+use stage0_guard::policy::Mode;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -152,9 +148,10 @@ async fn run() -> anyhow::Result<()> {
         Err(error) if !error.not_found() => tracing::warn!("ignoring .env: {error}"),
         Err(_) => {}
     }
-    let policy =
-        PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
-    let mode = match policy.mode() {
+    let guard = config
+        .guard()
+        .context("cannot build the Stage0 HTTP client")?;
+    let mode = match guard.mode() {
         Mode::Stage0 => "live Stage0 API",
         Mode::Simulator => "simulator (no STAGE0_API_KEY)",
     };
@@ -167,60 +164,11 @@ async fn run() -> anyhow::Result<()> {
         approvals = ?config.approvals,
         audit_log = %config.audit.path.as_deref().map_or("off".into(), Path::to_string_lossy),
         audit_sync = config.audit.sync,
-        "starting {} {} with the {mode} as policy decision point",
-        mcp_server_stage0::server::SERVER_NAME,
+        "starting {SERVER_NAME} {} with the {mode} as policy decision point",
         env!("CARGO_PKG_VERSION"),
     );
-
-    let audit = config.audit.path.as_deref().map(|path| {
-        // A client may start the server in any folder, so say which file a relative path meant.
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        open_audit_log(&path, config.audit.sync)
-    });
-    let mut guard = Guard::new(policy, config.operator, config.approvals);
-    if let Some(log) = &audit {
-        guard = guard.with_audit(log.clone());
-    }
-    let served = serve(Stage0Server::new(guard), shutdown).await;
-    if let Some(log) = &audit {
-        log.close();
-    }
-    served
-}
-
-/// Opens the audit log; one that cannot be opened still makes a guard, which denies every call
-/// (`AUDIT_UNAVAILABLE`), so the client sees why.
-fn open_audit_log(path: &Path, sync: bool) -> AuditLog {
-    match AuditLog::open(path, sync) {
-        Ok((log, opened)) => {
-            tracing::info!(
-                path = %path.display(),
-                seq = opened.seq,
-                hash = %opened.hash,
-                recovered_torn_line = ?opened.recovered,
-                "audit log open"
-            );
-            log
-        }
-        Err(error) => {
-            tracing::error!(%error, "audit log unavailable: every tool call will be denied");
-            AuditLog::unavailable(path, &error)
-        }
-    }
-}
-
-/// Serves the MCP session on stdio until the client leaves or `shutdown` is cancelled.
-async fn serve(server: Stage0Server, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let service = match server.serve_with_ct(transport::stdio(), shutdown).await {
-        Ok(service) => service,
-        Err(ServerInitializeError::ConnectionClosed(_) | ServerInitializeError::Cancelled) => {
-            tracing::info!("stopped before the client initialised");
-            return Ok(());
-        }
-        Err(error) => return Err(error).context("MCP initialisation failed"),
-    };
-    let reason = service.waiting().await?;
-    tracing::info!(?reason, "stopped");
+    let stop = shutdown.cancelled_owned();
+    stage0_server(guard).serve_stdio(stop).await?;
     Ok(())
 }
 

@@ -1,21 +1,11 @@
-//! The MCP server: lists the six tools and sends every call through the guard.
+//! The server: the six tools of the original, each routed through the guard.
 //!
-//! Each tool method below is a single line that hands the raw arguments to the [`Guard`]; the
-//! guard reads them, asks the policy decision point and runs the tool body only on `ALLOW`. The
-//! `///` comment on each method is the tool's description; the input schema comes from the
-//! argument type in `tools.rs` and the output schema from [`ToolReport`].
+//! This file is the list of tool types and what the server says about itself; everything about a
+//! tool (name, title, description, annotations, schema, intent, body) is on its type in
+//! `tools.rs`, and every route goes through the guard (`stage0_guard::server`).
 
-use std::sync::Arc;
+use stage0_guard::{Guard, GuardedServer};
 
-use rmcp::handler::server::common::{schema_for_input, schema_for_output};
-use rmcp::handler::server::tool::ToolRouter;
-use rmcp::model::{CallToolResult, Implementation, JsonObject, ServerCapabilities, ServerConfig};
-use rmcp::service::RequestContext;
-use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
-use schemars::JsonSchema;
-
-use crate::guard::Guard;
-use crate::report::ToolReport;
 use crate::tools::{
     CheckAuthorization, DeployChanges, ManagedDeploy, PublishContent, ResearchTopic, RetryWorkflow,
 };
@@ -33,135 +23,16 @@ result instead of retrying. \
 Every result carries request_id and policy_version for audit, and structuredContent holds the \
 whole verdict. check-authorization only asks for a verdict and never runs anything.";
 
-/// The guarded MCP server. Cheap to clone: clones share one guard and one tool list.
-#[derive(Debug, Clone)]
-pub struct Stage0Server {
-    guard: Arc<Guard>,
-    tool_router: ToolRouter<Self>,
-}
-
-/// The input schema of a tool's argument type (object-shaped, as MCP requires).
-fn input<T: JsonSchema + 'static>() -> Arc<JsonObject> {
-    schema_for_input::<T>().expect("tool arguments are JSON objects")
-}
-
-#[tool_router]
-impl Stage0Server {
-    /// A server whose every tool call goes through `guard`.
-    pub fn new(guard: Guard) -> Self {
-        Stage0Server {
-            guard: Arc::new(guard),
-            tool_router: Self::tool_router(),
-        }
-    }
-
-    /// Research a topic and return informational summary (LOW RISK - typically ALLOWED)
-    #[tool(
-        name = "research-topic",
-        title = "Research a topic",
-        input_schema = input::<ResearchTopic>(),
-        output_schema = schema_for_output::<ToolReport>(),
-        annotations(read_only_hint = true)
-    )]
-    async fn research_topic(
-        &self,
-        arguments: JsonObject,
-        context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        self.guard
-            .enforce::<ResearchTopic>(arguments, Some(&context))
-            .await
-    }
-
-    /// Publish content to a public channel (HIGH RISK - typically DENIED)
-    #[tool(
-        name = "publish-content",
-        title = "Publish content",
-        input_schema = input::<PublishContent>(),
-        output_schema = schema_for_output::<ToolReport>(),
-        annotations(open_world_hint = true)
-    )]
-    async fn publish_content(
-        &self,
-        arguments: JsonObject,
-        context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        self.guard
-            .enforce::<PublishContent>(arguments, Some(&context))
-            .await
-    }
-
-    /// Deploy changes to an environment. Context-aware: requires appropriate actor_role for production deployments.
-    #[tool(
-        name = "deploy-changes",
-        title = "Deploy changes",
-        input_schema = input::<DeployChanges>(),
-        output_schema = schema_for_output::<ToolReport>(),
-        annotations(destructive_hint = true)
-    )]
-    async fn deploy_changes(
-        &self,
-        arguments: JsonObject,
-        context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        self.guard
-            .enforce::<DeployChanges>(arguments, Some(&context))
-            .await
-    }
-
-    /// Deploy with full authorization context. Demonstrates actor_role, approval_status, environment, and resource_scope usage.
-    #[tool(
-        name = "managed-deploy",
-        title = "Deploy with authorization context",
-        input_schema = input::<ManagedDeploy>(),
-        output_schema = schema_for_output::<ToolReport>(),
-        annotations(destructive_hint = true)
-    )]
-    async fn managed_deploy(
-        &self,
-        arguments: JsonObject,
-        context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        self.guard
-            .enforce::<ManagedDeploy>(arguments, Some(&context))
-            .await
-    }
-
-    /// Retry a failing workflow (MEDIUM RISK - may DEFER if loop threshold exceeded)
-    #[tool(
-        name = "retry-workflow",
-        title = "Retry a workflow",
-        input_schema = input::<RetryWorkflow>(),
-        output_schema = schema_for_output::<ToolReport>()
-    )]
-    async fn retry_workflow(
-        &self,
-        arguments: JsonObject,
-        context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        self.guard
-            .enforce::<RetryWorkflow>(arguments, Some(&context))
-            .await
-    }
-
-    /// Check if an action would be authorized by Stage0 (does NOT execute the action)
-    #[tool(
-        name = "check-authorization",
-        title = "Check authorization",
-        input_schema = input::<CheckAuthorization>(),
-        output_schema = schema_for_output::<ToolReport>(),
-        annotations(read_only_hint = true)
-    )]
-    async fn check_authorization(&self, arguments: JsonObject) -> CallToolResult {
-        self.guard.report::<CheckAuthorization>(arguments).await
-    }
-}
-
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for Stage0Server {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
-    }
+/// The guarded MCP server with the six tools, every call checked by `guard`.
+pub fn stage0_server(guard: Guard) -> GuardedServer {
+    GuardedServer::builder(guard)
+        .named(SERVER_NAME, env!("CARGO_PKG_VERSION"))
+        .instructions(INSTRUCTIONS)
+        .tool::<ResearchTopic>()
+        .tool::<PublishContent>()
+        .tool::<DeployChanges>()
+        .tool::<ManagedDeploy>()
+        .tool::<RetryWorkflow>()
+        .report::<CheckAuthorization>()
+        .build()
 }

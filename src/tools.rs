@@ -1,19 +1,21 @@
 //! The six tools: their arguments, the execution intent each one sends, and the stand-in actions.
 //!
 //! Names, argument names and intents are the public contract of the TypeScript original
-//! (SPEC §2). The actions are stand-ins: nothing is really published, deployed or retried, and
+//! (`docs/contract.md`). The actions are stand-ins: nothing is really published, deployed or retried, and
 //! their output says so. Each action takes a [`Permit`], which only the guard can make, so no
 //! action can run without an `ALLOW` (see `guard.rs`). Doc comments on the argument fields become
 //! the descriptions in each tool's input schema.
 
+use std::convert::Infallible;
+
+use rmcp::model::ToolAnnotations;
 use schemars::JsonSchema;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Number, Value};
 
-use crate::claims::{ActorRole, ApprovalStatus, Claim};
-use crate::guard::{GuardedTool, Permit, ToolIntent};
-use crate::stage0::wire::Intent;
+use stage0_guard::claims::{ActorRole, ApprovalStatus, Claim};
+use stage0_guard::{GuardedTool, Intent, Permit, ToolIntent, ToolOutput};
 
 /// Where `deploy-changes` deploys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -165,6 +167,13 @@ fn context<const N: usize>(entries: [(&str, Value); N]) -> Map<String, Value> {
 
 impl ToolIntent for ResearchTopic {
     const NAME: &'static str = "research-topic";
+    const TITLE: &'static str = "Research a topic";
+    const DESCRIPTION: &'static str =
+        "Research a topic and return informational summary (LOW RISK - typically ALLOWED)";
+
+    fn annotations() -> Option<ToolAnnotations> {
+        Some(ToolAnnotations::new().read_only(true))
+    }
 
     fn intent(&self) -> Intent {
         Intent {
@@ -182,19 +191,28 @@ impl ToolIntent for ResearchTopic {
 }
 
 impl GuardedTool for ResearchTopic {
-    async fn run(self, _permit: Permit) -> Result<String, String> {
+    type Error = Infallible;
+
+    async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
         let topic = self.topic;
-        Ok(format!(
+        Ok(ToolOutput::text(format!(
             "Research Summary: {topic}\n\nThis is an informational summary about {topic}.\n\n\
              Key findings:\n- Point 1: Overview of the topic\n- Point 2: Key considerations\n\
              - Point 3: Common approaches\n\nThis research is for informational purposes only.\n\
              (Stand-in action: no search was run.)"
-        ))
+        )))
     }
 }
 
 impl ToolIntent for PublishContent {
     const NAME: &'static str = "publish-content";
+    const TITLE: &'static str = "Publish content";
+    const DESCRIPTION: &'static str =
+        "Publish content to a public channel (HIGH RISK - typically DENIED)";
+
+    fn annotations() -> Option<ToolAnnotations> {
+        Some(ToolAnnotations::new().open_world(true))
+    }
 
     fn intent(&self) -> Intent {
         Intent {
@@ -209,16 +227,18 @@ impl ToolIntent for PublishContent {
 }
 
 impl GuardedTool for PublishContent {
-    async fn run(self, _permit: Permit) -> Result<String, String> {
+    type Error = Infallible;
+
+    async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
         const PREVIEW_CHARS: usize = 200;
         let mut preview: String = self.content.chars().take(PREVIEW_CHARS).collect();
         if self.content.chars().nth(PREVIEW_CHARS).is_some() {
             preview.push_str("...");
         }
-        Ok(format!(
+        Ok(ToolOutput::text(format!(
             "Content published to {}:\n\n{preview}\n\n(Stand-in action: nothing was really published.)",
             self.channel
-        ))
+        )))
     }
 }
 
@@ -230,8 +250,14 @@ impl DeployChanges {
 
 impl ToolIntent for DeployChanges {
     const NAME: &'static str = "deploy-changes";
+    const TITLE: &'static str = "Deploy changes";
+    const DESCRIPTION: &'static str = "Deploy changes to an environment. Context-aware: requires appropriate actor_role for production deployments.";
 
-    /// A missing role is a claim of `viewer` (SPEC §2).
+    fn annotations() -> Option<ToolAnnotations> {
+        Some(ToolAnnotations::new().destructive(true))
+    }
+
+    /// A missing role is a claim of `viewer` (`docs/contract.md`).
     fn claims(&mut self) -> Vec<Claim<'_>> {
         vec![Claim::ActorRole(
             self.actor_role.get_or_insert(ActorRole::Viewer),
@@ -258,15 +284,17 @@ impl ToolIntent for DeployChanges {
 }
 
 impl GuardedTool for DeployChanges {
-    async fn run(self, _permit: Permit) -> Result<String, String> {
-        Ok(format!(
+    type Error = Infallible;
+
+    async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
+        Ok(ToolOutput::text(format!(
             "Deployment initiated:\n- Service: {}\n- Environment: {}\n- Changes: {}\n\
              - Actor Role: {}\n\n(Stand-in action: nothing was really deployed.)",
             self.service_name,
             self.environment.as_str(),
             self.changes,
             self.role().as_str()
-        ))
+        )))
     }
 }
 
@@ -278,6 +306,12 @@ impl ManagedDeploy {
 
 impl ToolIntent for ManagedDeploy {
     const NAME: &'static str = "managed-deploy";
+    const TITLE: &'static str = "Deploy with authorization context";
+    const DESCRIPTION: &'static str = "Deploy with full authorization context. Demonstrates actor_role, approval_status, environment, and resource_scope usage.";
+
+    fn annotations() -> Option<ToolAnnotations> {
+        Some(ToolAnnotations::new().destructive(true))
+    }
 
     fn claims(&mut self) -> Vec<Claim<'_>> {
         vec![
@@ -322,21 +356,23 @@ impl ToolIntent for ManagedDeploy {
 }
 
 impl GuardedTool for ManagedDeploy {
-    async fn run(self, _permit: Permit) -> Result<String, String> {
+    type Error = Infallible;
+
+    async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
         let (role, approval, environment, scope) = (
             self.actor_role.as_str(),
             self.approval_status.as_str(),
             self.environment.as_str(),
             self.scope(),
         );
-        Ok(format!(
+        Ok(ToolOutput::text(format!(
             "Deployment Details:\n- Service: {}\n- Environment: {environment}\n- Changes: {}\n\
              - Actor Role: {role}\n- Approval Status: {approval}\n- Resource Scope: {scope}\n\n\
              Authorization Context Used:\n- actor_role: {role}\n- approval_status: {approval}\n\
              - environment: {environment}\n- resource_scope: {scope}\n\n\
              (Stand-in action: nothing was really deployed.)",
             self.service_name, self.changes
-        ))
+        )))
     }
 }
 
@@ -349,6 +385,9 @@ impl RetryWorkflow {
 
 impl ToolIntent for RetryWorkflow {
     const NAME: &'static str = "retry-workflow";
+    const TITLE: &'static str = "Retry a workflow";
+    const DESCRIPTION: &'static str =
+        "Retry a failing workflow (MEDIUM RISK - may DEFER if loop threshold exceeded)";
 
     fn claims(&mut self) -> Vec<Claim<'_>> {
         vec![Claim::RetryCount {
@@ -377,19 +416,28 @@ impl ToolIntent for RetryWorkflow {
 }
 
 impl GuardedTool for RetryWorkflow {
-    async fn run(self, _permit: Permit) -> Result<String, String> {
-        Ok(format!(
+    type Error = Infallible;
+
+    async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
+        Ok(ToolOutput::text(format!(
             "Workflow {} retried successfully.\nTotal attempts: {}\n\n\
              (Stand-in action: no workflow was really retried.)",
             self.workflow_id,
             self.attempt()
-        ))
+        )))
     }
 }
 
 /// `check-authorization` only asks; it has no action, so it is a [`ToolIntent`] and nothing more.
 impl ToolIntent for CheckAuthorization {
     const NAME: &'static str = "check-authorization";
+    const TITLE: &'static str = "Check authorization";
+    const DESCRIPTION: &'static str =
+        "Check if an action would be authorized by Stage0 (does NOT execute the action)";
+
+    fn annotations() -> Option<ToolAnnotations> {
+        Some(ToolAnnotations::new().read_only(true))
+    }
 
     fn intent(&self) -> Intent {
         let mut context = Map::new();

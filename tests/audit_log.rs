@@ -21,9 +21,9 @@ use common::{
     BIN, Outcome, RawServer, SECRET_KEY, STAND_IN, Session, audit_records, bounded, live_env,
 };
 use fake_stage0::{FakeStage0, Reply};
-use mcp_server_stage0::audit::chain::{self, GENESIS};
-use mcp_server_stage0::audit::verify::{self, Verified};
 use serde_json::{Map, Value, json};
+use stage0_guard::audit::chain::{self, GENESIS};
+use stage0_guard::audit::verify::{self, Verified};
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 

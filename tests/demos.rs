@@ -36,7 +36,7 @@ fn run_demo(binary: &str, expected: &[&str]) -> String {
         stdout.contains(&format!("audit log {}", log.display())),
         "{stdout}"
     );
-    let verified = mcp_server_stage0::audit::verify::verify_file(&log)
+    let verified = stage0_guard::audit::verify::verify_file(&log)
         .expect("the audit log is readable")
         .expect("the audit log verifies");
     assert!(verified.records >= 2, "{verified:?}");

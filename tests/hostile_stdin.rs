@@ -13,8 +13,8 @@
 mod common;
 
 use common::{Exit, RawServer};
-use mcp_server_stage0::transport::MAX_MESSAGE_BYTES;
 use serde_json::{Value, json};
+use stage0_guard::transport::MAX_MESSAGE_BYTES;
 
 /// The most resident memory the server may ever have used, in KiB (64 MiB).
 const MEMORY_BOUND_KIB: u64 = 64 * 1024;

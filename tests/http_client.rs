@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mcp_server_stage0::config::Config;
-use mcp_server_stage0::stage0::http::{HttpPolicyClient, MAX_BODY_BYTES};
-use mcp_server_stage0::stage0::wire::{Decision, Intent, PolicyResponse, Verdict};
 use serde_json::{Map, Value, json};
+use stage0_guard::config::Config;
+use stage0_guard::policy::http::{HttpPolicyClient, MAX_BODY_BYTES};
+use stage0_guard::policy::wire::{Decision, Intent, PolicyResponse, Verdict};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -26,7 +26,12 @@ fn client(base_url: &str, timeout_ms: u64) -> HttpPolicyClient {
         _ => None,
     })
     .unwrap();
-    HttpPolicyClient::new(&config, config.api_key.clone().unwrap()).unwrap()
+    HttpPolicyClient::new(
+        &config.base_url,
+        config.timeout,
+        config.api_key.clone().unwrap(),
+    )
+    .unwrap()
 }
 
 fn intent(goal: &str) -> Intent {

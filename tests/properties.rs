@@ -23,19 +23,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fake_stage0::{Exchange, FakeStage0, Fate, Reply};
-use mcp_server_stage0::approval::Approvals;
-use mcp_server_stage0::claims::Operator;
-use mcp_server_stage0::config::Config;
-use mcp_server_stage0::guard::{Guard, GuardedTool, Permit, ToolIntent};
-use mcp_server_stage0::stage0::PolicyClient;
-use mcp_server_stage0::stage0::http::HttpPolicyClient;
-use mcp_server_stage0::stage0::simulator::{POLICY_VERSION, simulate};
-use mcp_server_stage0::stage0::wire::{Decision, Intent, PolicyResponse, Verdict};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use stage0_guard::approval::Approvals;
+use stage0_guard::claims::Operator;
+use stage0_guard::config::Config;
+use stage0_guard::guard::{Guard, GuardedTool, Permit, ToolIntent, ToolOutput};
+use stage0_guard::policy::PolicyClient;
+use stage0_guard::policy::simulator::{POLICY_VERSION, simulate};
+use stage0_guard::policy::wire::{Decision, Intent, PolicyResponse, Verdict};
 
 // ---------------------------------------------------------------------------------------------
 // Generators
@@ -442,8 +441,7 @@ fn live_client(base_url: &str) -> PolicyClient {
         _ => None,
     })
     .expect("a valid configuration");
-    let key = config.api_key.clone().expect("a key");
-    PolicyClient::Live(HttpPolicyClient::new(&config, key).expect("an HTTP client"))
+    config.policy().expect("an HTTP client")
 }
 
 /// Whether the fake's answer to `exchange` was a well-formed `ALLOW`.
@@ -553,13 +551,15 @@ fn only_a_well_formed_allow_over_http_is_an_allow() {
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// A tool defined by the test, whose body only counts that it ran.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct Counted {
     case: u64,
 }
 
 impl ToolIntent for Counted {
     const NAME: &'static str = "counted";
+    const TITLE: &'static str = "A test tool";
+    const DESCRIPTION: &'static str = "Exists only in tests.";
 
     fn intent(&self) -> Intent {
         Intent {
@@ -574,9 +574,11 @@ impl ToolIntent for Counted {
 }
 
 impl GuardedTool for Counted {
-    async fn run(self, _permit: Permit) -> Result<String, String> {
+    type Error = std::convert::Infallible;
+
+    async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Self::Error> {
         RUNS.fetch_add(1, Ordering::SeqCst);
-        Ok(format!("counted case {}", self.case))
+        Ok(ToolOutput::text(format!("counted case {}", self.case)))
     }
 }
 

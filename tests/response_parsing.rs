@@ -2,8 +2,8 @@
 //!
 //! One test per fallback of the parser, so each can fail on its own.
 
-use mcp_server_stage0::stage0::wire::{Decision, PolicyResponse, Verdict, error_message};
 use serde_json::{Value, json};
+use stage0_guard::policy::wire::{Decision, PolicyResponse, Verdict, error_message};
 
 const SENT: &str = "sent-id";
 

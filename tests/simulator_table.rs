@@ -4,9 +4,9 @@
 //! expected reason code, risk score, `high_risk`, issue codes and questions are checked for every
 //! row, so a changed rule, a changed order or a moved boundary fails a named case.
 
-use mcp_server_stage0::stage0::simulator::{POLICY_VERSION, simulate};
-use mcp_server_stage0::stage0::wire::{Decision, Intent, PolicyResponse, Verdict};
 use serde_json::{Map, Value, json};
+use stage0_guard::policy::simulator::{POLICY_VERSION, simulate};
+use stage0_guard::policy::wire::{Decision, Intent, PolicyResponse, Verdict};
 
 /// Which questions a verdict must carry.
 #[derive(Debug, Clone, Copy, PartialEq)]

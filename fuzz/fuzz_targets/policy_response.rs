@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_server_stage0::stage0::wire::{PolicyResponse, Verdict};
+use stage0_guard::policy::wire::{PolicyResponse, Verdict};
 use serde_json::Value;
 
 const SENT: &str = "fuzz-sent-request-id";

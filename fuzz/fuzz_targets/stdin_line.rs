@@ -12,12 +12,12 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mcp_server_stage0::approval::Approvals;
-use mcp_server_stage0::claims::Operator;
-use mcp_server_stage0::guard::Guard;
-use mcp_server_stage0::server::Stage0Server;
-use mcp_server_stage0::stage0::PolicyClient;
-use mcp_server_stage0::transport;
+use stage0_guard::approval::Approvals;
+use stage0_guard::claims::Operator;
+use stage0_guard::guard::Guard;
+use mcp_server_stage0::server::stage0_server;
+use stage0_guard::policy::PolicyClient;
+use stage0_guard::transport;
 use rmcp::ServiceExt as _;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -54,7 +54,7 @@ async fn session(initialize_first: bool, line: &[u8]) {
             Operator::default(),
             Approvals::default(),
         );
-        if let Ok(service) = Stage0Server::new(guard)
+        if let Ok(service) = stage0_server(guard)
             .serve(transport::bounded(server_read, server_write))
             .await
         {

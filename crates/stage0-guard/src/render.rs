@@ -11,8 +11,36 @@ use serde::Serialize;
 
 use crate::approval::ApprovalReport;
 use crate::claims::Provenance;
-use crate::stage0::Mode;
-use crate::stage0::wire::{Intent, PolicyResponse, Verdict};
+use crate::policy::Mode;
+use crate::policy::wire::{Intent, PolicyResponse, Verdict};
+
+/// What a tool body returns: text for people and models, and, optionally, structured data for
+/// clients (`structuredContent.data` of the result).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutput {
+    /// Shown after the verdict in the result's text content, and as `structuredContent.output`.
+    pub text: String,
+    /// Any JSON value, as `structuredContent.data`; `None` leaves the field out.
+    pub data: Option<serde_json::Value>,
+}
+
+impl ToolOutput {
+    /// Text only.
+    pub fn text(text: impl Into<String>) -> Self {
+        ToolOutput {
+            text: text.into(),
+            data: None,
+        }
+    }
+
+    /// The same output with `data` as its structured part.
+    pub fn with_data(self, data: serde_json::Value) -> Self {
+        ToolOutput {
+            data: Some(data),
+            ..self
+        }
+    }
+}
 
 /// Everything the guard knows about a call once it has its final verdict.
 #[derive(Debug)]
@@ -52,6 +80,10 @@ pub struct ToolReport {
     /// What the tool body returned, when it ran and succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The structured part of what the tool body returned, when it ran, succeeded and returned
+    /// one (`ToolOutput::data`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
     /// Why the tool body failed, when it ran and failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -64,7 +96,7 @@ pub fn blocked(checked: Checked) -> CallToolResult {
         Verdict::Defer => format!("⏸️ DEFERRED by Stage0\n\nReason: {}\n\n", policy.reason),
         _ => format!("⛔ BLOCKED by Stage0\n\nReason: {}\n\n", policy.reason),
     };
-    let questions = questions(policy);
+    let questions = policy.questions();
     if policy.verdict == Verdict::Defer && !questions.is_empty() {
         text.push_str("Questions:\n");
         for question in questions {
@@ -77,14 +109,17 @@ pub fn blocked(checked: Checked) -> CallToolResult {
     result(text, ToolReport::new(checked, None, None), true)
 }
 
-/// The result of a call that ran after `ALLOW`; `isError: true` when the body failed.
-pub fn executed(checked: Checked, outcome: Result<String, String>) -> CallToolResult {
+/// The result of a call that ran after `ALLOW`; `isError: true` when the body failed (`outcome`
+/// is then the error's text).
+pub fn executed(checked: Checked, outcome: Result<ToolOutput, String>) -> CallToolResult {
     let notes = context_notes(&checked);
     let ids = ids(&checked.policy);
     match outcome {
-        Ok(output) => {
+        Ok(ToolOutput { text: output, data }) => {
             let text = format!("✅ ALLOWED by Stage0\n\n{notes}{ids}\n\n---\n\n{output}");
-            result(text, ToolReport::new(checked, Some(output), None), false)
+            let mut report = ToolReport::new(checked, Some(output), None);
+            report.data = data;
+            result(text, report, false)
         }
         Err(error) => {
             let text = format!("❌ ERROR during execution\n\nError: {error}\n\n{notes}{ids}");
@@ -123,7 +158,7 @@ pub fn reported(checked: Checked, intent: &Intent) -> CallToolResult {
         optional(policy.risk_score.as_ref().map(ToString::to_string)),
         optional(policy.high_risk.map(|h| h.to_string())),
     ));
-    let questions = questions(policy);
+    let questions = policy.questions();
     if !questions.is_empty() {
         text.push_str("\n\nQuestions:");
         for question in questions {
@@ -146,15 +181,6 @@ pub fn invalid_arguments(tool: &str, problem: &str) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(format!(
         "invalid arguments for `{tool}`: {problem}"
     ))])
-}
-
-/// `defer_questions` when there are any, else `clarifying_questions`, as the original shows them.
-pub fn questions(policy: &PolicyResponse) -> &[String] {
-    if policy.defer_questions.is_empty() {
-        &policy.clarifying_questions
-    } else {
-        &policy.defer_questions
-    }
 }
 
 /// The paragraphs on the server-vouched context and the human review, each ending in a blank line;
@@ -193,6 +219,7 @@ impl ToolReport {
             provenance: checked.provenance,
             approval: checked.approval,
             output,
+            data: None,
             error,
         }
     }

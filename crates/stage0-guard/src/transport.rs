@@ -223,7 +223,7 @@ mod tests {
     impl Client {
         fn start() -> Client {
             use crate::{approval::Approvals, claims::Operator, guard::Guard};
-            use crate::{server::Stage0Server, stage0::PolicyClient};
+            use crate::{policy::PolicyClient, server::GuardedServer};
             use rmcp::ServiceExt;
             let (client_write, server_read) = tokio::io::duplex(64 * 1024);
             let (server_write, client_read) = tokio::io::duplex(64 * 1024);
@@ -233,7 +233,8 @@ mod tests {
                     Operator::default(),
                     Approvals::default(),
                 );
-                match Stage0Server::new(guard)
+                match GuardedServer::builder(guard)
+                    .build()
                     .serve(bounded(server_read, server_write))
                     .await
                 {

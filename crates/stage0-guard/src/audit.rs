@@ -32,14 +32,25 @@ use uuid::Uuid;
 
 use crate::approval::{ApprovalOutcome, ApprovalReport};
 use crate::claims::Provenance;
-use crate::config::AuditConfig;
 use crate::ledger::AttemptLedger;
-use crate::stage0::Mode;
-use crate::stage0::wire::{Intent, Issue, PolicyResponse};
+use crate::policy::Mode;
+use crate::policy::wire::{Intent, Issue, PolicyResponse};
 use record::{Event, Status};
 use writer::{Message, Writer};
 
 pub use writer::Torn;
+
+/// Where the audit log goes and how durably it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// `STAGE0_AUDIT_LOG`: the JSON Lines file; `None` for `off`. When the variable is not set,
+    /// [`default_path`], in the user's state folder.
+    pub path: Option<PathBuf>,
+    /// `STAGE0_AUDIT_SYNC` (`on` | `off`, default `on`): fsync every batch of records before a
+    /// tool body runs. `off` keeps the records through a killed process but not through a power
+    /// loss or an operating-system crash.
+    pub sync: bool,
+}
 
 /// The issue code of the `DENY` a call gets when its decision record cannot be written.
 pub const AUDIT_UNAVAILABLE: &str = "AUDIT_UNAVAILABLE";
@@ -157,22 +168,6 @@ impl AuditLog {
         };
         Ok((AuditLog::with_state(path, ledger, state), opened))
     }
-
-    /// The log `config` asks for (`STAGE0_AUDIT_LOG`, `STAGE0_AUDIT_SYNC`), opened; `None` when
-    /// auditing is off.
-    ///
-    /// # Errors
-    ///
-    /// As [`AuditLog::open`]. (The server binary does not stop then: it denies every call with
-    /// [`AuditLog::unavailable`], so the client sees why.)
-    pub fn from_config(config: &AuditConfig) -> Result<Option<AuditLog>, AuditError> {
-        config
-            .path
-            .as_deref()
-            .map(|path| AuditLog::open(path, config.sync).map(|(log, _)| log))
-            .transpose()
-    }
-
     /// A log that could not be opened: every call is failed closed with `error` as the reason.
     pub fn unavailable(path: &Path, error: &AuditError) -> AuditLog {
         let state = State::Unavailable(Unavailable::new(error.to_string()));

@@ -42,7 +42,6 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::wire::{BodyError, CheckBody, Intent, PolicyResponse, error_message};
-use crate::config::{ApiKey, Config};
 
 /// The largest `/check` response body read, in bytes (1 MiB); a larger one is `DENY` / `ERROR`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -51,6 +50,29 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// transient failure to be retried. Less than that is too little for a second exchange with a
 /// remote authority to have a fair chance, so the check fails closed at once instead.
 pub const MIN_RETRY_BUDGET: Duration = Duration::from_millis(50);
+
+/// A Stage0 API key, sent in the `x-api-key` header. Its `Debug` never shows it; only
+/// [`ApiKey::expose`] does.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key; the caller has checked it is not empty.
+    pub fn new(key: String) -> Self {
+        ApiKey(key)
+    }
+
+    /// The key itself, for the `x-api-key` header and nowhere else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
 
 /// A client of the Stage0 `/check` API.
 #[derive(Debug, Clone)]
@@ -73,23 +95,24 @@ enum ExchangeError {
 }
 
 impl HttpPolicyClient {
-    /// A client for `config.base_url` that sends `api_key` and gives up after `config.timeout`.
+    /// A client that POSTs to `{base_url}/check` with `api_key` in `x-api-key` and gives up on a
+    /// whole check (retry included) after `timeout`.
     ///
     /// # Errors
     ///
     /// The `reqwest` error when the HTTP client cannot be built (no TLS roots, for instance).
-    pub fn new(config: &Config, api_key: ApiKey) -> Result<Self, reqwest::Error> {
+    pub fn new(base_url: &Url, timeout: Duration, api_key: ApiKey) -> Result<Self, reqwest::Error> {
         let client = Client::builder()
             .user_agent(concat!("mcp-server-stage0/", env!("CARGO_PKG_VERSION")))
             .redirect(redirect::Policy::none())
             .build()?;
-        let base = config.base_url.as_str().trim_end_matches('/');
+        let base = base_url.as_str().trim_end_matches('/');
         let check_url = Url::parse(&format!("{base}/check")).expect("a valid base URL plus a path");
         Ok(HttpPolicyClient {
             client,
             check_url,
             api_key,
-            timeout: config.timeout,
+            timeout,
         })
     }
 

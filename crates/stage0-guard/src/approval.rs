@@ -23,8 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::claims::Operator;
-use crate::report;
-use crate::stage0::wire::{Intent, PolicyResponse};
+use crate::policy::wire::{Intent, PolicyResponse};
 
 /// How long the guard waits for a human's answer when `STAGE0_APPROVAL_TIMEOUT_S` is not set,
 /// in seconds.
@@ -248,7 +247,7 @@ fn message(tool: &str, intent: &Intent, deferred: &PolicyResponse) -> String {
         "Stage0 deferred a call of `{tool}` for human review.\n\nGoal: {}\nReason: {}\n",
         intent.goal, deferred.reason
     );
-    let questions = report::questions(deferred);
+    let questions = deferred.questions();
     if !questions.is_empty() {
         message.push_str("\nQuestions:\n");
         for question in questions {

@@ -3,42 +3,23 @@
 //! Library code never reads `std::env`: [`Config::from_lookup`] takes a lookup function, so
 //! tests pass a map and the binary passes `std::env::var`. Variables and defaults follow SPEC §5.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
 
 use crate::approval::{Approvals, DEFAULT_APPROVAL_TIMEOUT_S};
+use crate::audit::{self, AuditConfig, AuditLog};
 use crate::claims::{ActorRole, Operator};
+use crate::guard::Guard;
+use crate::policy::PolicyClient;
+use crate::policy::http::{ApiKey, HttpPolicyClient};
 
 /// The Stage0 API used when `STAGE0_BASE_URL` is not set.
 pub const DEFAULT_BASE_URL: &str = "https://api.signalpulse.org";
 
 /// The whole-request bound of one `/check` when `STAGE0_TIMEOUT_MS` is not set, in milliseconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
-
-/// A Stage0 API key. Its `Debug` and `Display` never show it; only [`ApiKey::expose`] does.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// Wraps a key; the caller has checked it is not empty.
-    pub fn new(key: String) -> Self {
-        ApiKey(key)
-    }
-
-    /// The key itself, for the `x-api-key` header and nowhere else.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
 
 /// Everything the server reads from its environment.
 #[derive(Debug, Clone)]
@@ -60,18 +41,6 @@ pub struct Config {
     pub approvals: Approvals,
     /// `STAGE0_AUDIT_LOG` and `STAGE0_AUDIT_SYNC`: where and how durably to keep the audit log.
     pub audit: AuditConfig,
-}
-
-/// Where the audit log goes and how durably it is written (see `audit.rs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditConfig {
-    /// `STAGE0_AUDIT_LOG`: the JSON Lines file; `None` for `off`. When the variable is not set,
-    /// [`audit::default_path`](crate::audit::default_path), in the user's state folder.
-    pub path: Option<PathBuf>,
-    /// `STAGE0_AUDIT_SYNC` (`on` | `off`, default `on`): fsync every batch of records before a
-    /// tool body runs. `off` keeps the records through a killed process but not through a power
-    /// loss or an operating-system crash.
-    pub sync: bool,
 }
 
 /// Why the configuration cannot be used; the server refuses to start with it.
@@ -158,7 +127,7 @@ impl Config {
         let path = match set("STAGE0_AUDIT_LOG") {
             Some(off) if off == "off" => None,
             Some(path) => Some(PathBuf::from(path)),
-            None => Some(crate::audit::default_path().ok_or(ConfigError::NoAuditLogPath)?),
+            None => Some(audit::default_path().ok_or(ConfigError::NoAuditLogPath)?),
         };
         let sync = match set("STAGE0_AUDIT_SYNC").as_deref() {
             None | Some("on") => true,
@@ -178,6 +147,69 @@ impl Config {
             approvals,
             audit: AuditConfig { path, sync },
         })
+    }
+}
+
+impl Config {
+    /// The policy decision point this configuration selects: Stage0 at
+    /// [`base_url`](Config::base_url) when there is an API key, the simulator otherwise. There is
+    /// no fallback from one to the other.
+    ///
+    /// # Errors
+    ///
+    /// The `reqwest` error when the HTTP client for Stage0 cannot be built.
+    pub fn policy(&self) -> Result<PolicyClient, reqwest::Error> {
+        Ok(match &self.api_key {
+            Some(key) => PolicyClient::Live(HttpPolicyClient::new(
+                &self.base_url,
+                self.timeout,
+                key.clone(),
+            )?),
+            None => PolicyClient::Simulator,
+        })
+    }
+
+    /// The guard this configuration describes: the one setup path of the server binary, its
+    /// demos and any server built on this crate. It asks [`policy`](Config::policy), vouches
+    /// for claims with [`operator`](Config::operator), asks a human as
+    /// [`approvals`](Config::approvals) says, and records in the audit log at `audit.path`
+    /// (made absolute, since a client may start the server in any folder).
+    ///
+    /// An audit log that cannot be opened does not fail the setup: the error is logged and the
+    /// guard denies every call (`DENY` / `AUDIT_UNAVAILABLE`), so the client sees why. That is
+    /// failing closed, and the same for every server built here.
+    ///
+    /// # Errors
+    ///
+    /// The `reqwest` error when the HTTP client for Stage0 cannot be built.
+    pub fn guard(&self) -> Result<Guard, reqwest::Error> {
+        let guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals);
+        Ok(match &self.audit.path {
+            Some(path) => guard.with_audit(open_audit_log(path, self.audit.sync)),
+            None => guard,
+        })
+    }
+}
+
+/// Opens the audit log at `path` (made absolute), or makes the unavailable log that fails every
+/// call closed when it cannot be opened.
+fn open_audit_log(path: &std::path::Path, sync: bool) -> AuditLog {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match AuditLog::open(&path, sync) {
+        Ok((log, opened)) => {
+            tracing::info!(
+                path = %path.display(),
+                seq = opened.seq,
+                hash = %opened.hash,
+                recovered_torn_line = ?opened.recovered,
+                "audit log open"
+            );
+            log
+        }
+        Err(error) => {
+            tracing::error!(%error, "audit log unavailable: every tool call will be denied");
+            AuditLog::unavailable(&path, &error)
+        }
     }
 }
 
@@ -209,7 +241,7 @@ mod tests {
                 timeout: Duration::from_secs(300)
             }
         );
-        assert_eq!(config.audit.path, crate::audit::default_path());
+        assert_eq!(config.audit.path, audit::default_path());
         assert!(config.audit.path.unwrap().ends_with("audit.jsonl"));
         assert!(config.audit.sync);
     }

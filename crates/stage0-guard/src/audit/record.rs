@@ -18,8 +18,8 @@ use serde_json::{Map, Number, Value};
 
 use crate::approval::{ApprovalOutcome, HumanApproval};
 use crate::claims::Provenance;
-use crate::stage0::Mode;
-use crate::stage0::wire::{self, Verdict};
+use crate::policy::Mode;
+use crate::policy::wire::{self, Verdict};
 
 /// One event of the audit log; `kind` is the variant's name in snake case.
 #[derive(Debug, Serialize)]

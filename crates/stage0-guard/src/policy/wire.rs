@@ -15,7 +15,7 @@ use serde_json::{Map, Number, Value};
 ///
 /// Serialised as the body of `POST /check` (plus `pro: false`, see [`CheckBody`]). Field names
 /// follow the Stage0 `/check` API.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Intent {
     /// What the action is for, in one sentence (`Deploy api to production`).
     pub goal: String,
@@ -190,6 +190,16 @@ pub struct PolicyResponse {
 }
 
 impl PolicyResponse {
+    /// `defer_questions` when there are any, else `clarifying_questions`, as the original shows
+    /// them to people.
+    pub fn questions(&self) -> &[String] {
+        if self.defer_questions.is_empty() {
+            &self.clarifying_questions
+        } else {
+            &self.defer_questions
+        }
+    }
+
     /// A bare verdict with every optional field empty: the base of every response we build.
     pub fn new(verdict: Verdict, decision: Decision, reason: String, request_id: String) -> Self {
         PolicyResponse {

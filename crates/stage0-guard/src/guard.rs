@@ -13,51 +13,51 @@
 //! makes one in a single place: right after the verdict was `ALLOW`. Code elsewhere that tries to
 //! run a tool body without the guard does not compile.
 
+mod tool;
+
 use std::borrow::Cow;
-use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
 use rmcp::model::{CallToolResult, JsonObject};
 use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer};
-use serde::de::DeserializeOwned;
 
 use crate::approval::{self, ApprovalReport, Approvals};
 use crate::audit::record::Status;
 use crate::audit::{self, AuditLog, CallTrail};
-use crate::claims::{ApprovalStatus, Claim, Operator, Provenance};
+use crate::claims::{ApprovalStatus, Operator, Provenance};
 use crate::ledger::AttemptLedger;
-use crate::report::{self, Checked};
-use crate::stage0::wire::{Intent, PolicyResponse, Verdict};
-use crate::stage0::{Mode, PolicyClient};
+use crate::policy::wire::{Intent, PolicyResponse, Verdict};
+use crate::policy::{Mode, PolicyClient};
+use crate::render::{self, Checked};
 
-/// Proof that the policy decision point answered `ALLOW` for this call. Only the guard makes one.
+pub use crate::render::ToolOutput;
+pub use tool::{GuardedTool, ToolIntent};
+
+/// Proof that the policy decision point answered `ALLOW` for this call of tool `T`. Only the
+/// guard makes one, and a permit for one tool cannot run another tool's body:
+///
+/// ```compile_fail,E0308
+/// # use stage0_guard::guard::{GuardedTool, Permit};
+/// /// Runs `other`'s body with a permit issued for a call of `T`.
+/// async fn run_with_a_borrowed_permit<T: GuardedTool, U: GuardedTool>(permit: Permit<T>, other: U) {
+///     let _ = other.run(permit).await;
+/// }
+/// ```
+///
+/// Only the matching tool's body takes it:
+///
+/// ```
+/// # use stage0_guard::guard::{GuardedTool, Permit};
+/// async fn run_with_its_own_permit<T: GuardedTool>(permit: Permit<T>, call: T) {
+///     let _ = call.run(permit).await;
+/// }
+/// ```
 #[derive(Debug)]
-pub struct Permit(());
-
-/// A tool call that can be put to the policy decision point as an execution intent.
-pub trait ToolIntent: DeserializeOwned + Send + 'static {
-    /// The MCP tool name, e.g. `deploy-changes`.
-    const NAME: &'static str;
-
-    /// The execution intent this call asks to be authorised (SPEC §2 gives each tool's).
-    ///
-    /// Called after the guard replaced the [`claims`](ToolIntent::claims) with vouched values.
-    fn intent(&self) -> Intent;
-
-    /// The arguments the agent asserts but cannot vouch for (retry count, role, approval); the
-    /// guard overwrites each in place before it calls [`intent`](ToolIntent::intent) (see
-    /// `claims.rs`). Most tools claim nothing.
-    fn claims(&mut self) -> Vec<Claim<'_>> {
-        Vec::new()
-    }
-}
-
-/// A tool with a body; the body can only be run with a [`Permit`], that is, after `ALLOW`.
-pub trait GuardedTool: ToolIntent {
-    /// Runs the tool body. `Ok` is the text shown to the client; `Err` says why it failed.
-    fn run(self, permit: Permit) -> impl Future<Output = Result<String, String>> + Send;
+pub struct Permit<T> {
+    call: PhantomData<fn() -> T>,
 }
 
 /// The policy enforcement point shared by every tool of the server.
@@ -92,6 +92,11 @@ impl Guard {
             audit: Some(audit),
             ..self
         }
+    }
+
+    /// The audit log this guard records in, if any.
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
     }
 
     /// Which policy decision point this guard asks.
@@ -136,7 +141,7 @@ impl Guard {
         };
         let Some((policy, approval)) = decided else {
             trail.outcome(None, Status::Cancelled, None, None).await;
-            return report::cancelled(T::NAME);
+            return render::cancelled(T::NAME);
         };
         let checked = Checked {
             tool: T::NAME,
@@ -148,10 +153,11 @@ impl Guard {
         let request_id = Some(checked.policy.request_id.as_str());
         if checked.policy.verdict != Verdict::Allow {
             trail.outcome(request_id, Status::Blocked, None, None).await;
-            return report::blocked(checked);
+            return render::blocked(checked);
         }
         let started = Instant::now();
-        let outcome = call.run(Permit(())).await;
+        let permit = Permit { call: PhantomData };
+        let outcome = call.run(permit).await.map_err(|error| error.to_string());
         let (status, error) = match &outcome {
             Ok(_) => (Status::Ok, None),
             Err(error) => (Status::Error, Some(error.as_str())),
@@ -159,7 +165,7 @@ impl Guard {
         trail
             .outcome(request_id, status, error, Some(started.elapsed()))
             .await;
-        report::executed(checked, outcome)
+        render::executed(checked, outcome)
     }
 
     /// Checks a call of report-only tool `T` and reports the verdict; nothing runs and no human
@@ -181,7 +187,7 @@ impl Guard {
             provenance,
             approval: None,
         };
-        report::reported(checked, &intent)
+        render::reported(checked, &intent)
     }
 
     /// Asks the policy decision point and, on `DEFER`, the human behind `peer`; on approval, asks
@@ -237,7 +243,7 @@ impl Guard {
                 trail
                     .outcome(None, Status::InvalidArguments, Some(&problem), None)
                     .await;
-                return Err(report::invalid_arguments(T::NAME, &problem));
+                return Err(render::invalid_arguments(T::NAME, &problem));
             }
         };
         let provenance = self.operator.vouch(call.claims(), &self.ledger);
@@ -326,8 +332,13 @@ mod tests {
         static LAST_LINE_SEEN: RefCell<Option<String>> = const { RefCell::new(None) };
     }
 
+    /// The error of a [`Probe`] told to fail.
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk full")]
+    struct ProbeFailed;
+
     /// A tool whose intent and outcome the test chooses.
-    #[derive(Deserialize)]
+    #[derive(Deserialize, schemars::JsonSchema)]
     struct Probe {
         side_effects: Vec<String>,
         fail: bool,
@@ -335,6 +346,8 @@ mod tests {
 
     impl ToolIntent for Probe {
         const NAME: &'static str = "probe";
+        const TITLE: &'static str = "A test tool";
+        const DESCRIPTION: &'static str = "Exists only in tests.";
 
         fn intent(&self) -> Intent {
             Intent {
@@ -349,16 +362,18 @@ mod tests {
     }
 
     impl GuardedTool for Probe {
-        async fn run(self, _permit: Permit) -> Result<String, String> {
+        type Error = ProbeFailed;
+
+        async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Self::Error> {
             RUNS.set(RUNS.get() + 1);
             if let Some(path) = AUDIT_FILE.with_borrow(Clone::clone) {
                 let log = std::fs::read_to_string(path).expect("the audit log is readable");
                 LAST_LINE_SEEN.set(log.lines().last().map(str::to_owned));
             }
             if self.fail {
-                Err("disk full".to_owned())
+                Err(ProbeFailed)
             } else {
-                Ok("counted".to_owned())
+                Ok(ToolOutput::text("counted"))
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The policy decision point: the live Stage0 API or the built-in simulator, behind one `check`.
+//! The policy decision points: the live Stage0 API or the built-in simulator, behind one `check`.
 //!
 //! Which one answers is decided once, from the configuration: a key selects Stage0, no key
 //! selects the simulator. There is no fallback from one to the other: when a key is set and the
@@ -12,7 +12,6 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::config::Config;
 use http::HttpPolicyClient;
 use wire::{Intent, PolicyResponse};
 
@@ -44,18 +43,6 @@ pub enum PolicyClient {
 }
 
 impl PolicyClient {
-    /// Stage0 when `config` has an API key, the simulator otherwise.
-    ///
-    /// # Errors
-    ///
-    /// The `reqwest` error when the HTTP client for live mode cannot be built.
-    pub fn from_config(config: &Config) -> Result<Self, reqwest::Error> {
-        Ok(match &config.api_key {
-            Some(key) => PolicyClient::Live(HttpPolicyClient::new(config, key.clone())?),
-            None => PolicyClient::Simulator,
-        })
-    }
-
     /// Which kind of decision point this is.
     pub fn mode(&self) -> Mode {
         match self {
