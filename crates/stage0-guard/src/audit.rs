@@ -423,6 +423,23 @@ mod tests {
         file.write_all(bytes).unwrap();
     }
 
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_log_and_the_folders_made_for_it_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("made/here/audit.jsonl");
+        write(&path, 1).await;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "the log file");
+        assert_eq!(
+            mode(&dir.path().join("made/here")),
+            0o700,
+            "the folder it is in"
+        );
+        assert_eq!(mode(&dir.path().join("made")), 0o700, "the folder above");
+    }
+
     #[tokio::test]
     async fn a_reopened_log_continues_its_chain() {
         let dir = tempfile::tempdir().unwrap();

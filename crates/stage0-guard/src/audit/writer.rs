@@ -110,16 +110,18 @@ impl Writer {
             path: path.to_owned(),
             source,
         };
+        // The log holds goals, contexts and actor ids: what this opens for the first time only its
+        // owner may read (folders 0700, the file 0600). Existing folders and files keep their
+        // modes: they are the operator's.
         if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder).map_err(io)?;
+            private_folder().create(folder).map_err(io)?;
         }
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(io)?;
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(path).map_err(io)?;
         if !existed && sync {
             // The new file's directory entry must be durable too, or a crash can lose the file.
             sync_folder(path).map_err(io)?;
@@ -415,4 +417,13 @@ fn sync_folder(path: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn sync_folder(_path: &Path) -> io::Result<()> {
     Ok(())
+}
+
+/// Creates a folder and its missing parents, each `0700` on Unix.
+fn private_folder() -> std::fs::DirBuilder {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
 }
