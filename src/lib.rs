@@ -13,12 +13,15 @@
 //! - [`report`]: what a tool result looks like (text and `structuredContent`);
 //! - [`server`]: the MCP server that lists the tools and routes every call through the guard;
 //! - [`transport`]: stdio with a maximum message size and the MCP lifecycle enforced;
-//! - [`config`]: the environment variables.
+//! - [`config`]: the environment variables;
+//! - [`dotenv`]: what a `./.env` file may add under them (the binaries' concern: nothing above
+//!   uses it).
 
 pub mod approval;
 pub mod audit;
 pub mod claims;
 pub mod config;
+pub mod dotenv;
 pub mod guard;
 pub mod ledger;
 pub mod report;

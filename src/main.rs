@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mcp_server_stage0::audit::show::Selection;
 use mcp_server_stage0::audit::{self, AuditLog};
-use mcp_server_stage0::config::Config;
+use mcp_server_stage0::config::{Config, redact_userinfo};
+use mcp_server_stage0::dotenv::{self, DotEnv};
 use mcp_server_stage0::guard::Guard;
 use mcp_server_stage0::server::Stage0Server;
 use mcp_server_stage0::stage0::{Mode, PolicyClient};
@@ -128,11 +129,14 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The log the server would write: `STAGE0_AUDIT_LOG` (from the environment or ./.env), else the
-/// per-user default.
+/// The log the server would write: `STAGE0_AUDIT_LOG` (from the environment, or ./.env under
+/// it), else the per-user default. What ./.env set or was refused goes to stderr.
 fn configured_log() -> anyhow::Result<PathBuf> {
-    let _ = dotenvy::from_path(".env");
-    Config::from_lookup(|name| std::env::var(name).ok())?
+    let dotenv = DotEnv::read(Path::new(".env"), dotenv::environment);
+    for note in dotenv.notes() {
+        eprintln!("mcp-server-stage0: {note}");
+    }
+    Config::from_lookup(dotenv.lookup(dotenv::environment))?
         .audit
         .path
         .context("auditing is off (`STAGE0_AUDIT_LOG=off`): give the log's PATH")
@@ -143,15 +147,16 @@ async fn run() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = Signals::register().context("cannot install signal handlers")?;
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
-    // Only ./.env, as the original reads it; `dotenvy::dotenv` would also search parent folders.
-    let dotenv = dotenvy::from_path(".env");
-    let config = Config::from_lookup(|name| std::env::var(name).ok())?;
-    init_logging(config.debug);
-    match dotenv {
-        Ok(()) => tracing::debug!("read ./.env"),
-        Err(error) if !error.not_found() => tracing::warn!("ignoring .env: {error}"),
-        Err(_) => {}
+    // Only ./.env, as the original reads it, and only what it may set (src/dotenv.rs): it is
+    // read, never exported, so no proxy or TLS variable of it reaches the HTTP client.
+    let dotenv = DotEnv::read(Path::new(".env"), dotenv::environment);
+    let config = Config::from_lookup(dotenv.lookup(dotenv::environment));
+    // Logging first, so what .env set or was refused is logged even when the config is unusable.
+    init_logging(config.as_ref().is_ok_and(|config| config.debug));
+    for note in dotenv.notes() {
+        note.log();
     }
+    let config = config?;
     let policy =
         PolicyClient::from_config(&config).context("cannot build the Stage0 HTTP client")?;
     let mode = match policy.mode() {
@@ -159,7 +164,7 @@ async fn run() -> anyhow::Result<()> {
         Mode::Simulator => "simulator (no STAGE0_API_KEY)",
     };
     tracing::info!(
-        base_url = %config.base_url,
+        base_url = %redact_userinfo(config.base_url.as_str()),
         timeout_ms = config.timeout.as_millis() as u64,
         api_key_set = config.api_key.is_some(),
         actor_role = %config.operator.actor_role,
@@ -167,6 +172,7 @@ async fn run() -> anyhow::Result<()> {
         approvals = ?config.approvals,
         audit_log = %config.audit.path.as_deref().map_or("off".into(), Path::to_string_lossy),
         audit_sync = config.audit.sync,
+        from_dotenv = %from_dotenv(&dotenv),
         "starting {} {} with the {mode} as policy decision point",
         mcp_server_stage0::server::SERVER_NAME,
         env!("CARGO_PKG_VERSION"),
@@ -186,6 +192,16 @@ async fn run() -> anyhow::Result<()> {
         log.close();
     }
     served
+}
+
+/// The settings taken from ./.env, for the start-up line: `none`, or their names.
+fn from_dotenv(dotenv: &DotEnv) -> String {
+    let names: Vec<&str> = dotenv.names().collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(",")
+    }
 }
 
 /// Opens the audit log; one that cannot be opened still makes a guard, which denies every call
