@@ -41,13 +41,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain: exit 0 and print the record count and last hash when it holds, exit
-    /// 1 and name the first bad record when it does not
+    /// Check the hash chain: exit 0 and print the file's path, record count and last hash when it
+    /// holds, exit 1 and name the file and its first bad record when it does not
     Verify {
         /// The log file [default: STAGE0_AUDIT_LOG, else the per-user default]
         path: Option<PathBuf>,
     },
-    /// Print records readably
+    /// Print records readably (the file's path goes to stderr)
     Show {
         /// Only the last N records (of those selected)
         #[arg(long, value_name = "N")]
@@ -104,10 +104,13 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
         Some(path) => path,
         None => configured_log()?,
     };
+    // Always say which file was read: the default may come from a `.env` in this folder.
+    let path = std::path::absolute(&path).unwrap_or(path);
     let read = |error| {
         anyhow::Error::new(error).context(format!("cannot read the audit log `{}`", path.display()))
     };
     if let Some(selection) = selection {
+        eprintln!("reading the audit log {}", path.display());
         return match audit::show::show(&path, &selection, &mut std::io::stdout().lock()) {
             // `audit show | head` closes the pipe early; that is not a failure.
             Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(read(error)),
@@ -117,8 +120,11 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
     Ok(match audit::verify::verify_file(&path).map_err(read)? {
         Ok(verified) => {
             println!(
-                "ok: {} records, {} torn line(s) recovered, last hash {}",
-                verified.records, verified.recoveries, verified.last_hash
+                "ok: {}: {} records, {} torn line(s) recovered, last hash {}",
+                path.display(),
+                verified.records,
+                verified.recoveries,
+                verified.last_hash
             );
             ExitCode::SUCCESS
         }
