@@ -15,10 +15,12 @@
 //! logging, so stdout holds the demo and nothing else.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
+use mcp_server_stage0::dotenv::{self, DotEnv};
 use mcp_server_stage0::server::stage0_server;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ContentBlock, ElicitRequestParams,
@@ -45,9 +47,9 @@ const RULE_WIDTH: usize = 70;
 
 /// Runs `demo` against a fresh server and turns its outcome into the exit status.
 ///
-/// Reads `.env` and the `STAGE0_*` variables as the server binary does, so the demo asks the live
-/// Stage0 API when `STAGE0_API_KEY` is set and the simulator otherwise. A note on where the
-/// verdicts came from follows the demo's output either way.
+/// Reads the `STAGE0_*` variables, and what `./.env` may add under them, as the server binary
+/// does, so the demo asks the live Stage0 API when `STAGE0_API_KEY` is set and the simulator
+/// otherwise. A note on where the verdicts came from follows the demo's output either way.
 pub async fn run(demo: impl AsyncFnOnce(&Session) -> anyhow::Result<()>) -> ExitCode {
     let outcome = async {
         let session = Session::start().await?;
@@ -85,9 +87,13 @@ pub struct Session {
 impl Session {
     /// Builds the server exactly as the stdio binary does and connects a client to it.
     async fn start() -> anyhow::Result<Self> {
-        // Only ./.env, as the server binary reads it (dotenvy::dotenv would search parent folders).
-        let _ = dotenvy::from_path(".env");
-        let config = Config::from_lookup(|name| std::env::var(name).ok())?;
+        // Only ./.env and only what it may set, as the server binary reads it; what it set or
+        // was refused goes to stderr, so stdout holds the demo and nothing else.
+        let dotenv = DotEnv::read(Path::new(".env"), dotenv::environment);
+        for note in dotenv.notes() {
+            eprintln!("{}: {note}", env!("CARGO_BIN_NAME"));
+        }
+        let config = Config::from_lookup(dotenv.lookup(dotenv::environment))?;
         let guard = config
             .guard()
             .context("cannot build the Stage0 HTTP client")?;

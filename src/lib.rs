@@ -5,8 +5,12 @@
 //!   stand-in bodies;
 //! - [`server`]: the list of those tools, each routed through the guard.
 //!
+//! - [`dotenv`]: what a `./.env` file may add under the environment (the binaries' concern: the
+//!   guard library never reads it).
+//!
 //! The binary (`main.rs`) reads the configuration, builds the guard and serves stdio; the demos
 //! (`demos/`) are MCP clients of the same server.
 
+pub mod dotenv;
 pub mod server;
 pub mod tools;

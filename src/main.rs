@@ -9,10 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use mcp_server_stage0::dotenv::{self, DotEnv};
 use mcp_server_stage0::server::{SERVER_NAME, stage0_server};
 use stage0_guard::audit;
 use stage0_guard::audit::show::Selection;
-use stage0_guard::config::Config;
+use stage0_guard::config::{Config, redact_userinfo};
 use stage0_guard::policy::Mode;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -36,13 +37,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain: exit 0 and print the record count and last hash when it holds, exit
-    /// 1 and name the first bad record when it does not
+    /// Check the hash chain: exit 0 and print the file's path, record count and last hash when it
+    /// holds, exit 1 and name the file and its first bad record when it does not
     Verify {
         /// The log file [default: STAGE0_AUDIT_LOG, else the per-user default]
         path: Option<PathBuf>,
     },
-    /// Print records readably
+    /// Print records readably (the file's path goes to stderr)
     Show {
         /// Only the last N records (of those selected)
         #[arg(long, value_name = "N")]
@@ -99,10 +100,13 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
         Some(path) => path,
         None => configured_log()?,
     };
+    // Always say which file was read: the default may come from a `.env` in this folder.
+    let path = std::path::absolute(&path).unwrap_or(path);
     let read = |error| {
         anyhow::Error::new(error).context(format!("cannot read the audit log `{}`", path.display()))
     };
     if let Some(selection) = selection {
+        eprintln!("reading the audit log {}", path.display());
         return match audit::show::show(&path, &selection, &mut std::io::stdout().lock()) {
             // `audit show | head` closes the pipe early; that is not a failure.
             Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(read(error)),
@@ -112,8 +116,11 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
     Ok(match audit::verify::verify_file(&path).map_err(read)? {
         Ok(verified) => {
             println!(
-                "ok: {} records, {} torn line(s) recovered, last hash {}",
-                verified.records, verified.recoveries, verified.last_hash
+                "ok: {}: {} records, {} torn line(s) recovered, last hash {}",
+                path.display(),
+                verified.records,
+                verified.recoveries,
+                verified.last_hash
             );
             ExitCode::SUCCESS
         }
@@ -124,11 +131,14 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The log the server would write: `STAGE0_AUDIT_LOG` (from the environment or ./.env), else the
-/// per-user default.
+/// The log the server would write: `STAGE0_AUDIT_LOG` (from the environment, or ./.env under
+/// it), else the per-user default. What ./.env set or was refused goes to stderr.
 fn configured_log() -> anyhow::Result<PathBuf> {
-    let _ = dotenvy::from_path(".env");
-    Config::from_lookup(|name| std::env::var(name).ok())?
+    let dotenv = DotEnv::read(Path::new(".env"), dotenv::environment);
+    for note in dotenv.notes() {
+        eprintln!("mcp-server-stage0: {note}");
+    }
+    Config::from_lookup(dotenv.lookup(dotenv::environment))?
         .audit
         .path
         .context("auditing is off (`STAGE0_AUDIT_LOG=off`): give the log's PATH")
@@ -139,15 +149,16 @@ async fn run() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = Signals::register().context("cannot install signal handlers")?;
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
-    // Only ./.env, as the original reads it; `dotenvy::dotenv` would also search parent folders.
-    let dotenv = dotenvy::from_path(".env");
-    let config = Config::from_lookup(|name| std::env::var(name).ok())?;
-    init_logging(config.debug);
-    match dotenv {
-        Ok(()) => tracing::debug!("read ./.env"),
-        Err(error) if !error.not_found() => tracing::warn!("ignoring .env: {error}"),
-        Err(_) => {}
+    // Only ./.env, as the original reads it, and only what it may set (src/dotenv.rs): it is
+    // read, never exported, so no proxy or TLS variable of it reaches the HTTP client.
+    let dotenv = DotEnv::read(Path::new(".env"), dotenv::environment);
+    let config = Config::from_lookup(dotenv.lookup(dotenv::environment));
+    // Logging first, so what .env set or was refused is logged even when the config is unusable.
+    init_logging(config.as_ref().is_ok_and(|config| config.debug));
+    for note in dotenv.notes() {
+        note.log();
     }
+    let config = config?;
     let guard = config
         .guard()
         .context("cannot build the Stage0 HTTP client")?;
@@ -156,7 +167,7 @@ async fn run() -> anyhow::Result<()> {
         Mode::Simulator => "simulator (no STAGE0_API_KEY)",
     };
     tracing::info!(
-        base_url = %config.base_url,
+        base_url = %redact_userinfo(config.base_url.as_str()),
         timeout_ms = config.timeout.as_millis() as u64,
         api_key_set = config.api_key.is_some(),
         actor_role = %config.operator.actor_role,
@@ -164,12 +175,23 @@ async fn run() -> anyhow::Result<()> {
         approvals = ?config.approvals,
         audit_log = %config.audit.path.as_deref().map_or("off".into(), Path::to_string_lossy),
         audit_sync = config.audit.sync,
+        from_dotenv = %from_dotenv(&dotenv),
         "starting {SERVER_NAME} {} with the {mode} as policy decision point",
         env!("CARGO_PKG_VERSION"),
     );
     let stop = shutdown.cancelled_owned();
     stage0_server(guard).serve_stdio(stop).await?;
     Ok(())
+}
+
+/// The settings taken from ./.env, for the start-up line: `none`, or their names.
+fn from_dotenv(dotenv: &DotEnv) -> String {
+    let names: Vec<&str> = dotenv.names().collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(",")
+    }
 }
 
 /// Logs to stderr. `RUST_LOG` wins; otherwise `info` (or `debug` with `STAGE0_DEBUG=true`), with

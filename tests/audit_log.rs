@@ -124,7 +124,7 @@ async fn assert_verifies(path: &Path, records: u64) {
     let (code, stdout) = audit_command(&["verify", text(path)]).await;
     assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.starts_with(&format!("ok: {records} records, ")),
+        stdout.starts_with(&format!("ok: {}: {records} records, ", text(path))),
         "{stdout}"
     );
 }
@@ -351,7 +351,8 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
     assert_eq!(
         stdout,
         format!(
-            "ok: {} records, 0 torn line(s) recovered, last hash {}\n",
+            "ok: {}: {} records, 0 torn line(s) recovered, last hash {}\n",
+            text(&tampered),
             n - 1,
             last_hash(&lines[n - 2])
         )

@@ -150,7 +150,8 @@ impl Outcome {
 pub struct Session<C: ClientHandler = ()> {
     pub client: RunningService<RoleClient, C>,
     stderr: JoinHandle<String>,
-    _dir: TempDir,
+    /// The working directory, when the session made it.
+    _dir: Option<TempDir>,
 }
 
 impl Session {
@@ -165,7 +166,15 @@ impl<C: ClientHandler> Session<C> {
     /// Spawns the server with `env` (and nothing else) and completes `initialize` as `client`.
     pub async fn start_with(env: &[(&str, &str)], client: C) -> Session<C> {
         let dir = TempDir::new().expect("a temporary working directory");
-        let (transport, stderr) = TokioChildProcess::builder(command(dir.path(), env))
+        let mut session = Session::spawn(command(dir.path(), env), client).await;
+        session._dir = Some(dir);
+        session
+    }
+
+    /// Spawns `server` (made by [`command`], in a folder the caller keeps) and completes
+    /// `initialize` as `client`.
+    pub async fn spawn(server: Command, client: C) -> Session<C> {
+        let (transport, stderr) = TokioChildProcess::builder(server)
             .stderr(Stdio::piped())
             .spawn()
             .expect("the server binary starts");
@@ -176,7 +185,7 @@ impl<C: ClientHandler> Session<C> {
         Session {
             client,
             stderr,
-            _dir: dir,
+            _dir: None,
         }
     }
 

@@ -348,4 +348,4 @@ async def test_the_audit_log_records_an_approved_call_step_by_step_and_verifies(
             check=False,
         )
         assert verified.returncode == 0, verified
-        assert verified.stdout.startswith("ok: 4 records"), verified.stdout
+        assert verified.stdout.startswith(f"ok: {log}: 4 records"), verified.stdout

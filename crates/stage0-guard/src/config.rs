@@ -1,8 +1,10 @@
-//! The server's configuration, read once at start from the environment (and `.env`).
+//! The server's configuration, read once at start from the environment.
 //!
 //! Library code never reads `std::env`: [`Config::from_lookup`] takes a lookup function, so
-//! tests pass a map and the binary passes `std::env::var`. Variables and defaults follow SPEC §5.
+//! tests pass a map and the binary passes the environment, with what `./.env` may add under it
+//! (the server crate's `src/dotenv.rs`, which this library does not use). Variables and defaults follow SPEC §5.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,6 +50,7 @@ pub struct Config {
 pub enum ConfigError {
     #[error("`STAGE0_TIMEOUT_MS` must be a whole number of milliseconds from 1, got `{0}`")]
     InvalidTimeout(String),
+    /// The value, with any userinfo redacted ([`redact_userinfo`]).
     #[error("`STAGE0_BASE_URL` must be an http or https URL without query or fragment, got `{0}`")]
     InvalidBaseUrl(String),
     #[error("`STAGE0_ACTOR_ROLE` must be `viewer`, `developer` or `admin`, got `{0}`")]
@@ -63,6 +66,32 @@ pub enum ConfigError {
          log; set it to a file path, or to `off`"
     )]
     NoAuditLogPath,
+}
+
+/// `url` with its userinfo (`user:password@`) replaced by `<redacted>@`, for logs and errors.
+///
+/// A URL with an authority is read as a URL; any other text (it may not parse, or parse as a
+/// scheme and a path, as `user:password@host` does) loses everything before its last `@`, after
+/// the `://` if there is one.
+pub fn redact_userinfo(url: &str) -> Cow<'_, str> {
+    if let Ok(mut parsed) = Url::parse(url)
+        && parsed.has_authority()
+    {
+        if parsed.username().is_empty() && parsed.password().is_none() {
+            return Cow::Borrowed(url);
+        }
+        if parsed.set_username("").is_ok() && parsed.set_password(None).is_ok() {
+            let cleared = parsed.to_string();
+            if let Some((scheme, rest)) = cleared.split_once("://") {
+                return Cow::Owned(format!("{scheme}://<redacted>@{rest}"));
+            }
+        }
+    }
+    let start = url.find("://").map_or(0, |at| at + 3);
+    match url[start..].rfind('@') {
+        Some(at) => Cow::Owned(format!("{}<redacted>{}", &url[..start], &url[start + at..])),
+        None => Cow::Borrowed(url),
+    }
 }
 
 impl Config {
@@ -90,7 +119,7 @@ impl Config {
                     && url.query().is_none()
                     && url.fragment().is_none()
             })
-            .ok_or_else(|| ConfigError::InvalidBaseUrl(base.clone()))?;
+            .ok_or_else(|| ConfigError::InvalidBaseUrl(redact_userinfo(&base).into_owned()))?;
 
         let timeout_ms = match set("STAGE0_TIMEOUT_MS") {
             None => DEFAULT_TIMEOUT_MS,
@@ -331,6 +360,48 @@ mod tests {
             let message = error.to_string();
             assert!(message.contains(name), "{message}");
             assert!(message.contains(value), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_base_urls_userinfo_is_never_shown() {
+        for (raw, shown) in [
+            (
+                "https://user:s3cret@example.test/v1",
+                "https://<redacted>@example.test/v1",
+            ),
+            (
+                "http://s3cret@127.0.0.1:9",
+                "http://<redacted>@127.0.0.1:9/",
+            ),
+            ("https://example.test/a@b", "https://example.test/a@b"),
+            (
+                "ftp://user:s3cret@example.test",
+                "ftp://<redacted>@example.test/",
+            ),
+            ("user:s3cret@example.test", "<redacted>@example.test"),
+            (
+                "https://u:s3cret@example.test/?q=1",
+                "https://<redacted>@example.test/?q=1",
+            ),
+            ("https://u:s3/cret@", "https://<redacted>@"),
+        ] {
+            assert_eq!(redact_userinfo(raw), shown, "{raw}");
+        }
+        for refused in [
+            "ftp://user:s3cret@example.test",
+            "user:s3cret@example.test",
+            "https://user:s3cret@example.test/v1?tenant=a",
+            "https://user:s3/cret@example.test",
+        ] {
+            let message = config(&[("STAGE0_BASE_URL", refused)])
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("STAGE0_BASE_URL"), "{message}");
+            assert!(
+                !message.contains("s3cret") && !message.contains("cret"),
+                "{message}"
+            );
         }
     }
 
