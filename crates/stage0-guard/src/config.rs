@@ -1,7 +1,8 @@
 //! The server's configuration, read once at start from the environment (and `.env`).
 //!
-//! Library code never reads `std::env`: [`Config::from_lookup`] takes a lookup function, so
-//! tests pass a map and the binary passes `std::env::var`. Variables and defaults follow SPEC §5.
+//! Library code never reads `std::env`: [`Config::from_lookup`] takes a lookup function, so tests
+//! pass a map and the binary passes `std::env::var`. Variables and defaults follow
+//! `docs/contract.md` §5.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! What a tool result looks like (SPEC §6): text in the original's shape for people and models,
-//! and `structuredContent` with the whole verdict for clients that act on it.
+//! What a tool result looks like (`docs/contract.md` §6): text in the original's shape for people
+//! and models, and `structuredContent` with the whole verdict for clients that act on it.
 //!
 //! A blocked call (`DENY`, `DEFER`) and a failed tool body set `isError: true`, so no client
 //! mistakes them for success. `check-authorization` only reports, so its result is never an error.

@@ -3,7 +3,7 @@
 //! The request is written exactly as the API expects. The response is read leniently field by
 //! field and strictly on the outcome: an optional field of the wrong type is dropped, never an
 //! error, but anything that is not a recognisable `ALLOW` is not an `ALLOW`. The field names and
-//! fallbacks follow the Stage0 `/check` API and the TypeScript original (SPEC §3).
+//! fallbacks follow the Stage0 `/check` API and the TypeScript original (`docs/contract.md` §3).
 
 use std::fmt;
 
