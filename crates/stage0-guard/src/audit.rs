@@ -302,7 +302,7 @@ impl<'a> CallTrail<'a> {
             return Ok(());
         };
         self.decisions += 1;
-        let event = Event::Decision(record::Decision {
+        let event = Event::Decision(record::DecisionRecord {
             call_id: &self.call_id,
             request_id: &policy.request_id,
             deferred_request_id: self.deferred_request_id.as_deref(),
@@ -341,7 +341,7 @@ impl<'a> CallTrail<'a> {
         if asked.outcome == ApprovalOutcome::Approved {
             self.deferred_request_id = Some(asked.deferred_request_id.clone());
         }
-        let event = Event::Approval(record::Approval {
+        let event = Event::Approval(record::ApprovalRecord {
             call_id: &self.call_id,
             request_id: &asked.deferred_request_id,
             tool: self.tool,
@@ -367,7 +367,7 @@ impl<'a> CallTrail<'a> {
         let Some(log) = self.log else {
             return;
         };
-        let event = Event::Outcome(record::Outcome {
+        let event = Event::Outcome(record::OutcomeRecord {
             call_id: &self.call_id,
             request_id,
             tool: self.tool,
@@ -390,7 +390,7 @@ mod tests {
     use super::*;
 
     fn outcome(call_id: &str) -> Event<'_> {
-        Event::Outcome(record::Outcome {
+        Event::Outcome(record::OutcomeRecord {
             call_id,
             request_id: None,
             tool: "research-topic",

@@ -93,7 +93,7 @@ pub enum LineProblem {
 
 /// A line that checked out: its fields, with the three the chain links by.
 #[derive(Debug, Clone)]
-pub struct Checked {
+pub struct CheckedLine {
     pub seq: u64,
     pub prev: String,
     pub hash: String,
@@ -106,7 +106,7 @@ pub struct Checked {
 /// # Errors
 ///
 /// The first [`LineProblem`] found, in the order of the variants.
-pub fn check(line: &[u8]) -> Result<Checked, LineProblem> {
+pub fn check(line: &[u8]) -> Result<CheckedLine, LineProblem> {
     let mut record: Map<String, Value> =
         serde_json::from_slice(line).map_err(|error| LineProblem::NotJson(error.to_string()))?;
     if canonical(&record) != line {
@@ -127,7 +127,7 @@ pub fn check(line: &[u8]) -> Result<Checked, LineProblem> {
         .and_then(Value::as_str)
         .ok_or(LineProblem::MissingField("prev"))?
         .to_owned();
-    Ok(Checked {
+    Ok(CheckedLine {
         seq,
         prev,
         hash,

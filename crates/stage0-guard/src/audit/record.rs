@@ -25,15 +25,15 @@ use crate::policy::wire::{self, Verdict};
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event<'a> {
-    Decision(Decision<'a>),
-    Approval(Approval<'a>),
-    Outcome(Outcome<'a>),
-    Recovery(Recovery),
+    Decision(DecisionRecord<'a>),
+    Approval(ApprovalRecord<'a>),
+    Outcome(OutcomeRecord<'a>),
+    Recovery(RecoveryRecord),
 }
 
 /// A `decision` record: one verdict and everything it was given and said.
 #[derive(Debug, Serialize)]
-pub struct Decision<'a> {
+pub struct DecisionRecord<'a> {
     /// The tool call this verdict belongs to (a UUID, the same in every record of the call).
     pub call_id: &'a str,
     /// The check's id: the `X-Request-Id` sent to Stage0, or the simulator's.
@@ -71,7 +71,7 @@ pub struct Decision<'a> {
 
 /// An `approval` record: a human's answer (or its absence) about a `DEFER`.
 #[derive(Debug, Serialize)]
-pub struct Approval<'a> {
+pub struct ApprovalRecord<'a> {
     pub call_id: &'a str,
     /// The `request_id` of the check that answered `DEFER`.
     pub request_id: &'a str,
@@ -87,7 +87,7 @@ pub struct Approval<'a> {
 
 /// An `outcome` record: how a tool call ended.
 #[derive(Debug, Serialize)]
-pub struct Outcome<'a> {
+pub struct OutcomeRecord<'a> {
     pub call_id: &'a str,
     /// The `request_id` of the final verdict; absent when no verdict was reached.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,7 +125,7 @@ pub enum Status {
 
 /// A `recovery` record: the torn last line a crash left, kept where it is and named here.
 #[derive(Debug, Serialize)]
-pub struct Recovery {
+pub struct RecoveryRecord {
     /// Where the torn line starts in the file, in bytes from its start.
     pub torn_offset: u64,
     /// Its length in bytes; the server ended it with a newline before this record.

@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, GENESIS};
-use super::record::{Event, Recovery};
+use super::record::{Event, RecoveryRecord};
 use super::{AuditError, Unavailable};
 use crate::ledger::AttemptLedger;
 
@@ -230,7 +230,7 @@ impl Writer {
         if let Some(torn) = torn {
             let torn_sha256 = self.torn_sha256(torn)?;
             buffer.push(b'\n');
-            let recovery = Event::Recovery(Recovery {
+            let recovery = Event::Recovery(RecoveryRecord {
                 torn_offset: torn.offset,
                 torn_length: torn.length,
                 torn_sha256,
