@@ -94,7 +94,10 @@ fn assert_check_request(request: &Request, body: &Value) -> String {
     let uuid = Uuid::parse_str(request_id).expect("X-Request-Id is a UUID");
     assert_eq!(uuid.get_version_num(), 4, "X-Request-Id is a UUID v4");
     let sent: Value = request.body_json().expect("the /check body is JSON");
-    assert_eq!(&sent, body, "the /check body differs from `docs/contract.md` §2");
+    assert_eq!(
+        &sent, body,
+        "the /check body differs from docs/contract.md §2"
+    );
     request_id.to_owned()
 }
 

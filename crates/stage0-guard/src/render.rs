@@ -70,6 +70,8 @@ pub struct ToolReport {
     pub executed: bool,
     /// Which policy decision point answered: `stage0` (live API) or `simulator`.
     pub mode: Mode,
+    /// The final verdict with everything the policy decision point said, its fields at the top
+    /// level of `structuredContent` (`verdict`, `decision`, `reason`, `request_id`, ...).
     #[serde(flatten)]
     pub policy: PolicyResponse,
     /// Where the authorization context came from: effective and claimed values.

@@ -52,7 +52,9 @@ pub(super) enum Message {
 /// A torn last line: where it starts and how long it is, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Torn {
+    /// Where the torn line starts, in bytes from the start of the file.
     pub offset: u64,
+    /// Its length in bytes (it has no newline).
     pub length: u64,
 }
 
