@@ -24,7 +24,7 @@ use stage0_guard::policy::wire::{Intent, PolicyResponse};
 use stage0_guard::policy::{Mode, PolicyClient, simulator};
 use stage0_guard::render::{self, Checked, ToolOutput};
 
-/// The intent `research-topic` sends for a typical topic (SPEC §2).
+/// The intent `research-topic` sends for a typical topic (`docs/contract.md` §2).
 fn research_intent() -> Intent {
     Intent {
         goal: "Research and summarize: Rust async runtimes".to_owned(),

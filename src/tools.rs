@@ -1,8 +1,8 @@
 //! The six tools: their arguments, the execution intent each one sends, and the stand-in actions.
 //!
 //! Names, argument names and intents are the public contract of the TypeScript original
-//! (`docs/contract.md`). The actions are stand-ins: nothing is really published, deployed or retried, and
-//! their output says so. Each action takes a [`Permit`], which only the guard can make, so no
+//! (`docs/contract.md` §2). The actions are stand-ins: nothing is really published, deployed or
+//! retried, and their output says so. Each action takes a [`Permit`], which only the guard can make, so no
 //! action can run without an `ALLOW` (see `guard.rs`). Doc comments on the argument fields become
 //! the descriptions in each tool's input schema.
 
@@ -257,7 +257,7 @@ impl ToolIntent for DeployChanges {
         Some(ToolAnnotations::new().destructive(true))
     }
 
-    /// A missing role is a claim of `viewer` (`docs/contract.md`).
+    /// A missing role is a claim of `viewer` (`docs/contract.md` §2, §7).
     fn claims(&mut self) -> Vec<Claim<'_>> {
         vec![Claim::ActorRole(
             self.actor_role.get_or_insert(ActorRole::Viewer),

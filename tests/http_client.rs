@@ -1,4 +1,4 @@
-//! The live policy client against a fake Stage0 on 127.0.0.1 (SPEC §3).
+//! The live policy client against a fake Stage0 on 127.0.0.1 (`docs/contract.md` §3).
 //!
 //! Every failure must come back as `DENY` / `ERROR` with a reason that says what happened and the
 //! `X-Request-Id` that was sent. No test reaches the internet.

@@ -2,14 +2,14 @@
 //! their contracts for arbitrary inputs, not only for the cases in the tables.
 //!
 //! - The simulator, over any goal (any Unicode), side-effect list and context (any JSON, wrong
-//!   types, NaN-like strings, huge numbers): never panics, and the first matching rule of SPEC §4
-//!   answers, with that rule's verdict, decision, reason code and risk score.
+//!   types, NaN-like strings, huge numbers): never panics, and the first matching rule of
+//!   `docs/contract.md` §4 answers, with that rule's verdict, decision, reason code and risk score.
 //! - The parser, over any JSON value and, through the real HTTP client, any bytes: never panics,
-//!   and nothing but a *well-formed `ALLOW`* is an `ALLOW`. Well-formed `ALLOW` (SPEC §3 and
-//!   `wire.rs`): a `2xx` response whose body (at most 1 MiB) is one JSON text (RFC 8259) that is
-//!   an object whose `verdict` member is the string `ALLOW` in any ASCII case. `decision` and the
-//!   other fields are reported, never consulted. A duplicated `verdict` key counts as its last
-//!   occurrence, as `JSON.parse` in the TypeScript original reads it.
+//!   and nothing but a *well-formed `ALLOW`* is an `ALLOW`. Well-formed `ALLOW` (`docs/contract.md`
+//!   §3 and `wire.rs`): a `2xx` response whose body (at most 1 MiB) is one JSON text (RFC 8259)
+//!   that is an object whose `verdict` member is the string `ALLOW` in any ASCII case. `decision`
+//!   and the other fields are reported, never consulted. A duplicated `verdict` key counts as its
+//!   last occurrence, as `JSON.parse` in the TypeScript original reads it.
 //! - The guard, in front of a fake Stage0 over HTTP on 127.0.0.1 that answers each check with an
 //!   arbitrary status, headers and body, or closes the connection: the tool body runs exactly
 //!   when the answer that decided was a well-formed `ALLOW`, and then exactly once.
@@ -102,7 +102,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 // (a) The simulator: never panics, the first matching rule answers
 // ---------------------------------------------------------------------------------------------
 
-/// The rule of SPEC §4 that must answer.
+/// The rule of `docs/contract.md` §4 that must answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Rule {
     Guardrails,
@@ -122,7 +122,7 @@ fn approver(intent: &Intent) -> Option<String> {
     (!by.is_empty()).then(|| by.to_owned())
 }
 
-/// SPEC §4, written from the table, not from `simulator.rs`.
+/// `docs/contract.md` §4, written from the table, not from `simulator.rs`.
 fn expected_rule(intent: &Intent) -> Rule {
     let has = |effect: &str| intent.side_effects.iter().any(|e| e == effect);
     let retry_count_at_least_5 = matches!(

@@ -1,4 +1,4 @@
-//! Reading `/check` responses: lenient per field, strict on the outcome (SPEC §3).
+//! Reading `/check` responses: lenient per field, strict on the outcome (`docs/contract.md` §3).
 //!
 //! One test per fallback of the parser, so each can fail on its own.
 

@@ -79,7 +79,8 @@ fn header<'r>(request: &'r Request, name: &str) -> &'r str {
         .expect("a visible ASCII header value")
 }
 
-/// The request is a SPEC §3 `/check` call carrying `body` exactly; returns its `X-Request-Id`.
+/// The request is a `/check` call (`docs/contract.md` §3) carrying `body` exactly; returns its
+/// `X-Request-Id`.
 fn assert_check_request(request: &Request, body: &Value) -> String {
     assert_eq!(request.method.as_str(), "POST");
     assert_eq!(request.url.path(), "/check");
@@ -93,7 +94,10 @@ fn assert_check_request(request: &Request, body: &Value) -> String {
     let uuid = Uuid::parse_str(request_id).expect("X-Request-Id is a UUID");
     assert_eq!(uuid.get_version_num(), 4, "X-Request-Id is a UUID v4");
     let sent: Value = request.body_json().expect("the /check body is JSON");
-    assert_eq!(&sent, body, "the /check body differs from SPEC §2");
+    assert_eq!(
+        &sent, body,
+        "the /check body differs from docs/contract.md §2"
+    );
     request_id.to_owned()
 }
 
@@ -143,7 +147,7 @@ fn allow_body() -> Value {
 // The six tools, the intents they send, and the calls used throughout
 // ---------------------------------------------------------------------------------------------
 
-/// One tool call and the exact `/check` body SPEC §2 says it sends.
+/// One tool call and the exact `/check` body `docs/contract.md` §2 says it sends.
 struct Call {
     tool: &'static str,
     arguments: Value,

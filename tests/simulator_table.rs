@@ -1,4 +1,5 @@
-//! The simulator's rules, their order and their boundaries, tested from one table (SPEC §4).
+//! The simulator's rules, their order and their boundaries, tested from one table
+//! (`docs/contract.md` §4).
 //!
 //! Each row is an execution intent and the verdict the TypeScript original gives for it. The
 //! expected reason code, risk score, `high_risk`, issue codes and questions are checked for every
@@ -16,7 +17,8 @@ enum Questions {
     Defer,
 }
 
-/// The rule a case must end in; each rule fixes the whole expected verdict (SPEC §4).
+/// The rule a case must end in; each rule fixes the whole expected verdict
+/// (`docs/contract.md` §4).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Rule {
     Guardrails,

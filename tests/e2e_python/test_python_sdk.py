@@ -1,8 +1,8 @@
 """End-to-end test: the official Python MCP SDK drives the release binary over stdio.
 
 The server is started with `stdio_client` + `ClientSession`, exactly as a third-party MCP client
-would. It runs with no `STAGE0_API_KEY` (so the deterministic simulator of SPEC §4 answers) and with
-a fresh temporary directory as its working directory (so no `.env` is read).
+would. It runs with no `STAGE0_API_KEY` (so the deterministic simulator of `docs/contract.md` §4
+answers) and with a fresh temporary directory as its working directory (so no `.env` is read).
 
 The binary is `$STAGE0_SERVER_BIN`, default `target/release/mcp-server-stage0` relative to the
 repository root; a relative path is resolved against the repository root.

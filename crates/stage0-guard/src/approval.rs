@@ -1,4 +1,5 @@
-//! Human approval of a `DEFER`, asked through MCP elicitation within the same tool call.
+//! Human approval of a `DEFER`, asked through MCP elicitation within the same tool call
+//! (`docs/contract.md` §8).
 //!
 //! `DEFER` means "a human must review this". When the client declared the elicitation capability
 //! (form mode), the guard asks the human with `elicitation/create`: the message shows the tool,
@@ -35,7 +36,11 @@ pub enum Approvals {
     /// `STAGE0_APPROVALS=off`: a `DEFER` is returned as it is.
     Off,
     /// Ask, and give up after `timeout` (`STAGE0_APPROVAL_TIMEOUT_S`).
-    Ask { timeout: Duration },
+    Ask {
+        /// How long to wait for the human's answer to one `elicitation/create` (whole seconds
+        /// from 1 when read from the configuration; [`DEFAULT_APPROVAL_TIMEOUT_S`] by default).
+        timeout: Duration,
+    },
 }
 
 impl Default for Approvals {

@@ -1,4 +1,5 @@
-//! The audit log: a durable, hash-chained record of every decision, kept in a JSON Lines file.
+//! The audit log: a durable, hash-chained record of every decision, kept in a JSON Lines file
+//! (`docs/contract.md` §10).
 //!
 //! For every tool call the guard writes a `decision` record for each verdict, an `approval`
 //! record for each human answer and an `outcome` record at the end ([`record`] gives the
@@ -7,7 +8,7 @@
 //! runs. Each record carries the hash of the one before ([`chain`]), so an edited, deleted,
 //! reordered or forged record breaks the chain where it is, and `mcp-server-stage0 audit verify`
 //! ([`verify`]) names the first bad one. One writer thread per process seals and appends
-//! ([`writer`]), sharing an fsync between concurrent calls.
+//! (`writer.rs`), sharing an fsync between concurrent calls.
 //!
 //! What the chain proves, and what it does not: anyone who can write the file can also recompute
 //! every hash after an edit. The chain makes any change show unless the whole rest of the file is
@@ -74,9 +75,13 @@ pub fn default_path() -> Option<PathBuf> {
 /// Why an audit log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The file or its folder could not be created, opened, locked, read, written or synced, or
+    /// the writer thread could not be started.
     #[error("cannot use the audit log `{}`: {source}", path.display())]
     Io {
+        /// The audit log file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -85,9 +90,14 @@ pub enum AuditError {
          `mcp-server-stage0 audit verify` on it, and move it aside to start a new chain",
         path.display()
     )]
+    /// The file is not a chain this server can continue: a line that is not a record (other
+    /// than a torn last line), a `seq` or `prev` that does not follow, or a file that shrank.
     Broken {
+        /// The audit log file.
         path: PathBuf,
+        /// Where the break is, in bytes from the start of the file.
         offset: u64,
+        /// What is wrong, in a few words.
         why: String,
     },
 }
@@ -302,7 +312,7 @@ impl<'a> CallTrail<'a> {
             return Ok(());
         };
         self.decisions += 1;
-        let event = Event::Decision(record::Decision {
+        let event = Event::Decision(record::DecisionRecord {
             call_id: &self.call_id,
             request_id: &policy.request_id,
             deferred_request_id: self.deferred_request_id.as_deref(),
@@ -341,7 +351,7 @@ impl<'a> CallTrail<'a> {
         if asked.outcome == ApprovalOutcome::Approved {
             self.deferred_request_id = Some(asked.deferred_request_id.clone());
         }
-        let event = Event::Approval(record::Approval {
+        let event = Event::Approval(record::ApprovalRecord {
             call_id: &self.call_id,
             request_id: &asked.deferred_request_id,
             tool: self.tool,
@@ -367,7 +377,7 @@ impl<'a> CallTrail<'a> {
         let Some(log) = self.log else {
             return;
         };
-        let event = Event::Outcome(record::Outcome {
+        let event = Event::Outcome(record::OutcomeRecord {
             call_id: &self.call_id,
             request_id,
             tool: self.tool,
@@ -390,7 +400,7 @@ mod tests {
     use super::*;
 
     fn outcome(call_id: &str) -> Event<'_> {
-        Event::Outcome(record::Outcome {
+        Event::Outcome(record::OutcomeRecord {
             call_id,
             request_id: None,
             tool: "research-topic",

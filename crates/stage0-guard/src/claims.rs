@@ -1,4 +1,4 @@
-//! What the agent claims and what the server vouches for instead.
+//! What the agent claims and what the server vouches for instead (`docs/contract.md` §7).
 //!
 //! Three arguments decide verdicts yet come from the model itself: a retry count (an agent in a
 //! runaway loop can send 0 forever), an actor role (it can claim `admin`) and an approval status
@@ -25,23 +25,32 @@ use serde_json::{Map, Value};
 
 use crate::ledger::AttemptLedger;
 
-/// Who acts, from least to most privileged: viewer < developer < admin.
+/// Who acts, from least to most privileged: viewer < developer < admin. Spelled in lowercase in
+/// tool arguments, in the `/check` context (`actor_role`) and in `STAGE0_ACTOR_ROLE`, as the
+/// original's `actorRole` enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(inline)]
 pub enum ActorRole {
+    /// `admin`: the most privileged role.
     Admin,
+    /// `developer`.
     Developer,
+    /// `viewer`: the least privileged role, and the default.
     Viewer,
 }
 
-/// Whether an action has been approved by a human.
+/// Whether an action has been approved by a human. Spelled in lowercase in tool arguments
+/// (`approvalStatus`) and in the `/check` context (`approval_status`), as in the original.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(inline)]
 pub enum ApprovalStatus {
+    /// `approved`: a human approved this call (never on the agent's word alone).
     Approved,
+    /// `pending`: approval asked for, not given.
     Pending,
+    /// `none`: no approval asked for.
     None,
 }
 
@@ -115,7 +124,9 @@ impl ApprovalStatus {
 pub enum Claim<'a> {
     /// The number of earlier attempts at `workflow_id`; at least what the server has seen.
     RetryCount {
+        /// The workflow the attempts are counted for (`workflowId` of `retry-workflow`).
         workflow_id: &'a str,
+        /// The claimed number of earlier attempts, overwritten with the effective one.
         count: &'a mut u64,
     },
     /// The acting role; at most the role the operator configured.

@@ -1,8 +1,9 @@
 //! The server's configuration, read once at start from the environment.
 //!
-//! Library code never reads `std::env`: [`Config::from_lookup`] takes a lookup function, so
-//! tests pass a map and the binary passes the environment, with what `./.env` may add under it
-//! (the server crate's `src/dotenv.rs`, which this library does not use). Variables and defaults follow SPEC §5.
+//! Library code never reads `std::env`: [`Config::from_lookup`] takes a lookup function, so tests
+//! pass a map and the binary passes the environment, with what `./.env` may add under it (the
+//! server crate's `src/dotenv.rs`, which this library does not use). Variables and defaults follow
+//! `docs/contract.md` §5.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -48,19 +49,28 @@ pub struct Config {
 /// Why the configuration cannot be used; the server refuses to start with it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// `STAGE0_TIMEOUT_MS` is not a whole number of milliseconds from 1; carries the value.
     #[error("`STAGE0_TIMEOUT_MS` must be a whole number of milliseconds from 1, got `{0}`")]
     InvalidTimeout(String),
-    /// The value, with any userinfo redacted ([`redact_userinfo`]).
+    /// `STAGE0_BASE_URL` is not an `http` or `https` URL with a host and without query or
+    /// fragment; carries the value, with any userinfo redacted ([`redact_userinfo`]).
     #[error("`STAGE0_BASE_URL` must be an http or https URL without query or fragment, got `{0}`")]
     InvalidBaseUrl(String),
+    /// `STAGE0_ACTOR_ROLE` is not `viewer`, `developer` or `admin` (in any case); carries the
+    /// value.
     #[error("`STAGE0_ACTOR_ROLE` must be `viewer`, `developer` or `admin`, got `{0}`")]
     InvalidActorRole(String),
+    /// `STAGE0_APPROVALS` is not `on` or `off`; carries the value.
     #[error("`STAGE0_APPROVALS` must be `on` or `off`, got `{0}`")]
     InvalidApprovals(String),
+    /// `STAGE0_APPROVAL_TIMEOUT_S` is not a whole number of seconds from 1; carries the value.
     #[error("`STAGE0_APPROVAL_TIMEOUT_S` must be a whole number of seconds from 1, got `{0}`")]
     InvalidApprovalTimeout(String),
+    /// `STAGE0_AUDIT_SYNC` is not `on` or `off`; carries the value.
     #[error("`STAGE0_AUDIT_SYNC` must be `on` or `off`, got `{0}`")]
     InvalidAuditSync(String),
+    /// `STAGE0_AUDIT_LOG` is not set and the platform has no per-user folder for the default log
+    /// ([`audit::default_path`] is `None`).
     #[error(
         "`STAGE0_AUDIT_LOG` is not set and this user has no home folder for the default audit \
          log; set it to a file path, or to `off`"

@@ -12,6 +12,11 @@
 //! needs a [`Permit`]; a `Permit` has a private field, so only this module can make one, and it
 //! makes one in a single place: right after the verdict was `ALLOW`. Code elsewhere that tries to
 //! run a tool body without the guard does not compile.
+//!
+//! The verdict is all the guard enforces. The `guardrails` (and `guardrail_checks`) a policy
+//! decision point attaches to an `ALLOW` are passed on to the client in the result and not
+//! enforced: the body runs as it would without them, and its [`Permit`] carries none of them. They
+//! are advice, not obligations (`docs/contract.md` §9).
 
 mod tool;
 
@@ -114,8 +119,9 @@ impl Guard {
     /// With an audit log, each verdict's `decision` record is durable before anything else
     /// happens, and the call's `outcome` record before the result is returned.
     ///
-    /// Never fails: invalid arguments, `DENY`, `DEFER`, a cancelled call and a failing body are
-    /// all `isError` results (see `report.rs`); only `ALLOW` and a successful body is a success.
+    /// Never fails: invalid arguments, `DENY`, `DEFER`, a cancelled call and a failing body are all
+    /// `isError` results (see [`render`] and `docs/contract.md` §6); only `ALLOW` and a successful
+    /// body is a success.
     pub async fn enforce<T: GuardedTool>(
         &self,
         arguments: JsonObject,

@@ -35,10 +35,14 @@ impl Mode {
     }
 }
 
-/// The policy decision point the guard asks.
+/// The policy decision point the guard asks: chosen once, from the configuration
+/// ([`Config::policy`](crate::config::Config::policy)).
 #[derive(Debug, Clone)]
 pub enum PolicyClient {
+    /// The live Stage0 `/check` API (`STAGE0_API_KEY` set).
     Live(HttpPolicyClient),
+    /// The deterministic built-in simulator ([`simulator::simulate`]), with a fresh UUID v4 as
+    /// each verdict's `request_id`.
     Simulator,
 }
 

@@ -1,5 +1,5 @@
-//! What a tool result looks like (SPEC §6): text in the original's shape for people and models,
-//! and `structuredContent` with the whole verdict for clients that act on it.
+//! What a tool result looks like (`docs/contract.md` §6): text in the original's shape for people
+//! and models, and `structuredContent` with the whole verdict for clients that act on it.
 //!
 //! A blocked call (`DENY`, `DEFER`) and a failed tool body set `isError: true`, so no client
 //! mistakes them for success. `check-authorization` only reports, so its result is never an error.
@@ -70,6 +70,8 @@ pub struct ToolReport {
     pub executed: bool,
     /// Which policy decision point answered: `stage0` (live API) or `simulator`.
     pub mode: Mode,
+    /// The final verdict with everything the policy decision point said, its fields at the top
+    /// level of `structuredContent` (`verdict`, `decision`, `reason`, `request_id`, ...).
     #[serde(flatten)]
     pub policy: PolicyResponse,
     /// Where the authorization context came from: effective and claimed values.

@@ -1,5 +1,5 @@
 //! The stdio transport: rmcp's newline-delimited JSON-RPC codec with a decided maximum message
-//! size, behind a gate that holds the client to the MCP lifecycle.
+//! size, behind a gate that holds the client to the MCP lifecycle (`docs/contract.md` §11).
 //!
 //! Two things protect the server from the bytes on stdin:
 //!
@@ -16,11 +16,12 @@
 //!   second `initialize` with JSON-RPC error `-32600` (Invalid Request).
 //!
 //!   It also refuses, with `-32600`, a request whose id is the id of a request still in flight.
-//!   rmcp keys its in-flight requests by id, so the second request took over the first one's
-//!   slot: the first answer then cancelled the second call and the second was never answered
-//!   (the client waited forever). MCP forbids reusing an id within a session; the gate only
-//!   remembers the ids not yet answered (or cancelled), so what it holds is bounded by the
-//!   requests in flight. Everything else passes through untouched.
+//!   rmcp keys its in-flight requests by id, so the second request took over the first one's slot:
+//!   the first answer then cancelled the second call and the second was never answered (the client
+//!   waited forever). MCP forbids reusing an id within a session (MCP 2025-11-25, base protocol: a
+//!   request id must not have been used before by the same requestor); the gate only remembers the
+//!   ids not yet answered (or cancelled), so what it holds is bounded by the requests in flight.
+//!   Everything else passes through untouched.
 //!
 //! rmcp also serves clients that never send `initialize` (the stateless 2026-07-28 style, with
 //! the protocol version in each request's `_meta`). Their requests pass the gate as before; their

@@ -31,7 +31,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// A sealed record: its line (canonical JSON, no newline) and its `hash`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
+    /// The record, `hash` included, as RFC 8785 canonical JSON (UTF-8, no newline).
     pub line: Vec<u8>,
+    /// SHA-256 of the canonical record without `hash`, as 64 lowercase hex digits.
     pub hash: String,
 }
 
@@ -81,22 +83,30 @@ fn object(parts: &[&[u8]]) -> Vec<u8> {
 /// Why a line is not a sealed record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineProblem {
+    /// The line is not a JSON object; carries `serde_json`'s message.
     #[error("not a JSON object: {0}")]
     NotJson(String),
+    /// The line is a JSON object, but not written as RFC 8785 canonical JSON: it was edited.
     #[error("not in canonical form (RFC 8785): the line was edited")]
     NotCanonical,
+    /// `hash` is missing or not a string, `seq` not a whole number or `prev` not a string.
     #[error("`{0}` is missing or has the wrong type")]
     MissingField(&'static str),
+    /// `hash` is not the SHA-256 of the canonical record without `hash`.
     #[error("`hash` does not match the record's content")]
     HashMismatch,
 }
 
 /// A line that checked out: its fields, with the three the chain links by.
 #[derive(Debug, Clone)]
-pub struct Checked {
+pub struct CheckedLine {
+    /// The record's place in the chain, counting from 1.
     pub seq: u64,
+    /// The `hash` of the record before it ([`GENESIS`] for the first).
     pub prev: String,
+    /// The record's own `hash` (64 lowercase hex digits), which matched its content.
     pub hash: String,
+    /// Every field of the record but `hash` (`seq`, `ts` and `prev` included).
     pub record: Map<String, Value>,
 }
 
@@ -106,7 +116,7 @@ pub struct Checked {
 /// # Errors
 ///
 /// The first [`LineProblem`] found, in the order of the variants.
-pub fn check(line: &[u8]) -> Result<Checked, LineProblem> {
+pub fn check(line: &[u8]) -> Result<CheckedLine, LineProblem> {
     let mut record: Map<String, Value> =
         serde_json::from_slice(line).map_err(|error| LineProblem::NotJson(error.to_string()))?;
     if canonical(&record) != line {
@@ -127,7 +137,7 @@ pub fn check(line: &[u8]) -> Result<Checked, LineProblem> {
         .and_then(Value::as_str)
         .ok_or(LineProblem::MissingField("prev"))?
         .to_owned();
-    Ok(Checked {
+    Ok(CheckedLine {
         seq,
         prev,
         hash,

@@ -1,4 +1,4 @@
-//! What an audit record says, one shape per `kind`.
+//! What an audit record says, one shape per `kind` (`docs/contract.md` §10).
 //!
 //! - `decision`: a verdict of the policy decision point, written and made durable before the tool
 //!   body may run. A deferred call that a human approved has two: the `DEFER`, then the verdict
@@ -21,19 +21,25 @@ use crate::claims::Provenance;
 use crate::policy::Mode;
 use crate::policy::wire::{self, Verdict};
 
-/// One event of the audit log; `kind` is the variant's name in snake case.
+/// One event of the audit log, serialised as one JSON object whose `kind` is the variant's name
+/// in snake case (`decision`, `approval`, `outcome`, `recovery`) beside the record's fields. The
+/// chain fields are added when it is sealed ([`chain::seal`](super::chain::seal)).
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event<'a> {
-    Decision(Decision<'a>),
-    Approval(Approval<'a>),
-    Outcome(Outcome<'a>),
-    Recovery(Recovery),
+    /// `kind: decision`: one verdict.
+    Decision(DecisionRecord<'a>),
+    /// `kind: approval`: how asking a human about a `DEFER` ended.
+    Approval(ApprovalRecord<'a>),
+    /// `kind: outcome`: how the call ended.
+    Outcome(OutcomeRecord<'a>),
+    /// `kind: recovery`: a torn last line found at start.
+    Recovery(RecoveryRecord),
 }
 
 /// A `decision` record: one verdict and everything it was given and said.
 #[derive(Debug, Serialize)]
-pub struct Decision<'a> {
+pub struct DecisionRecord<'a> {
     /// The tool call this verdict belongs to (a UUID, the same in every record of the call).
     pub call_id: &'a str,
     /// The check's id: the `X-Request-Id` sent to Stage0, or the simulator's.
@@ -41,11 +47,13 @@ pub struct Decision<'a> {
     /// On the check after a human approval: the `request_id` of the `DEFER` that was approved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred_request_id: Option<&'a str>,
+    /// The MCP tool name, e.g. `retry-workflow`.
     pub tool: &'a str,
     /// SHA-256 (hex) of the RFC 8785 canonical JSON of the call's arguments.
     pub arguments_sha256: &'a str,
     /// The execution intent's goal, whole.
     pub goal: &'a str,
+    /// The execution intent's side effects (`publish`, `deploy`, `loop`, ...).
     pub side_effects: &'a [String],
     /// The authorization context sent to the policy decision point: the effective values and,
     /// beside them, what the agent claimed (`claimed_retry_count`, `claimed_actor_role`, ...).
@@ -56,14 +64,19 @@ pub struct Decision<'a> {
     /// ledger is rebuilt from these at start. Only on the first check of a call that counted one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow_sha256: Option<String>,
+    /// `ALLOW`, `DENY` or `DEFER`: what decided whether the body could run.
     pub verdict: Verdict,
+    /// The decision code reported with the verdict (`GO`, `NO_GO`, `DEFER`, `ERROR`).
     pub decision: wire::Decision,
+    /// Why, as the policy decision point said (or the fail-closed reason).
     pub reason: &'a str,
+    /// The policy version that decided; empty when the policy decision point sent none.
     pub policy_version: &'a str,
     /// 0–100; `null` when the policy decision point sent none.
     pub risk_score: Option<&'a Number>,
     /// The `code` of each issue the policy decision point raised.
     pub issues: Vec<&'a str>,
+    /// Which policy decision point answered: `stage0` or `simulator`.
     pub mode: Mode,
     /// How long the check took, in milliseconds (microsecond precision).
     pub check_latency_ms: f64,
@@ -71,11 +84,14 @@ pub struct Decision<'a> {
 
 /// An `approval` record: a human's answer (or its absence) about a `DEFER`.
 #[derive(Debug, Serialize)]
-pub struct Approval<'a> {
+pub struct ApprovalRecord<'a> {
+    /// The tool call this answer belongs to.
     pub call_id: &'a str,
     /// The `request_id` of the check that answered `DEFER`.
     pub request_id: &'a str,
+    /// The MCP tool name.
     pub tool: &'a str,
+    /// How asking ended (`approved`, `rejected`, `timed_out`, ...).
     pub outcome: ApprovalOutcome,
     /// Who approved, when and why; only when `outcome` is `approved`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,15 +103,19 @@ pub struct Approval<'a> {
 
 /// An `outcome` record: how a tool call ended.
 #[derive(Debug, Serialize)]
-pub struct Outcome<'a> {
+pub struct OutcomeRecord<'a> {
+    /// The tool call that ended.
     pub call_id: &'a str,
     /// The `request_id` of the final verdict; absent when no verdict was reached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<&'a str>,
+    /// The MCP tool name.
     pub tool: &'a str,
+    /// SHA-256 (hex) of the RFC 8785 canonical JSON of the call's arguments.
     pub arguments_sha256: &'a str,
     /// Whether the tool body ran (only ever after an `ALLOW` whose decision record is durable).
     pub executed: bool,
+    /// How the call ended.
     pub status: Status,
     /// Why the body failed, or why the arguments could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,7 +145,7 @@ pub enum Status {
 
 /// A `recovery` record: the torn last line a crash left, kept where it is and named here.
 #[derive(Debug, Serialize)]
-pub struct Recovery {
+pub struct RecoveryRecord {
     /// Where the torn line starts in the file, in bytes from its start.
     pub torn_offset: u64,
     /// Its length in bytes; the server ended it with a newline before this record.

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::chain::{self, Checked, GENESIS};
+use super::chain::{self, CheckedLine, GENESIS};
 
 /// A log that verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,7 @@ struct Line {
     offset: u64,
     bytes: Vec<u8>,
     whole: bool,
-    checked: Result<Checked, chain::LineProblem>,
+    checked: Result<CheckedLine, chain::LineProblem>,
 }
 
 /// The lines of a log, in order.
@@ -168,7 +168,7 @@ impl<R: BufRead> Lines<R> {
 }
 
 /// Whether `record` is a `recovery` record naming exactly `torn`: its offset, length and SHA-256.
-fn names(record: &Checked, torn: &Line) -> bool {
+fn names(record: &CheckedLine, torn: &Line) -> bool {
     let field = |name: &str| record.record.get(name);
     record.record.get("kind").and_then(Value::as_str) == Some("recovery")
         && field("torn_offset").and_then(Value::as_u64) == Some(torn.offset)
@@ -178,7 +178,7 @@ fn names(record: &Checked, torn: &Line) -> bool {
 }
 
 /// Checks that `record` follows the record numbered `seq` whose hash is `hash`.
-fn check_link(line: u64, record: &Checked, seq: u64, hash: &str) -> Result<(), Break> {
+fn check_link(line: u64, record: &CheckedLine, seq: u64, hash: &str) -> Result<(), Break> {
     let why = if record.seq != seq + 1 {
         format!("seq {} where {} was expected", record.seq, seq + 1)
     } else if record.prev != hash {

@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, GENESIS};
-use super::record::{Event, Recovery};
+use super::record::{Event, RecoveryRecord};
 use super::{AuditError, Unavailable};
 use crate::ledger::AttemptLedger;
 
@@ -52,7 +52,9 @@ pub(super) enum Message {
 /// A torn last line: where it starts and how long it is, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Torn {
+    /// Where the torn line starts, in bytes from the start of the file.
     pub offset: u64,
+    /// Its length in bytes (it has no newline).
     pub length: u64,
 }
 
@@ -230,7 +232,7 @@ impl Writer {
         if let Some(torn) = torn {
             let torn_sha256 = self.torn_sha256(torn)?;
             buffer.push(b'\n');
-            let recovery = Event::Recovery(Recovery {
+            let recovery = Event::Recovery(RecoveryRecord {
                 torn_offset: torn.offset,
                 torn_length: torn.length,
                 torn_sha256,

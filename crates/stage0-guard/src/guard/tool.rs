@@ -4,8 +4,9 @@
 //! description (name, title, description, annotations; the input schema comes from the type) and
 //! the execution intent a call asks the policy decision point to authorise. [`GuardedTool`] adds
 //! the body, which can only be run with a [`Permit`] for that very tool, and so only after an
-//! `ALLOW` (see the parent module); it returns a [`ToolOutput`]. A report-only tool, such as `check-authorization`, is a
-//! [`ToolIntent`] and nothing more: the guard reports its verdict and runs nothing.
+//! `ALLOW` (see the parent module); it returns a [`ToolOutput`]. A report-only tool, such as
+//! `check-authorization`, is a [`ToolIntent`] and nothing more: the guard reports its verdict and
+//! runs nothing.
 
 use std::future::Future;
 
@@ -41,8 +42,8 @@ pub trait ToolIntent: DeserializeOwned + JsonSchema + Send + 'static {
         None
     }
 
-    /// The execution intent this call asks to be authorised (`docs/contract.md` gives each of the
-    /// six tools' intents).
+    /// The execution intent this call asks to be authorised (`docs/contract.md` §2 gives each of
+    /// the six tools' intents).
     ///
     /// Called after the guard replaced the [`claims`](ToolIntent::claims) with vouched values.
     fn intent(&self) -> Intent;

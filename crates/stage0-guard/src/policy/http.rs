@@ -1,4 +1,5 @@
-//! The live policy decision point: `POST {STAGE0_BASE_URL}/check` over HTTPS.
+//! The live policy decision point: `POST {STAGE0_BASE_URL}/check` over HTTPS (`docs/contract.md`
+//! §3).
 //!
 //! Every failure is a verdict, never an error: a status other than 2xx, a network error, a body
 //! over [`MAX_BODY_BYTES`], a body that is not a JSON object, or no complete answer within the

@@ -1,8 +1,8 @@
 //! The deterministic policy decision point used when no `STAGE0_API_KEY` is set.
 //!
-//! A pure function of the intent: no I/O, no clock, no environment; the request id is passed in
-//! and is the only part that differs between two runs. The rules, their order and their texts are
-//! those of the TypeScript original (SPEC §4), so a client written against it sees the same
+//! A pure function of the intent: no I/O, no clock, no environment; the request id is passed in and
+//! is the only part that differs between two runs. The rules, their order and their texts are those
+//! of the TypeScript original (`docs/contract.md` §4), so a client written against it sees the same
 //! verdicts. The first rule that matches answers, which is why DENY beats DEFER beats ALLOW:
 //!
 //! 1. a `publish` or `deploy` side effect → `DENY` (`SIDE_EFFECTS_NEED_GUARDRAILS`)

@@ -3,7 +3,7 @@
 //! The request is written exactly as the API expects. The response is read leniently field by
 //! field and strictly on the outcome: an optional field of the wrong type is dropped, never an
 //! error, but anything that is not a recognisable `ALLOW` is not an `ALLOW`. The field names and
-//! fallbacks follow the Stage0 `/check` API and the TypeScript original (SPEC §3).
+//! fallbacks follow the Stage0 `/check` API and the TypeScript original (`docs/contract.md` §3).
 
 use std::fmt;
 
@@ -31,9 +31,10 @@ pub struct Intent {
     pub context: Map<String, Value>,
 }
 
-/// The exact JSON body of `POST /check`: the intent and `pro: false`.
+/// The exact JSON body of `POST /check`: the intent's fields at the top level and `pro: false`.
 #[derive(Debug, Serialize)]
 pub struct CheckBody<'a> {
+    /// The intent, its fields flattened into the body.
     #[serde(flatten)]
     pub intent: &'a Intent,
     /// Stage0's premium evaluation switch; this server never asks for it.
@@ -41,21 +42,33 @@ pub struct CheckBody<'a> {
 }
 
 /// The answer that decides whether a tool body runs. Only [`Verdict::Allow`] runs it.
+///
+/// `verdict` in the Stage0 `/check` API; read case-insensitively, anything else is `DENY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Verdict {
+    /// `ALLOW`: the tool body may run.
     Allow,
+    /// `DENY`: the body does not run; final, never put to a human.
     Deny,
+    /// `DEFER`: the body does not run until a human reviews it.
     Defer,
 }
 
-/// Stage0's decision code, reported alongside the verdict (`ERROR` when none could be reached).
+/// Stage0's decision code, reported alongside the verdict and never consulted: only the
+/// [`Verdict`] decides. `decision` in the Stage0 `/check` API; read case-insensitively, anything
+/// else is `ERROR`. (Not to be confused with the audit log's `decision` record,
+/// [`DecisionRecord`](crate::audit::record::DecisionRecord), which records a whole verdict.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Decision {
+    /// `GO`, Stage0's code for `ALLOW`.
     Go,
+    /// `NO_GO`, Stage0's code for `DENY`.
     NoGo,
+    /// `DEFER`.
     Defer,
+    /// `ERROR`: no decision could be reached (a failed check, fail closed).
     Error,
 }
 
@@ -135,9 +148,13 @@ pub struct Issue {
 /// Stage0's cost estimate for the action (`cost_estimate` in the Stage0 API).
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct CostEstimate {
+    /// The currency of `min` and `max`, as Stage0 sends it (e.g. `USD`).
     pub currency: String,
+    /// The lowest estimate, in `currency`.
     pub min: Number,
+    /// The highest estimate, in `currency`.
     pub max: Number,
+    /// What the estimate assumes; left out of the JSON when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub assumptions: Vec<String>,
 }
@@ -148,7 +165,9 @@ pub struct CostEstimate {
 /// type; they are left out of the JSON then. Field names follow the Stage0 `/check` API.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct PolicyResponse {
+    /// What decides whether the tool body runs.
     pub verdict: Verdict,
+    /// Stage0's decision code; reported, never consulted.
     pub decision: Decision,
     /// Why; never empty (falls back to the issues, the trace summary, then `No reason provided`).
     pub reason: String,
@@ -156,21 +175,29 @@ pub struct PolicyResponse {
     pub request_id: String,
     /// The policy pack version that decided; empty when unknown.
     pub policy_version: String,
+    /// The version of the policy pack, when Stage0 sends it apart from `policy_version`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_pack_version: Option<String>,
     /// 0–100, higher is riskier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk_score: Option<Number>,
+    /// Whether the authority judged the action high-risk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub high_risk: Option<bool>,
+    /// Stage0's `value_risk` score, passed on as sent; this server does not interpret it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_risk: Option<Number>,
+    /// Stage0's `waste_risk` score, passed on as sent; this server does not interpret it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waste_risk: Option<Number>,
+    /// The findings behind the verdict; their codes go into the audit log.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub issues: Vec<Issue>,
+    /// Conditions the authority attaches to the verdict (the simulator: `read_only` on every
+    /// `ALLOW`). Reported to the client only, never enforced: see `docs/contract.md` §9.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub guardrails: Vec<String>,
+    /// The authority's evaluation of each guardrail, as sent; reported, never enforced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guardrail_checks: Option<Map<String, Value>>,
     /// Questions that would make a vague request clear (usually with `DEFER`).
@@ -179,12 +206,16 @@ pub struct PolicyResponse {
     /// Questions a human reviewer should answer before the action may go on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub defer_questions: Vec<String>,
+    /// Stage0's `value_findings`, passed on as sent; this server does not interpret them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub value_findings: Vec<String>,
+    /// A summary of how the authority reached the verdict; the last fallback for `reason`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision_trace_summary: Option<String>,
+    /// Stage0's `cached` flag, passed on as sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached: Option<bool>,
+    /// What the action may cost, by Stage0's estimate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_estimate: Option<CostEstimate>,
 }
@@ -311,8 +342,10 @@ impl PolicyResponse {
 /// Why a 2xx `/check` body carries no verdict at all.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    /// The body is not one JSON text; carries the parser's error.
     #[error("response body is not JSON: {0}")]
     NotJson(serde_json::Error),
+    /// The body is JSON but not an object; carries [`PolicyResponse::from_json`]'s description.
     #[error("{0}")]
     NotAnObject(&'static str),
 }
