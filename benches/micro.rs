@@ -5,12 +5,16 @@
 //!   (bytes → JSON → [`PolicyResponse`]), for a typical body and one of 1 MiB, the largest read;
 //! - `guarded_call/*`: one `tools/call` through a real rmcp client and the server over an
 //!   in-memory duplex pipe: the whole MCP path without a process or an OS pipe;
-//! - `result/*`: building the tool result (text and `structuredContent`) from a verdict.
+//! - `result/*`: building the tool result (text and `structuredContent`) from a verdict;
+//! - `approval_state/*`: sealing the `requestState` of an approval asked over MRTR, and opening it
+//!   (verification, the call's bindings, the spent-nonce check) and spending its nonce.
 //!
 //! The end-to-end figures (process, pipes, memory, live mode) are in `benches/e2e.rs`; what each
 //! figure means and what bounds it is in BENCHMARKS.md.
 
 use std::hint::black_box;
+
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use mcp_server_stage0::server::stage0_server;
@@ -18,7 +22,10 @@ use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use serde_json::{Map, Value, json};
 use stage0_guard::approval::Approvals;
-use stage0_guard::claims::{Operator, Provenance};
+use stage0_guard::approval::state::{
+    ApprovalStates, CallBinding, Principal, StateKey, arguments_sha256,
+};
+use stage0_guard::claims::{ActorRole, Operator, Provenance};
 use stage0_guard::guard::Guard;
 use stage0_guard::policy::wire::{Intent, PolicyResponse};
 use stage0_guard::policy::{Mode, PolicyClient, simulator};
@@ -172,11 +179,49 @@ fn guarded_call(c: &mut Criterion) {
         .expect("the client session shuts down");
 }
 
+fn approval_state(c: &mut Criterion) {
+    let states = ApprovalStates::new(StateKey::random(), Duration::from_secs(300));
+    let Value::Object(arguments) = json!({"workflowId": "wf-1", "retryCount": 5}) else {
+        unreachable!("a literal object")
+    };
+    let hash = arguments_sha256(&arguments);
+    let principal = Principal {
+        actor_id: Some("ada".to_owned()),
+        actor_role: ActorRole::Developer,
+    };
+    let call = CallBinding {
+        tool: "retry-workflow",
+        arguments_sha256: &hash,
+        principal: &principal,
+    };
+    let request_id = "9eda8a06-6860-4863-a588-6f32813d1d56";
+    let seal = || {
+        states
+            .seal(call, request_id, "simulated-v1.0.0")
+            .expect("a state seals")
+    };
+    c.bench_function("approval_state/seal", |b| b.iter(seal));
+    c.bench_function("approval_state/open_and_spend", |b| {
+        b.iter_batched(
+            seal,
+            |sealed| {
+                let opened = states.open(&sealed.state, call).expect("the state opens");
+                states.spend(&opened).expect("its nonce is spent once");
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("approval_state/arguments_sha256", |b| {
+        b.iter(|| arguments_sha256(black_box(&arguments)))
+    });
+}
+
 criterion_group!(
     benches,
     simulator_decision,
     response_parsing,
     structured_result,
-    guarded_call
+    guarded_call,
+    approval_state
 );
 criterion_main!(benches);

@@ -570,6 +570,168 @@ async fn input_schemas_restrict_enums_and_retry_counts() {
     assert_eq!(side_effects["items"]["type"], "string");
 }
 
+/// The `format` values JSON Schema 2020-12 defines (Validation, section 7.3).
+const STANDARD_FORMATS: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// What is wrong with `schema` and its subschemas, each with its JSON pointer: a `format` JSON
+/// Schema 2020-12 does not define, a `null` type, a `null` in an `enum`, a `const: null`.
+///
+/// Walks only where subschemas are (so a property named `format` is not mistaken for the
+/// keyword), everywhere they can be.
+fn schema_problems(schema: &Value, at: &str, problems: &mut Vec<String>) {
+    let Value::Object(node) = schema else {
+        return;
+    };
+    if let Some(format) = node.get("format")
+        && !format
+            .as_str()
+            .is_some_and(|f| STANDARD_FORMATS.contains(&f))
+    {
+        problems.push(format!("{at}: format {format}"));
+    }
+    let null_type = match node.get("type") {
+        Some(Value::String(kind)) => kind == "null",
+        Some(Value::Array(kinds)) => kinds.iter().any(|kind| kind == "null"),
+        _ => false,
+    };
+    if null_type {
+        problems.push(format!("{at}: type {}", node["type"]));
+    }
+    if let Some(Value::Array(values)) = node.get("enum")
+        && values.iter().any(Value::is_null)
+    {
+        problems.push(format!("{at}: enum {}", node["enum"]));
+    }
+    if node.get("const").is_some_and(Value::is_null) {
+        problems.push(format!("{at}: const null"));
+    }
+    for (key, value) in node {
+        match key.as_str() {
+            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+                for (name, subschema) in value.as_object().into_iter().flatten() {
+                    schema_problems(subschema, &format!("{at}/{key}/{name}"), problems);
+                }
+            }
+            "allOf" | "anyOf" | "oneOf" | "prefixItems" | "items" if value.is_array() => {
+                for (index, subschema) in value.as_array().into_iter().flatten().enumerate() {
+                    schema_problems(subschema, &format!("{at}/{key}/{index}"), problems);
+                }
+            }
+            "items"
+            | "not"
+            | "if"
+            | "then"
+            | "else"
+            | "contains"
+            | "additionalProperties"
+            | "propertyNames"
+            | "unevaluatedItems"
+            | "unevaluatedProperties" => {
+                schema_problems(value, &format!("{at}/{key}"), problems);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The values an enum property lists, in order, nulls included: its `enum`, or the `const` of each
+/// `oneOf` / `anyOf` branch (schemars writes the second form when the variants have doc
+/// comments). Every branch must be a string.
+fn listed_values(property: &Value) -> Vec<Value> {
+    if let Some(values) = property["enum"].as_array() {
+        assert_eq!(property["type"], "string", "{property}");
+        return values.clone();
+    }
+    ["oneOf", "anyOf"]
+        .iter()
+        .flat_map(|key| property[key].as_array().into_iter().flatten())
+        .map(|branch| {
+            assert_eq!(branch["type"], "string", "{property}");
+            branch["const"].clone()
+        })
+        .collect()
+}
+
+#[test]
+fn the_schema_walk_finds_every_kind_of_problem() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "format": {"type": "string", "format": "uint64"},
+            "a": {"type": ["string", "null"], "enum": ["x", null]},
+            "b": {"anyOf": [{"$ref": "#/$defs/B"}, {"type": "null"}]},
+            "c": {"type": "array", "items": {"const": null}},
+            "d": {"type": "string", "format": "date-time"}
+        },
+        "$defs": {"B": {"type": "integer", "format": "int64"}}
+    });
+    let mut problems = Vec::new();
+    schema_problems(&schema, "", &mut problems);
+    problems.sort();
+    assert_eq!(
+        problems,
+        [
+            "/$defs/B: format \"int64\"",
+            "/properties/a: enum [\"x\",null]",
+            "/properties/a: type [\"string\",\"null\"]",
+            "/properties/b/anyOf/1: type \"null\"",
+            "/properties/c/items: const null",
+            "/properties/format: format \"uint64\"",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn schemas_use_only_standard_formats_and_optional_arguments_are_not_nullable() {
+    let tools = listed_tools().await;
+    let mut problems = Vec::new();
+    for tool in &tools {
+        let name = tool["name"].as_str().expect("a tool name");
+        for kind in ["inputSchema", "outputSchema"] {
+            assert!(tool[kind].is_object(), "{name} has no {kind}");
+            schema_problems(&tool[kind], &format!("{name} {kind} "), &mut problems);
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // Optional enums list exactly the original's values, and stay optional.
+    let roles = [json!("admin"), json!("developer"), json!("viewer")];
+    let deploy = &tool(&tools, "deploy-changes")["inputSchema"];
+    assert_eq!(
+        listed_values(&deploy["properties"]["actorRole"]),
+        roles,
+        "{deploy}"
+    );
+    assert!(!names(&deploy["required"]).contains("actorRole"));
+    let managed = &tool(&tools, "managed-deploy")["inputSchema"];
+    assert_eq!(listed_values(&managed["properties"]["actorRole"]), roles);
+    assert_eq!(managed["properties"]["resourceScope"]["type"], "string");
+    let check = &tool(&tools, "check-authorization")["inputSchema"];
+    assert_eq!(check["properties"]["successCriteria"]["type"], "array");
+    assert_eq!(check["properties"]["retryCount"]["type"], "integer");
+    assert_eq!(check["properties"]["retryCount"]["minimum"], 0);
+}
+
 #[tokio::test]
 async fn annotations_mark_read_only_destructive_and_open_world_tools() {
     let tools = listed_tools().await;

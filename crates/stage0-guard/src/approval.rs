@@ -14,6 +14,8 @@
 //! An approval belongs to the one call it was given for: nothing is cached or reusable.
 //! `DENY` is final and never sent to a human.
 
+pub mod state;
+
 use std::time::{Duration, SystemTime};
 
 use rmcp::model::{ElicitRequestParams, ElicitationAction, ElicitationSchema};

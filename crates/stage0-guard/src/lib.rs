@@ -13,7 +13,8 @@
 //!
 //! Read the modules top-down, in the order dependencies point:
 //!
-//! - [`server`]: the MCP server, a list of tool types each routed through the guard;
+//! - [`server`]: the MCP server, a list of tool types each routed through the guard, with the
+//!   tools' schemas from [`schema`];
 //! - [`transport`]: stdio with a maximum message size and the MCP lifecycle enforced;
 //! - [`config`]: the `STAGE0_*` variables, and the one place a guard is built from them;
 //! - [`guard`]: the one enforcement point, where a verdict decides whether a tool body runs,
@@ -36,6 +37,7 @@ pub mod guard;
 pub mod ledger;
 pub mod policy;
 pub mod render;
+pub mod schema;
 pub mod server;
 pub mod transport;
 

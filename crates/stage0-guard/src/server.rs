@@ -4,14 +4,14 @@
 //! [`tool::<T>()`](ServerBuilder::tool) for a tool with a body ([`GuardedTool`]),
 //! [`report::<T>()`](ServerBuilder::report) for a report-only tool ([`ToolIntent`]). Each line
 //! builds the tool's `tools/list` entry from its type (name, title, description, annotations,
-//! input schema; the output schema is always [`ToolReport`]'s) and an rmcp `ToolRoute` whose only
-//! code is a call of [`Guard::enforce`] or [`Guard::report`]. There is no other way to add a
-//! route, so no tool body of a server built here is reachable without a verdict.
+//! input schema; the output schema is always [`ToolReport`]'s; both through [`crate::schema`])
+//! and an rmcp `ToolRoute` whose only code is a call of [`Guard::enforce`] or [`Guard::report`].
+//! There is no other way to add a route, so no tool body of a server built here is reachable
+//! without a verdict.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use rmcp::handler::server::common::{schema_for_input, schema_for_output};
 use rmcp::handler::server::tool::{ToolCallContext, ToolRoute, ToolRouter};
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::guard::{Guard, GuardedTool, ToolIntent};
 use crate::render::ToolReport;
-use crate::transport;
+use crate::{schema, transport};
 
 /// An MCP server whose every tool call goes through one [`Guard`]. Cheap to clone: clones share
 /// the guard and the tool list.
@@ -206,11 +206,11 @@ impl ServerBuilder {
 
 /// `T`'s entry in `tools/list`.
 fn entry<T: ToolIntent>() -> Tool {
-    let input = schema_for_input::<T>()
+    let input = schema::input::<T>()
         .unwrap_or_else(|error| panic!("the arguments of `{}`: {error}", T::NAME));
     let mut tool = Tool::new(T::NAME, T::DESCRIPTION, input)
         .with_title(T::TITLE)
-        .with_raw_output_schema(schema_for_output::<ToolReport>());
+        .with_raw_output_schema(schema::output::<ToolReport>());
     if let Some(annotations) = T::annotations() {
         tool = tool.with_annotations(annotations);
     }
