@@ -26,6 +26,7 @@ use fake_stage0::{Exchange, FakeStage0, Fate, Reply};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use rmcp::model::CallToolResponse;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use stage0_guard::approval::Approvals;
@@ -608,6 +609,9 @@ fn the_guard_runs_the_body_exactly_once_exactly_when_stage0_allows() {
             .await
             .expect("every guarded call ends")
         });
+        let CallToolResponse::Complete(result) = result else {
+            panic!("a call without a human to ask ends complete: {result:?}");
+        };
         let runs = RUNS.load(Ordering::SeqCst) - runs_before;
         let exchanges = runtime.block_on(settled(&fake));
         let allowed = deciding_exchange(&exchanges)?.is_some_and(answered_allow);

@@ -18,7 +18,9 @@ pub mod state;
 
 use std::time::{Duration, SystemTime};
 
-use rmcp::model::{ElicitRequestParams, ElicitationAction, ElicitationSchema};
+use rmcp::model::{
+    ElicitRequestParams, ElicitResult, ElicitationAction, ElicitationSchema, InputResponses,
+};
 use rmcp::service::{ElicitationMode, ServiceError};
 use rmcp::{Peer, RoleServer};
 use schemars::JsonSchema;
@@ -43,6 +45,17 @@ pub enum Approvals {
         /// from 1 when read from the configuration; [`DEFAULT_APPROVAL_TIMEOUT_S`] by default).
         timeout: Duration,
     },
+}
+
+impl Approvals {
+    /// How long a human has to answer: the `Ask` timeout, or the default when asking is off (an
+    /// MRTR approval state is accepted for this long after it was sealed).
+    pub fn timeout(self) -> Duration {
+        match self {
+            Approvals::Ask { timeout } => timeout,
+            Approvals::Off => Duration::from_secs(DEFAULT_APPROVAL_TIMEOUT_S),
+        }
+    }
 }
 
 impl Default for Approvals {
@@ -101,6 +114,20 @@ pub enum ApprovalOutcome {
     Disabled,
     /// The elicitation request itself failed (the connection, the protocol version).
     Failed,
+    /// An MRTR retry's `requestState` was refused (failed verification, expired, issued for
+    /// another call or principal, or already used); `detail` says which. Nothing was checked.
+    StateRefused,
+}
+
+/// How the question reached the human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalPath {
+    /// `elicitation/create` within the call (MCP 2025-11-25 and earlier).
+    Elicitation,
+    /// An `input_required` result and the client's retry with the answer and the sealed
+    /// `requestState` (MRTR, MCP 2026-07-28).
+    Mrtr,
 }
 
 /// The `approval` part of a tool result: present whenever a tool call was deferred.
@@ -108,6 +135,9 @@ pub enum ApprovalOutcome {
 pub struct ApprovalReport {
     /// How asking ended.
     pub outcome: ApprovalOutcome,
+    /// How the question reached the human; absent when nobody was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<ApprovalPath>,
     /// The `request_id` of the check that answered `DEFER`.
     pub deferred_request_id: String,
     /// Who approved, when and why; only when `outcome` is `approved`.
@@ -120,16 +150,28 @@ pub struct ApprovalReport {
 }
 
 impl ApprovalReport {
-    fn new(outcome: ApprovalOutcome, deferred: &PolicyResponse) -> Self {
+    /// How asking about the call deferred by the check `deferred_request_id` ended, without
+    /// details.
+    pub fn new(outcome: ApprovalOutcome, deferred_request_id: &str) -> Self {
         ApprovalReport {
             outcome,
-            deferred_request_id: deferred.request_id.clone(),
+            via: None,
+            deferred_request_id: deferred_request_id.to_owned(),
             approval: None,
             detail: None,
         }
     }
 
-    fn with_detail(mut self, detail: impl Into<String>) -> Self {
+    /// The same report, saying how the question reached the human.
+    pub fn via(self, path: ApprovalPath) -> Self {
+        ApprovalReport {
+            via: Some(path),
+            ..self
+        }
+    }
+
+    /// The same report with `detail` (see [`ApprovalReport::detail`]).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
     }
@@ -171,6 +213,9 @@ impl ApprovalReport {
                 "Asking a human is turned off on this server (STAGE0_APPROVALS=off).".to_owned()
             }
             ApprovalOutcome::Failed => format!("Asking the reviewer failed: {detail}."),
+            ApprovalOutcome::StateRefused => {
+                format!("The answer was not taken: {detail}. Nothing was checked or run.")
+            }
         }
     }
 }
@@ -197,7 +242,7 @@ pub async fn ask(
     intent: &Intent,
     deferred: &PolicyResponse,
 ) -> ApprovalReport {
-    let report = |outcome| ApprovalReport::new(outcome, deferred);
+    let report = |outcome| ApprovalReport::new(outcome, &deferred.request_id);
     let Approvals::Ask { timeout } = approvals else {
         return report(ApprovalOutcome::Disabled);
     };
@@ -207,19 +252,64 @@ pub async fn ask(
     }) else {
         return report(ApprovalOutcome::Unsupported);
     };
-    let request = ElicitRequestParams::FormElicitationParams {
+    let asked = peer
+        .create_elicitation_with_timeout(question(operator, tool, intent, deferred), Some(timeout))
+        .await;
+    let report = match asked {
+        Ok(answer) => read_answer(answer, &deferred.request_id),
+        Err(ServiceError::Timeout { .. }) => report(ApprovalOutcome::TimedOut),
+        Err(error) => report(ApprovalOutcome::Failed).with_detail(error.to_string()),
+    };
+    report.via(ApprovalPath::Elicitation)
+}
+
+/// The key of the approval form among an MRTR result's `inputRequests` (and of the answer among
+/// the retry's `inputResponses`).
+pub const INPUT_KEY: &str = "approval";
+
+/// What the `inputResponses` of an MRTR retry say about the call deferred by the check
+/// `deferred_request_id`: the answer under [`INPUT_KEY`] read as [`read_answer`] does, or
+/// [`ApprovalOutcome::InvalidAnswer`] when there is none or it is not an elicitation result.
+pub fn read_retry(
+    input_responses: Option<InputResponses>,
+    deferred_request_id: &str,
+) -> ApprovalReport {
+    let answer = input_responses
+        .and_then(|mut responses| responses.remove(INPUT_KEY))
+        .ok_or_else(|| format!("the retry carries no answer under `{INPUT_KEY}`"))
+        .and_then(|answer| {
+            serde_json::from_value::<ElicitResult>(answer)
+                .map_err(|error| format!("the answer is not an elicitation result: {error}"))
+        });
+    let report = match answer {
+        Ok(answer) => read_answer(answer, deferred_request_id),
+        Err(why) => ApprovalReport::new(ApprovalOutcome::InvalidAnswer, deferred_request_id)
+            .with_detail(why),
+    };
+    report.via(ApprovalPath::Mrtr)
+}
+
+/// The form elicitation that asks the human about the deferred call of `tool`: the message
+/// (tool, goal, reason, questions) and the form (`approve`, `name`, `reason`). Sent as
+/// `elicitation/create` (2025-11-25) or as an MRTR input request (2026-07-28).
+pub fn question(
+    operator: &Operator,
+    tool: &str,
+    intent: &Intent,
+    deferred: &PolicyResponse,
+) -> ElicitRequestParams {
+    ElicitRequestParams::FormElicitationParams {
         meta: None,
         message: message(tool, intent, deferred),
         requested_schema: form(operator),
-    };
-    let answer = match peer
-        .create_elicitation_with_timeout(request, Some(timeout))
-        .await
-    {
-        Ok(answer) => answer,
-        Err(ServiceError::Timeout { .. }) => return report(ApprovalOutcome::TimedOut),
-        Err(error) => return report(ApprovalOutcome::Failed).with_detail(error.to_string()),
-    };
+    }
+}
+
+/// What the human's `answer` to [`question`] means for the call deferred by the check
+/// `deferred_request_id`. Only an accepted form with `approve: true` and a non-blank name is an
+/// approval.
+pub fn read_answer(answer: ElicitResult, deferred_request_id: &str) -> ApprovalReport {
+    let report = |outcome| ApprovalReport::new(outcome, deferred_request_id);
     match answer.action {
         ElicitationAction::Decline => report(ApprovalOutcome::Declined),
         ElicitationAction::Cancel => report(ApprovalOutcome::Cancelled),

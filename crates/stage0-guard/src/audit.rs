@@ -24,13 +24,14 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rmcp::model::JsonObject;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::approval::state::SpentNonceSet;
 use crate::approval::{ApprovalOutcome, ApprovalReport};
 use crate::claims::Provenance;
 use crate::ledger::AttemptLedger;
@@ -123,6 +124,7 @@ pub struct AuditLog {
 struct Inner {
     path: PathBuf,
     ledger: Arc<AttemptLedger>,
+    spent: SpentNonceSet,
     state: State,
 }
 
@@ -157,7 +159,8 @@ impl AuditLog {
     /// cannot be continued (see `writer.rs`).
     pub fn open(path: &Path, sync: bool) -> Result<(AuditLog, Opened), AuditError> {
         let ledger = Arc::new(AttemptLedger::default());
-        let (writer, recovered) = Writer::open(path, sync, Arc::clone(&ledger))?;
+        let spent = SpentNonceSet::default();
+        let (writer, recovered) = Writer::open(path, sync, Arc::clone(&ledger), spent.clone())?;
         let (seq, hash) = writer.head();
         let opened = Opened {
             seq,
@@ -176,19 +179,26 @@ impl AuditLog {
             inbox,
             thread: Mutex::new(Some(thread)),
         };
-        Ok((AuditLog::with_state(path, ledger, state), opened))
+        Ok((AuditLog::with_state(path, ledger, spent, state), opened))
     }
     /// A log that could not be opened: every call is failed closed with `error` as the reason.
     pub fn unavailable(path: &Path, error: &AuditError) -> AuditLog {
         let state = State::Unavailable(Unavailable::new(error.to_string()));
-        AuditLog::with_state(path, Arc::new(AttemptLedger::default()), state)
+        let ledger = Arc::new(AttemptLedger::default());
+        AuditLog::with_state(path, ledger, SpentNonceSet::default(), state)
     }
 
-    fn with_state(path: &Path, ledger: Arc<AttemptLedger>, state: State) -> AuditLog {
+    fn with_state(
+        path: &Path,
+        ledger: Arc<AttemptLedger>,
+        spent: SpentNonceSet,
+        state: State,
+    ) -> AuditLog {
         AuditLog {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 ledger,
+                spent,
                 state,
             }),
         }
@@ -202,6 +212,15 @@ impl AuditLog {
     /// The attempt ledger rebuilt from the log's records; the guard counts retries in it.
     pub fn ledger(&self) -> Arc<AttemptLedger> {
         Arc::clone(&self.inner.ledger)
+    }
+
+    /// The spent nonces of MRTR approval states that the log's `approval` records name, its own
+    /// and those other servers append; the guard's [`ApprovalStates`] shares the set, so a state
+    /// answered once cannot be answered again after a restart.
+    ///
+    /// [`ApprovalStates`]: crate::approval::state::ApprovalStates
+    pub fn spent_nonces(&self) -> SpentNonceSet {
+        self.inner.spent.clone()
     }
 
     /// Seals `event` into the chain and waits until it is written (and, with sync on, fsync'd);
@@ -340,11 +359,17 @@ impl<'a> CallTrail<'a> {
     }
 
     /// Writes the `approval` record of how asking a human ended, and waits until it is durable.
+    /// `spent` names the nonce (SHA-256, hex) and expiry of the MRTR state the answer came with,
+    /// when it did.
     ///
     /// # Errors
     ///
     /// [`Unavailable`] when it was not written; the caller must then fail the call closed.
-    pub async fn approval(&mut self, asked: &ApprovalReport) -> Result<(), Unavailable> {
+    pub async fn approval(
+        &mut self,
+        asked: &ApprovalReport,
+        spent: Option<(&str, SystemTime)>,
+    ) -> Result<(), Unavailable> {
         let Some(log) = self.log else {
             return Ok(());
         };
@@ -356,6 +381,9 @@ impl<'a> CallTrail<'a> {
             request_id: &asked.deferred_request_id,
             tool: self.tool,
             outcome: asked.outcome,
+            via: asked.via,
+            nonce_sha256: spent.map(|(nonce, _)| nonce),
+            nonce_expires_at_ms: spent.map(|(_, expires_at)| record::unix_ms(expires_at)),
             approval: asked.approval.as_ref(),
             detail: asked.detail.as_deref(),
         });

@@ -23,6 +23,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::approval::state::Principal;
 use crate::ledger::AttemptLedger;
 
 /// Who acts, from least to most privileged: viewer < developer < admin. Spelled in lowercase in
@@ -160,6 +161,30 @@ impl Operator {
     ///
     /// Counts one attempt in `ledger` per retry claim, so call it once per tool call.
     pub fn vouch(&self, claims: Vec<Claim<'_>>, ledger: &AttemptLedger) -> Provenance {
+        self.vouch_counting(claims, ledger, true)
+    }
+
+    /// As [`vouch`](Operator::vouch), for the continuation of a call whose attempt was already
+    /// counted (the MRTR retry of a deferred call): `observed` is the attempts seen so far, the
+    /// deferred call's included, and nothing is counted (`workflow_key` stays unset).
+    pub fn vouch_again(&self, claims: Vec<Claim<'_>>, ledger: &AttemptLedger) -> Provenance {
+        self.vouch_counting(claims, ledger, false)
+    }
+
+    /// The principal this operator configured: its actor id and role ceiling.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            actor_id: self.actor_id.clone(),
+            actor_role: self.actor_role,
+        }
+    }
+
+    fn vouch_counting(
+        &self,
+        claims: Vec<Claim<'_>>,
+        ledger: &AttemptLedger,
+        counting: bool,
+    ) -> Provenance {
         let mut provenance = Provenance {
             actor_id: self.actor_id.clone(),
             ..Provenance::default()
@@ -168,8 +193,12 @@ impl Operator {
             match claim {
                 Claim::RetryCount { workflow_id, count } => {
                     let key = AttemptLedger::key(workflow_id);
-                    let observed = ledger.observe_key(key);
-                    provenance.workflow_key = Some(key);
+                    let observed = if counting {
+                        provenance.workflow_key = Some(key);
+                        ledger.observe_key(key)
+                    } else {
+                        ledger.seen_key(key)
+                    };
                     let claimed = *count;
                     *count = claimed.max(observed);
                     provenance.retry_count = Some(RetrySource {

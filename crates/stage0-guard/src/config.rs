@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::approval::state::{self, KeyError, StateKey};
 use crate::approval::{Approvals, DEFAULT_APPROVAL_TIMEOUT_S};
 use crate::audit::{self, AuditConfig, AuditLog};
 use crate::claims::{ActorRole, Operator};
@@ -44,6 +45,10 @@ pub struct Config {
     pub approvals: Approvals,
     /// `STAGE0_AUDIT_LOG` and `STAGE0_AUDIT_SYNC`: where and how durably to keep the audit log.
     pub audit: AuditConfig,
+    /// `STAGE0_REQUEST_STATE_KEY` (hex or base64, at least 32 bytes): the key that seals MRTR
+    /// approval states, so that servers sharing it accept each other's states and a restart
+    /// keeps them; `None` (the default) for a random key per process. Never shown by `Debug`.
+    pub request_state_key: Option<StateKey>,
 }
 
 /// Why the configuration cannot be used; the server refuses to start with it.
@@ -76,6 +81,10 @@ pub enum ConfigError {
          log; set it to a file path, or to `off`"
     )]
     NoAuditLogPath,
+    /// `STAGE0_REQUEST_STATE_KEY` is not hex or base64 of at least 32 bytes; the value is never
+    /// shown.
+    #[error("`STAGE0_REQUEST_STATE_KEY` is unusable (its value is not shown): {0}")]
+    InvalidRequestStateKey(KeyError),
 }
 
 /// `url` with its userinfo (`user:password@`) replaced by `<redacted>@`, for logs and errors.
@@ -185,6 +194,10 @@ impl Config {
             },
             approvals,
             audit: AuditConfig { path, sync },
+            request_state_key: set(state::KEY_ENV)
+                .map(|key| StateKey::parse(&key))
+                .transpose()
+                .map_err(ConfigError::InvalidRequestStateKey)?,
         })
     }
 }
@@ -222,7 +235,10 @@ impl Config {
     ///
     /// The `reqwest` error when the HTTP client for Stage0 cannot be built.
     pub fn guard(&self) -> Result<Guard, reqwest::Error> {
-        let guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals);
+        let mut guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals);
+        if let Some(key) = &self.request_state_key {
+            guard = guard.with_state_key(key.clone());
+        }
         Ok(match &self.audit.path {
             Some(path) => guard.with_audit(open_audit_log(path, self.audit.sync)),
             None => guard,

@@ -21,15 +21,20 @@
 mod tool;
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rmcp::model::{CallToolResult, JsonObject};
+use rmcp::model::{
+    CallToolResponse, CallToolResult, ElicitRequest, InputRequest, InputRequests,
+    InputRequiredResult, InputResponses, JsonObject, ProtocolVersion,
+};
 use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer};
 
-use crate::approval::{self, ApprovalReport, Approvals};
+use crate::approval::state::{self, ApprovalStates, CallBinding, StateError, StateKey};
+use crate::approval::{self, ApprovalOutcome, ApprovalPath, ApprovalReport, Approvals};
 use crate::audit::record::Status;
 use crate::audit::{self, AuditLog, CallTrail};
 use crate::claims::{ApprovalStatus, Operator, Provenance};
@@ -73,6 +78,7 @@ pub struct Guard {
     approvals: Approvals,
     ledger: Arc<AttemptLedger>,
     audit: Option<AuditLog>,
+    states: ApprovalStates,
 }
 
 impl Guard {
@@ -86,14 +92,29 @@ impl Guard {
             approvals,
             ledger: Arc::new(AttemptLedger::default()),
             audit: None,
+            states: ApprovalStates::new(StateKey::random(), approvals.timeout()),
+        }
+    }
+
+    /// The same guard, sealing MRTR approval states with `key` instead of the random key of this
+    /// process (`STAGE0_REQUEST_STATE_KEY`), so that servers sharing the key accept each other's
+    /// states. Spent nonces are kept.
+    pub fn with_state_key(self, key: StateKey) -> Self {
+        let spent = self.states.spent_nonces();
+        Guard {
+            states: ApprovalStates::new(key, self.approvals.timeout()).sharing(spent),
+            ..self
         }
     }
 
     /// The same guard, recording every call in `audit` and counting retries in the attempt
-    /// ledger rebuilt from it ([`AuditLog::ledger`]), so a restart does not reset a loop count.
+    /// ledger rebuilt from it ([`AuditLog::ledger`]), so a restart does not reset a loop count;
+    /// the MRTR approval states it spent are remembered from it too ([`AuditLog::spent_nonces`]),
+    /// so a restart does not let one be answered twice.
     pub fn with_audit(self, audit: AuditLog) -> Self {
         Guard {
             ledger: audit.ledger(),
+            states: self.states.sharing(audit.spent_nonces()),
             audit: Some(audit),
             ..self
         }
@@ -112,42 +133,69 @@ impl Guard {
     /// Checks a call of tool `T` with `arguments` and runs its body only on `ALLOW`.
     ///
     /// `request` is the MCP request this call arrived in (`None` when there is none, as in unit
-    /// tests). On `DEFER`, the guard asks the human behind its peer through elicitation and, on
-    /// approval, checks once more with the approval in the context. If the client cancels the
-    /// request (`notifications/cancelled`) or the session ends before the final verdict, the
-    /// check is dropped where it is and nothing runs; a body that has started runs to its end.
-    /// With an audit log, each verdict's `decision` record is durable before anything else
-    /// happens, and the call's `outcome` record before the result is returned.
+    /// tests). On `DEFER`, the guard asks a human (`docs/contract.md` §8): at protocol 2026-07-28
+    /// or later, to a client that declared form elicitation in the request's `_meta`, the answer
+    /// is an `input_required` result carrying the question and a sealed `requestState`, and the
+    /// client's retry (with `inputResponses` and that state) is checked by
+    /// [`resume`](Guard::enforce) below; at earlier revisions, through `elicitation/create`
+    /// within the call. On approval, the guard checks once more with the approval in the
+    /// context. If the client cancels the request (`notifications/cancelled`) or the session
+    /// ends before the final verdict, the check is dropped where it is and nothing runs; a body
+    /// that has started runs to its end. With an audit log, each verdict's `decision` record is
+    /// durable before anything else happens, and the call's `outcome` record before the result
+    /// is returned.
     ///
-    /// Never fails: invalid arguments, `DENY`, `DEFER`, a cancelled call and a failing body are all
-    /// `isError` results (see [`render`] and `docs/contract.md` §6); only `ALLOW` and a successful
-    /// body is a success.
+    /// Never fails: invalid arguments, `DENY`, `DEFER`, a refused approval state, a cancelled call
+    /// and a failing body are all `isError` results (see [`render`] and `docs/contract.md` §6);
+    /// only `ALLOW` and a successful body is a success.
     pub async fn enforce<T: GuardedTool>(
         &self,
         arguments: JsonObject,
-        request: Option<&RequestContext<RoleServer>>,
-    ) -> CallToolResult {
+        request: Option<Request<'_>>,
+    ) -> CallToolResponse {
         let mut trail = CallTrail::new(self.audit.as_ref(), T::NAME, &arguments);
-        let (call, mut provenance, mut intent) = match self.prepare::<T>(arguments, &trail).await {
-            Ok(prepared) => prepared,
-            Err(invalid) => return invalid,
+        let context = request.as_ref().map(|request| request.context);
+        if let Some(Request {
+            request_state: Some(state),
+            input_responses,
+            ..
+        }) = request
+        {
+            let retry = Retry {
+                state: &state,
+                input_responses,
+            };
+            return self
+                .resume::<T>(arguments, retry, context, trail)
+                .await
+                .into();
+        }
+        // Only a call that may go to a human over MRTR needs the arguments' digest, to seal it.
+        let mrtr = (context.is_some_and(asks_through_mrtr) && self.approvals != Approvals::Off)
+            .then(|| state::arguments_sha256(&arguments));
+        let (call, mut provenance, mut intent) =
+            match self.prepare::<T>(arguments, &trail, Counting::Count).await {
+                Ok(prepared) => prepared,
+                Err(invalid) => return invalid.into(),
+            };
+        let review = Review {
+            peer: context.map(|context| &context.peer),
+            mrtr: mrtr.as_deref(),
         };
-        let peer = request.map(|request| &request.peer);
         let decision =
-            self.decide_and_review(&mut trail, T::NAME, &mut intent, &mut provenance, peer);
-        // rmcp marks a cancelled request on its token but lets the handler run on, so the guard
-        // itself stops waiting: a verdict that arrives after the cancellation runs nothing.
-        let decided = match request {
-            Some(request) => tokio::select! {
-                biased;
-                () = request.ct.cancelled() => None,
-                decided = decision => Some(decided),
-            },
-            None => Some(decision.await),
-        };
-        let Some((policy, approval)) = decided else {
+            self.decide_and_review(&mut trail, T::NAME, &mut intent, &mut provenance, review);
+        let Some(reviewed) = until_cancelled(context, decision).await else {
             trail.outcome(None, Status::Cancelled, None, None).await;
-            return render::cancelled(T::NAME);
+            return render::cancelled(T::NAME).into();
+        };
+        let (policy, approval) = match reviewed {
+            Reviewed::Final(policy, approval) => (policy, approval),
+            Reviewed::Ask(policy, input_required) => {
+                trail
+                    .outcome(Some(&policy.request_id), Status::InputRequired, None, None)
+                    .await;
+                return CallToolResponse::InputRequired(input_required);
+            }
         };
         let checked = Checked {
             tool: T::NAME,
@@ -156,6 +204,98 @@ impl Guard {
             provenance,
             approval,
         };
+        self.conclude(&trail, call, checked).await.into()
+    }
+
+    /// Checks an MRTR retry of a deferred call of `T`: opens the sealed `requestState` (it must
+    /// verify, be unexpired, name this tool, these arguments and this principal, and not have been
+    /// answered before), spends its nonce, records the human's answer, then checks the call once
+    /// more, with the approval in the context when the answer approved, and runs the body only on
+    /// `ALLOW`. The retry is the deferred call's continuation, so it does not count another
+    /// attempt in the ledger.
+    async fn resume<T: GuardedTool>(
+        &self,
+        arguments: JsonObject,
+        retry: Retry<'_>,
+        context: Option<&RequestContext<RoleServer>>,
+        mut trail: CallTrail<'_>,
+    ) -> CallToolResult {
+        let arguments_sha256 = state::arguments_sha256(&arguments);
+        let (call, mut provenance, mut intent) = match self
+            .prepare::<T>(arguments, &trail, Counting::Continue)
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(invalid) => return invalid,
+        };
+        let principal = self.operator.principal();
+        let binding = CallBinding {
+            tool: T::NAME,
+            arguments_sha256: &arguments_sha256,
+            principal: &principal,
+        };
+        let opened = match self.states.open(retry.state, binding) {
+            Ok(opened) => opened,
+            Err(refused) => return self.refuse_state::<T>(&trail, &refused).await,
+        };
+        // Any answer spends the state: each question is answered once.
+        if let Err(refused) = self.states.spend(&opened) {
+            return self.refuse_state::<T>(&trail, &refused).await;
+        }
+        let asked = approval::read_retry(retry.input_responses, opened.deferred_request_id());
+        log_review(T::NAME, &asked);
+        let spent = (opened.nonce_sha256(), opened.expires_at());
+        if let Err(why) = trail.approval(&asked, Some(spent)).await {
+            let denied = PolicyResponse::fail_closed(
+                "the approval record could not be written".to_owned(),
+                opened.deferred_request_id().to_owned(),
+            );
+            let checked = Checked {
+                tool: T::NAME,
+                mode: self.mode(),
+                policy: audit::fail_closed(denied, &why),
+                provenance,
+                approval: Some(asked),
+            };
+            trail
+                .outcome(
+                    Some(&checked.policy.request_id),
+                    Status::Blocked,
+                    None,
+                    None,
+                )
+                .await;
+            return render::blocked(checked);
+        }
+        if let Some(human) = &asked.approval {
+            human.annotate(&mut intent.context);
+            if let Some(status) = &mut provenance.approval_status {
+                status.effective = ApprovalStatus::Approved;
+            }
+        }
+        let decision = self.decide(&mut trail, T::NAME, &intent, &provenance);
+        let Some(policy) = until_cancelled(context, decision).await else {
+            trail.outcome(None, Status::Cancelled, None, None).await;
+            return render::cancelled(T::NAME);
+        };
+        let checked = Checked {
+            tool: T::NAME,
+            mode: self.mode(),
+            policy,
+            provenance,
+            approval: Some(asked),
+        };
+        self.conclude(&trail, call, checked).await
+    }
+
+    /// Ends a call whose final verdict is in `checked`: runs the body on `ALLOW`, records the
+    /// outcome, and renders the result.
+    async fn conclude<T: GuardedTool>(
+        &self,
+        trail: &CallTrail<'_>,
+        call: T,
+        checked: Checked,
+    ) -> CallToolResult {
         let request_id = Some(checked.policy.request_id.as_str());
         if checked.policy.verdict != Verdict::Allow {
             trail.outcome(request_id, Status::Blocked, None, None).await;
@@ -174,14 +314,31 @@ impl Guard {
         render::executed(checked, outcome)
     }
 
+    /// The result of an MRTR retry whose `requestState` was refused: nothing checked, nothing run.
+    async fn refuse_state<T: ToolIntent>(
+        &self,
+        trail: &CallTrail<'_>,
+        refused: &StateError,
+    ) -> CallToolResult {
+        let why = refused.to_string();
+        // The client is told only what the error says; the detail of a state that failed
+        // verification is for the server's log.
+        tracing::warn!(tool = T::NAME, refused = ?refused, "approval state refused");
+        trail
+            .outcome(None, Status::StateRefused, Some(&why), None)
+            .await;
+        render::state_refused(T::NAME, &why)
+    }
+
     /// Checks a call of report-only tool `T` and reports the verdict; nothing runs and no human
     /// is asked, since there is nothing to approve.
     pub async fn report<T: ToolIntent>(&self, arguments: JsonObject) -> CallToolResult {
         let mut trail = CallTrail::new(self.audit.as_ref(), T::NAME, &arguments);
-        let (_, provenance, intent) = match self.prepare::<T>(arguments, &trail).await {
-            Ok(prepared) => prepared,
-            Err(invalid) => return invalid,
-        };
+        let (_, provenance, intent) =
+            match self.prepare::<T>(arguments, &trail, Counting::Count).await {
+                Ok(prepared) => prepared,
+                Err(invalid) => return invalid,
+            };
         let policy = self.decide(&mut trail, T::NAME, &intent, &provenance).await;
         trail
             .outcome(Some(&policy.request_id), Status::Reported, None, None)
@@ -196,44 +353,90 @@ impl Guard {
         render::reported(checked, &intent)
     }
 
-    /// Asks the policy decision point and, on `DEFER`, the human behind `peer`; on approval, asks
-    /// the policy once more with the approval in `intent`. Returns the final verdict and, when
-    /// the call was deferred, how asking ended.
+    /// Asks the policy decision point and, on `DEFER`, a human as `review` allows: over MRTR,
+    /// the answer is the question to send back ([`Reviewed::Ask`]); through elicitation, the
+    /// guard waits for the human and, on approval, asks the policy once more with the approval
+    /// in `intent`. Returns the final verdict and, when the call was deferred, how asking ended.
     async fn decide_and_review(
         &self,
         trail: &mut CallTrail<'_>,
         tool: &'static str,
         intent: &mut Intent,
         provenance: &mut Provenance,
-        peer: Option<&Peer<RoleServer>>,
-    ) -> (PolicyResponse, Option<ApprovalReport>) {
+        review: Review<'_>,
+    ) -> Reviewed {
         let policy = self.decide(trail, tool, intent, provenance).await;
         if policy.verdict != Verdict::Defer {
-            return (policy, None);
+            return Reviewed::Final(policy, None);
         }
-        let asked =
-            approval::ask(peer, self.approvals, &self.operator, tool, intent, &policy).await;
-        tracing::info!(
+        if let Some(arguments_sha256) = review.mrtr {
+            return match self.ask_through_mrtr(tool, arguments_sha256, intent, &policy) {
+                Ok(input_required) => Reviewed::Ask(policy, input_required),
+                Err(failed) => Reviewed::Final(policy, Some(failed)),
+            };
+        }
+        let asked = approval::ask(
+            review.peer,
+            self.approvals,
+            &self.operator,
             tool,
-            outcome = ?asked.outcome,
-            deferred_request_id = %asked.deferred_request_id,
-            approved_by = asked.approval.as_ref().map(|h| h.approved_by.as_str()),
-            "human review"
-        );
-        if let Err(why) = trail.approval(&asked).await {
-            return (audit::fail_closed(policy, &why), Some(asked));
+            intent,
+            &policy,
+        )
+        .await;
+        log_review(tool, &asked);
+        if let Err(why) = trail.approval(&asked, None).await {
+            return Reviewed::Final(audit::fail_closed(policy, &why), Some(asked));
         }
         let Some(human) = &asked.approval else {
-            return (policy, Some(asked));
+            return Reviewed::Final(policy, Some(asked));
         };
         human.annotate(&mut intent.context);
         if let Some(status) = &mut provenance.approval_status {
             status.effective = ApprovalStatus::Approved;
         }
-        (
+        Reviewed::Final(
             self.decide(trail, tool, intent, provenance).await,
             Some(asked),
         )
+    }
+
+    /// The `input_required` result that puts the deferred call of `tool` to a human over MRTR:
+    /// the approval form as input request [`approval::INPUT_KEY`], and a `requestState` sealed
+    /// for this call (tool, arguments, deferring check, principal), its expiry and a new nonce.
+    fn ask_through_mrtr(
+        &self,
+        tool: &str,
+        arguments_sha256: &str,
+        intent: &Intent,
+        deferred: &PolicyResponse,
+    ) -> Result<InputRequiredResult, ApprovalReport> {
+        let principal = self.operator.principal();
+        let binding = CallBinding {
+            tool,
+            arguments_sha256,
+            principal: &principal,
+        };
+        let sealed = self
+            .states
+            .seal(binding, &deferred.request_id, &deferred.policy_version)
+            .map_err(|error| {
+                ApprovalReport::new(ApprovalOutcome::Failed, &deferred.request_id)
+                    .via(ApprovalPath::Mrtr)
+                    .with_detail(error.to_string())
+            })?;
+        tracing::info!(
+            tool,
+            deferred_request_id = %deferred.request_id,
+            nonce_sha256 = %sealed.nonce_sha256,
+            "human review asked through MRTR"
+        );
+        let question = approval::question(&self.operator, tool, intent, deferred);
+        let requests = InputRequests::from([(
+            approval::INPUT_KEY.to_owned(),
+            InputRequest::Elicitation(ElicitRequest::new(question)),
+        )]);
+        Ok(InputRequiredResult::new(Some(requests), Some(sealed.state)))
     }
 
     /// Reads the arguments, replaces the claims with vouched values and builds the intent. Calls
@@ -242,6 +445,7 @@ impl Guard {
         &self,
         arguments: JsonObject,
         trail: &CallTrail<'_>,
+        counting: Counting,
     ) -> Result<(T, Provenance, Intent), CallToolResult> {
         let mut call = match read_arguments::<T>(arguments) {
             Ok(call) => call,
@@ -252,7 +456,10 @@ impl Guard {
                 return Err(render::invalid_arguments(T::NAME, &problem));
             }
         };
-        let provenance = self.operator.vouch(call.claims(), &self.ledger);
+        let provenance = match counting {
+            Counting::Count => self.operator.vouch(call.claims(), &self.ledger),
+            Counting::Continue => self.operator.vouch_again(call.claims(), &self.ledger),
+        };
         let mut intent = call.intent();
         provenance.annotate(&mut intent.context);
         Ok((call, provenance, intent))
@@ -292,6 +499,92 @@ impl Guard {
             }
         }
     }
+}
+
+/// The MCP request a tool call arrived in, with the MRTR round it answers, if any.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The request's context: its peer (for elicitation), its cancellation, its `_meta`
+    /// (protocol version and client capabilities at 2026-07-28).
+    pub context: &'a RequestContext<RoleServer>,
+    /// `inputResponses` of an MRTR retry: the client's answers, by input request key.
+    pub input_responses: Option<InputResponses>,
+    /// `requestState` of an MRTR retry, as the client echoed it.
+    pub request_state: Option<String>,
+}
+
+/// An MRTR retry: the state it echoes and the answers it brings.
+struct Retry<'a> {
+    state: &'a str,
+    input_responses: Option<InputResponses>,
+}
+
+/// How a `DEFER` may reach a human in this call.
+struct Review<'a> {
+    /// The client, for `elicitation/create`.
+    peer: Option<&'a Peer<RoleServer>>,
+    /// `Some(arguments_sha256)` when the client takes MRTR input requests for elicitation.
+    mrtr: Option<&'a str>,
+}
+
+/// What checking (and maybe asking) gave.
+enum Reviewed {
+    /// The final verdict, and how asking ended when the call was deferred.
+    Final(PolicyResponse, Option<ApprovalReport>),
+    /// `DEFER`, put to a human over MRTR: the call ends with this `input_required` result.
+    Ask(PolicyResponse, InputRequiredResult),
+}
+
+/// Whether preparing a call counts an attempt in the ledger.
+#[derive(Clone, Copy)]
+enum Counting {
+    /// A new call: one more attempt.
+    Count,
+    /// The MRTR retry of a deferred call, whose attempt was counted when it was deferred.
+    Continue,
+}
+
+/// Whether the request may carry a `DEFER` to a human as an MRTR input request: protocol
+/// 2026-07-28 or later, and form elicitation declared in the request's `_meta` capabilities (a
+/// declaration with neither `form` nor `url` means form, as MCP says for backward compatibility).
+fn asks_through_mrtr(context: &RequestContext<RoleServer>) -> bool {
+    let current = context
+        .protocol_version()
+        .is_some_and(|version| version >= ProtocolVersion::V_2026_07_28);
+    current
+        && context
+            .client_capabilities()
+            .and_then(|capabilities| capabilities.elicitation)
+            .is_some_and(|elicitation| elicitation.form.is_some() || elicitation.url.is_none())
+}
+
+/// Waits for `work` unless the client cancels the request first (`None`). rmcp marks a cancelled
+/// request on its token but lets the handler run on, so the guard itself stops waiting: a verdict
+/// that arrives after the cancellation runs nothing.
+async fn until_cancelled<F: Future>(
+    context: Option<&RequestContext<RoleServer>>,
+    work: F,
+) -> Option<F::Output> {
+    match context {
+        Some(context) => tokio::select! {
+            biased;
+            () = context.ct.cancelled() => None,
+            done = work => Some(done),
+        },
+        None => Some(work.await),
+    }
+}
+
+/// The log line of how asking a human ended.
+fn log_review(tool: &str, asked: &ApprovalReport) {
+    tracing::info!(
+        tool,
+        outcome = ?asked.outcome,
+        via = ?asked.via,
+        deferred_request_id = %asked.deferred_request_id,
+        approved_by = asked.approval.as_ref().map(|h| h.approved_by.as_str()),
+        "human review"
+    );
 }
 
 /// How many characters of a goal or a reason a log line keeps.
@@ -395,6 +688,21 @@ mod tests {
         )
         .enforce::<Probe>(arguments, None)
         .await
+        .complete()
+    }
+
+    /// A tool call's final result; these tests never go through MRTR.
+    trait Complete {
+        fn complete(self) -> CallToolResult;
+    }
+
+    impl Complete for CallToolResponse {
+        fn complete(self) -> CallToolResult {
+            match self {
+                CallToolResponse::Complete(result) => result,
+                other => panic!("expected a complete result, got {other:?}"),
+            }
+        }
     }
 
     /// A simulator guard that records in a new log at `path`.
@@ -431,7 +739,7 @@ mod tests {
         let (guard, log) = audited(&path);
         AUDIT_FILE.set(Some(path.clone()));
         let arguments = object(json!({"side_effects": [], "fail": false}));
-        let result = guard.enforce::<Probe>(arguments, None).await;
+        let result = guard.enforce::<Probe>(arguments, None).await.complete();
         log.close();
         assert_eq!(RUNS.get(), 1);
         let seen: serde_json::Value =
@@ -466,7 +774,8 @@ mod tests {
         .with_audit(AuditLog::unavailable(&path, &broken));
         let result = guard
             .enforce::<Probe>(object(json!({"side_effects": [], "fail": false})), None)
-            .await;
+            .await
+            .complete();
         log.close();
         assert_eq!(RUNS.get(), 0);
         assert_eq!(result.is_error, Some(true));

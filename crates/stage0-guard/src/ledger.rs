@@ -64,6 +64,11 @@ impl AttemptLedger {
         before
     }
 
+    /// How many attempts at the workflow keyed `key` were counted so far; counts nothing.
+    pub fn seen_key(&self, key: [u8; 32]) -> u64 {
+        self.lock().peek(&key).copied().unwrap_or(0)
+    }
+
     /// How many workflows the ledger remembers now.
     pub fn len(&self) -> usize {
         self.lock().len()

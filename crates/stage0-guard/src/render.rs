@@ -178,6 +178,15 @@ pub fn cancelled(tool: &str) -> CallToolResult {
     ))])
 }
 
+/// The result of an MRTR retry whose `requestState` was refused (`why`): `isError: true`,
+/// nothing was checked or run.
+pub fn state_refused(tool: &str, why: &str) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "the approval for `{tool}` was not accepted: {why}; nothing was checked or run. \
+         Call the tool again to be asked afresh."
+    ))])
+}
+
 /// The result of a call whose arguments could not be read: `isError: true`, nothing was checked.
 pub fn invalid_arguments(tool: &str, problem: &str) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(format!(

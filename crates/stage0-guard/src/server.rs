@@ -21,7 +21,7 @@ use rmcp::service::{RequestContext, ServerInitializeError};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::guard::{Guard, GuardedTool, ToolIntent};
+use crate::guard::{Guard, GuardedTool, Request, ToolIntent};
 use crate::render::ToolReport;
 use crate::{schema, transport};
 
@@ -149,12 +149,17 @@ impl ServerBuilder {
             entry::<T>(),
             |call: ToolCallContext<'_, GuardedServer>| {
                 Box::pin(async move {
+                    let request = Request {
+                        context: &call.request_context,
+                        input_responses: call.input_responses,
+                        request_state: call.request_state,
+                    };
                     let arguments = call.arguments.unwrap_or_default();
-                    let guard = &call.service.guard;
-                    let result = guard
-                        .enforce::<T>(arguments, Some(&call.request_context))
-                        .await;
-                    Ok(CallToolResponse::from(result))
+                    Ok(call
+                        .service
+                        .guard
+                        .enforce::<T>(arguments, Some(request))
+                        .await)
                 })
             },
         ))

@@ -33,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -77,6 +77,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// The key that seals and opens approval states. Its bytes are wiped when dropped and never shown
 /// by `Debug`.
+#[derive(Clone)]
 pub struct StateKey(Zeroizing<Vec<u8>>);
 
 impl StateKey {
@@ -308,7 +309,7 @@ struct Payload {
 pub struct ApprovalStates {
     codec: RequestStateCodec,
     ttl: Duration,
-    spent: Mutex<SpentNonces>,
+    spent: SpentNonceSet,
 }
 
 impl fmt::Debug for ApprovalStates {
@@ -317,7 +318,7 @@ impl fmt::Debug for ApprovalStates {
         f.debug_struct("ApprovalStates")
             .field("codec", &self.codec)
             .field("ttl", &self.ttl)
-            .field("spent", &self.spent.lock().map(|s| s.len()).unwrap_or(0))
+            .field("spent", &self.spent_len())
             .finish()
     }
 }
@@ -331,8 +332,20 @@ impl ApprovalStates {
         ApprovalStates {
             codec,
             ttl: ttl.min(MAX_TTL),
-            spent: Mutex::new(SpentNonces::default()),
+            spent: SpentNonceSet::default(),
         }
+    }
+
+    /// The same states, remembering spent nonces in `spent` (shared with the audit log, which
+    /// replays into it the nonces its records name, its own and those other servers append).
+    /// Call it at setup: nonces this value spent before are not carried over.
+    pub fn sharing(self, spent: SpentNonceSet) -> Self {
+        ApprovalStates { spent, ..self }
+    }
+
+    /// The set of spent nonces these states use (to share it, see [`ApprovalStates::sharing`]).
+    pub fn spent_nonces(&self) -> SpentNonceSet {
+        self.spent.clone()
     }
 
     /// How long a state is accepted after it was sealed.
@@ -487,8 +500,7 @@ impl ApprovalStates {
     /// in hex, and the state's expiry): for the audit log to replay at start. A nonce whose state
     /// has already expired is not kept.
     pub fn spend_recorded(&self, nonce_sha256: &str, expires_at: SystemTime) {
-        self.spent()
-            .insert(nonce_sha256, expires_at, SystemTime::now());
+        self.spent.record(nonce_sha256, expires_at);
     }
 
     /// How many spent nonces are remembered (expired ones may linger until the next pruning).
@@ -497,8 +509,27 @@ impl ApprovalStates {
     }
 
     fn spent(&self) -> std::sync::MutexGuard<'_, SpentNonces> {
+        self.spent.lock()
+    }
+}
+
+/// The spent nonces of approval states, shared by the [`ApprovalStates`] that spends them and
+/// the audit log that records them and replays them at start. Cheap to clone: clones share one
+/// set.
+#[derive(Debug, Clone, Default)]
+pub struct SpentNonceSet(Arc<Mutex<SpentNonces>>);
+
+impl SpentNonceSet {
+    /// Marks `nonce_sha256` (hex) as spent until `expires_at`, the expiry of its state; a nonce
+    /// whose state has already expired is not kept.
+    pub fn record(&self, nonce_sha256: &str, expires_at: SystemTime) {
+        self.lock()
+            .insert(nonce_sha256, expires_at, SystemTime::now());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpentNonces> {
         // The set is consistent after every operation, so a panic elsewhere does not spoil it.
-        self.spent
+        self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
-use crate::approval::{ApprovalOutcome, HumanApproval};
+use crate::approval::{ApprovalOutcome, ApprovalPath, HumanApproval};
 use crate::claims::Provenance;
 use crate::policy::Mode;
 use crate::policy::wire::{self, Verdict};
@@ -93,6 +93,18 @@ pub struct ApprovalRecord<'a> {
     pub tool: &'a str,
     /// How asking ended (`approved`, `rejected`, `timed_out`, ...).
     pub outcome: ApprovalOutcome,
+    /// How the question reached the human (`elicitation` or `mrtr`); absent when nobody was
+    /// asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<ApprovalPath>,
+    /// For an answer that came back through MRTR: the SHA-256 (hex) of its `requestState`'s
+    /// nonce, now spent. The log names every spent nonce, so a restart cannot accept it again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce_sha256: Option<&'a str>,
+    /// With `nonce_sha256`: when that state expires, in Unix milliseconds; past it the nonce
+    /// need not be remembered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce_expires_at_ms: Option<u64>,
     /// Who approved, when and why; only when `outcome` is `approved`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<&'a HumanApproval>,
@@ -141,6 +153,11 @@ pub enum Status {
     Cancelled,
     /// The arguments could not be read; nothing was checked or run.
     InvalidArguments,
+    /// The verdict was `DEFER` and the human was asked over MRTR: the call ended with an
+    /// `input_required` result, and the answer comes in a retry, which is a call of its own.
+    InputRequired,
+    /// An MRTR retry's `requestState` was refused; nothing was checked or run.
+    StateRefused,
 }
 
 /// A `recovery` record: the torn last line a crash left, kept where it is and named here.
@@ -157,4 +174,12 @@ pub struct RecoveryRecord {
 /// `duration` in milliseconds with microsecond precision, as records write durations.
 pub fn millis(duration: std::time::Duration) -> f64 {
     duration.as_micros() as f64 / 1000.0
+}
+
+/// `time` in whole milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }

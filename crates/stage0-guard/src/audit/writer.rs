@@ -24,7 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::chain::{self, GENESIS};
 use super::record::{Event, RecoveryRecord};
 use super::{AuditError, Unavailable};
+use crate::approval::state::SpentNonceSet;
 use crate::ledger::AttemptLedger;
 
 /// The most records sealed and appended in one batch (one write, one fsync).
@@ -69,6 +70,8 @@ pub(super) struct Writer {
     seq: u64,
     hash: String,
     ledger: Arc<AttemptLedger>,
+    /// The spent nonces of MRTR approval states, fed from `approval` records that name one.
+    spent: SpentNonceSet,
     /// Set after a failed write or sync: every later record is refused with this.
     stopped: Option<Unavailable>,
 }
@@ -82,6 +85,10 @@ struct Link {
     kind: String,
     #[serde(default)]
     workflow_sha256: Option<String>,
+    #[serde(default)]
+    nonce_sha256: Option<String>,
+    #[serde(default)]
+    nonce_expires_at_ms: Option<u64>,
     #[serde(default)]
     torn_offset: Option<u64>,
     #[serde(default)]
@@ -107,6 +114,7 @@ impl Writer {
         path: &Path,
         sync: bool,
         ledger: Arc<AttemptLedger>,
+        spent: SpentNonceSet,
     ) -> Result<(Writer, Option<Torn>), AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_owned(),
@@ -136,6 +144,7 @@ impl Writer {
             seq: 0,
             hash: GENESIS.to_owned(),
             ledger,
+            spent,
             stopped: None,
         };
         let (_, torn) = writer.append(Vec::new())?;
@@ -360,6 +369,10 @@ impl Writer {
             }
             if let Some(key) = link.workflow_sha256.as_deref().and_then(ledger_key) {
                 self.ledger.observe_key(key);
+            }
+            if let (Some(nonce), Some(ms)) = (&link.nonce_sha256, link.nonce_expires_at_ms) {
+                self.spent
+                    .record(nonce, UNIX_EPOCH + Duration::from_millis(ms));
             }
             head_before_last = (self.seq, std::mem::replace(&mut self.hash, link.hash));
             self.seq = link.seq;
