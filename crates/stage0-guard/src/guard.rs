@@ -33,7 +33,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer};
 
-use crate::approval::state::{self, ApprovalStates, CallBinding, StateError, StateKey};
+use crate::approval::state::{self, ApprovalStates, CallBinding, SealError, StateError, StateKey};
 use crate::approval::{self, ApprovalOutcome, ApprovalPath, ApprovalReport, Approvals};
 use crate::audit::record::Status;
 use crate::audit::{self, AuditLog, CallTrail};
@@ -372,7 +372,12 @@ impl Guard {
         if let Some(arguments_sha256) = review.mrtr {
             return match self.ask_through_mrtr(tool, arguments_sha256, intent, &policy) {
                 Ok(input_required) => Reviewed::Ask(policy, input_required),
-                Err(failed) => Reviewed::Final(policy, Some(failed)),
+                Err(error) => {
+                    let failed = ApprovalReport::new(ApprovalOutcome::Failed, &policy.request_id)
+                        .via(ApprovalPath::Mrtr)
+                        .with_detail(error.to_string());
+                    Reviewed::Final(policy, Some(failed))
+                }
             };
         }
         let asked = approval::ask(
@@ -410,7 +415,7 @@ impl Guard {
         arguments_sha256: &str,
         intent: &Intent,
         deferred: &PolicyResponse,
-    ) -> Result<InputRequiredResult, ApprovalReport> {
+    ) -> Result<InputRequiredResult, SealError> {
         let principal = self.operator.principal();
         let binding = CallBinding {
             tool,
@@ -419,12 +424,7 @@ impl Guard {
         };
         let sealed = self
             .states
-            .seal(binding, &deferred.request_id, &deferred.policy_version)
-            .map_err(|error| {
-                ApprovalReport::new(ApprovalOutcome::Failed, &deferred.request_id)
-                    .via(ApprovalPath::Mrtr)
-                    .with_detail(error.to_string())
-            })?;
+            .seal(binding, &deferred.request_id, &deferred.policy_version)?;
         tracing::info!(
             tool,
             deferred_request_id = %deferred.request_id,
