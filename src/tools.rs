@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Number, Value};
 
 use stage0_guard::claims::{ActorRole, ApprovalStatus, Claim};
+use stage0_guard::ledger::WorkflowId;
 use stage0_guard::{GuardedTool, Intent, Permit, ToolIntent, ToolOutput};
 
 /// Where `deploy-changes` deploys.
@@ -135,7 +136,7 @@ pub struct ManagedDeploy {
 #[serde(rename_all = "camelCase")]
 pub struct RetryWorkflow {
     /// The workflow ID to retry
-    pub workflow_id: String,
+    pub workflow_id: WorkflowId,
     /// Current retry count (must be >= 0)
     pub retry_count: RetryCount,
 }

@@ -22,6 +22,7 @@ use common::{
 };
 use fake_stage0::{FakeStage0, Reply};
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 use stage0_guard::audit::chain::{self, GENESIS};
 use stage0_guard::audit::verify::{self, Verified};
 use tempfile::TempDir;
@@ -596,12 +597,21 @@ async fn the_retry_ledger_survives_a_restart() {
         ("STAGE0_APPROVALS", "off"),
         ("STAGE0_AUDIT_LOG", text(&path)),
     ];
-    let retry = json!({"workflowId": "etl", "retryCount": 0});
+    // One workflow in six spellings: the ledger counts, and the log records, its canonical id.
+    let spellings = [
+        "etl",
+        "ETL",
+        "etl ",
+        "Etl",
+        "\u{ff45}\u{ff54}\u{ff4c}",
+        " eTL",
+    ];
     let mut outcomes = Vec::new();
-    for _ in 0..2 {
+    for session_spellings in spellings.chunks(3) {
         let session = Session::start(&env).await;
-        for _ in 0..3 {
-            outcomes.push(session.call("retry-workflow", retry.clone()).await);
+        for spelling in session_spellings {
+            let retry = json!({"workflowId": spelling, "retryCount": 0});
+            outcomes.push(session.call("retry-workflow", retry).await);
         }
         session.stop().await;
     }
@@ -617,6 +627,12 @@ async fn the_retry_ledger_survives_a_restart() {
             .field("reason")
             .starts_with("LOOP_THRESHOLD_EXCEEDED")
     );
+    let etl = hex::encode(Sha256::digest(b"etl"));
+    let counted: Vec<_> = audit_records(&path)
+        .into_iter()
+        .filter_map(|record| record.get("workflow_sha256").cloned())
+        .collect();
+    assert_eq!(counted, vec![json!(etl); 6]);
 }
 
 /// A fake Stage0 whose verdict is named in the goal: `deny`, `defer`, else `ALLOW`.

@@ -338,12 +338,13 @@ fn more_calls() -> Vec<Call> {
             tool: "retry-workflow",
             arguments: json!({"workflowId": "W", "retryCount": 0}),
             body: json!({
-                "goal": "Retry workflow W (attempt 1)",
+                // The workflow id is sent in canonical form (ledger.rs): `W` is `w`.
+                "goal": "Retry workflow w (attempt 1)",
                 "success_criteria": ["Workflow completes successfully"],
                 "constraints": ["max_retries: 5"],
                 "tools": ["shell", "api_call"],
                 "side_effects": ["loop"],
-                "context": {"run_id": "W", "retry_count": 0, "claimed_retry_count": 0},
+                "context": {"run_id": "w", "retry_count": 0, "claimed_retry_count": 0},
                 "pro": false
             }),
         },

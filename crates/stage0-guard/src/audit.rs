@@ -398,6 +398,7 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
+    use crate::ledger::WorkflowId;
 
     fn outcome(call_id: &str) -> Event<'_> {
         Event::Outcome(record::OutcomeRecord {
@@ -571,7 +572,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let (log, _) = AuditLog::open(&path, false).unwrap();
-        let key = AttemptLedger::key("etl");
+        let key = AttemptLedger::key(&WorkflowId::new("etl").unwrap());
         let provenance = Provenance {
             workflow_key: Some(key),
             ..Provenance::default()
@@ -603,8 +604,9 @@ mod tests {
         }
         log.close();
         let (reopened, _) = AuditLog::open(&path, false).unwrap();
-        assert_eq!(reopened.ledger().observe("etl"), 3);
-        assert_eq!(reopened.ledger().observe("other"), 0);
+        let observe = |id| reopened.ledger().observe(&WorkflowId::new(id).unwrap());
+        assert_eq!(observe("ETL"), 3, "the same workflow, spelled otherwise");
+        assert_eq!(observe("other"), 0);
         reopened.close();
     }
 }
