@@ -635,6 +635,73 @@ async fn the_retry_ledger_survives_a_restart() {
     assert_eq!(counted, vec![json!(etl); 6]);
 }
 
+#[tokio::test]
+async fn a_flood_of_new_workflow_ids_does_not_reset_a_deferred_workflow_not_even_after_a_restart() {
+    let (_dir, path) = temp_log();
+    let env = [
+        ("STAGE0_APPROVALS", "off"),
+        ("STAGE0_AUDIT_LOG", text(&path)),
+        ("STAGE0_AUDIT_SYNC", "off"),
+    ];
+    let retry = |workflow: &str| json!({"workflowId": workflow, "retryCount": 0});
+    let mut server = RawServer::spawn_with(&env);
+    server.initialize(1).await;
+    let mut id = 1;
+    let mut call_etl = async |server: &mut RawServer, id: u64| {
+        let answer = server
+            .request(
+                id,
+                "tools/call",
+                json!({"name": "retry-workflow", "arguments": retry("etl")}),
+            )
+            .await;
+        answer["result"]["structuredContent"].clone()
+    };
+    for _ in 0..5 {
+        id += 1;
+        assert_eq!(call_etl(&mut server, id).await["verdict"], "ALLOW");
+    }
+    id += 1;
+    assert_eq!(call_etl(&mut server, id).await["verdict"], "DEFER");
+
+    // More new workflows than the ledger counts exactly, 100 requests at a time (small enough
+    // for the stdin pipe, so writing never waits on the server's answers).
+    let flood = stage0_guard::ledger::LEDGER_CAPACITY as u64 + 100;
+    for chunk in (0..flood).collect::<Vec<_>>().chunks(100) {
+        let mut lines = Vec::new();
+        for n in chunk {
+            let request = call(id + 1 + n, "retry-workflow", retry(&format!("flood-{n}")));
+            lines.extend_from_slice(request.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        server.send_bytes(&lines).await;
+        // Answers may come in any order: take the chunk's worth, whichever they are.
+        for _ in chunk {
+            let answer = server.message().await.expect("an answer");
+            assert_eq!(
+                answer["result"]["structuredContent"]["verdict"], "ALLOW",
+                "{answer}"
+            );
+        }
+        server.lines.clear();
+    }
+    id += flood + 1;
+    let after_flood = call_etl(&mut server, id).await;
+    assert_eq!(after_flood["verdict"], "DEFER", "{after_flood}");
+    assert_eq!(after_flood["provenance"]["retry_count"]["observed"], 6);
+    server.close_stdin();
+    assert!(server.exit().await.status.success());
+
+    // The restart replays every recorded attempt, flood included, and still defers `etl`.
+    let mut server = RawServer::spawn_with(&env);
+    server.initialize(1).await;
+    let after_restart = call_etl(&mut server, 2).await;
+    assert_eq!(after_restart["verdict"], "DEFER", "{after_restart}");
+    assert_eq!(after_restart["provenance"]["retry_count"]["observed"], 7);
+    server.close_stdin();
+    assert!(server.exit().await.status.success());
+}
+
 /// A fake Stage0 whose verdict is named in the goal: `deny`, `defer`, else `ALLOW`.
 async fn verdict_by_goal_stage0() -> FakeStage0 {
     FakeStage0::start(|received| {

@@ -23,13 +23,32 @@
 //! The tool body, the intent sent to the policy decision point and the audit log all see the
 //! canonical id: what runs is what was counted.
 //!
-//! The ledger lives as long as the process and is bounded: it remembers at most
-//! [`LEDGER_CAPACITY`] workflows, keyed by the SHA-256 of the canonical id's UTF-8 bytes (32
-//! bytes, whatever the id's length; an audit log written before ids were canonical keeps counting
-//! the ids that were already canonical, such as `nightly-etl`), and forgets the least recently seen one when a new one arrives. An agent that
-//! sends more than that many distinct workflow ids between two retries of one workflow can make
-//! the server forget that workflow's count; it then counts again from the agent's claim. That
-//! takes thousands of calls, each of them checked and visible in the log.
+//! # Bounded, and a flood cannot reset a count
+//!
+//! The ledger lives as long as the process (and is rebuilt from the audit log at start), keyed
+//! by the SHA-256 of the canonical id's UTF-8 bytes: 32 bytes, whatever the id's length (an audit
+//! log written before ids were canonical keeps counting the ids that were already canonical, such
+//! as `nightly-etl`). Its memory is bounded, in two parts:
+//!
+//! - **exact counts** of the [`LEDGER_CAPACITY`] (10,000) most recently seen workflows, about 100
+//!   bytes each: at most about 1 MiB;
+//! - **upper bounds for the forgotten ones**: when a new workflow arrives at a full ledger, the
+//!   least recently seen one leaves the exact part, and its count goes into a fixed table of
+//!   [`FORGOTTEN_ROWS`] × [`FORGOTTEN_COLUMNS`] counters (4 × 65,536 × 8 bytes = 2 MiB, allocated
+//!   at the first such eviction, never grown). Each row has one counter for the key (chosen by
+//!   two bytes of the key's hash), and each counter keeps the largest count of every workflow
+//!   put there. A workflow that comes back starts from the smallest of its four counters.
+//!
+//! So the whole ledger holds at most about 3 MiB, and it can over-count but never under-count:
+//! a workflow's count never drops below the number of attempts seen, whatever other ids came in
+//! between. An agent that floods the server with 10,000 or a million new ids to flush a deferred
+//! workflow finds it still deferred. The price of the bound is that a workflow never seen before
+//! may start above zero when all four of its counters are shared with busier forgotten
+//! workflows: with 10,000 workflows forgotten at 5 attempts or more, about 1 in 2,500 new ones
+//! would, so it takes tens of thousands of distinct looping workflows before that is common. An
+//! over-count can only make a `DEFER` come sooner (a human is asked), never let a loop run on.
+//! Replaying the audit log at start counts every recorded attempt again, in log order, and the
+//! same guarantee holds for the rebuilt ledger.
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -142,14 +161,33 @@ fn refuse_invisible(text: &str) -> Result<(), InvalidWorkflowId> {
     Ok(())
 }
 
-/// How many workflows the ledger remembers; about 100 bytes each, so at most about 1 MiB.
+/// How many workflows the ledger counts exactly: the most recently seen ones, about 100 bytes
+/// each, so at most about 1 MiB.
 pub const LEDGER_CAPACITY: usize = 10_000;
 
-/// Attempts seen per workflow id, bounded to [`LEDGER_CAPACITY`] workflows (least recently seen
-/// forgotten first). Safe to share between concurrent calls.
+/// The rows of the table of upper bounds for forgotten workflows (see the module documentation).
+pub const FORGOTTEN_ROWS: usize = 4;
+
+/// The counters in each row of the table of upper bounds: 65,536, one per value of two bytes of
+/// a workflow's key. The table is [`FORGOTTEN_ROWS`] × this many `u64`s: 2 MiB.
+pub const FORGOTTEN_COLUMNS: usize = 1 << 16;
+
+/// Attempts seen per workflow: exact for the [`LEDGER_CAPACITY`] most recently seen workflows,
+/// an upper bound for the ones forgotten before (see the module documentation). Safe to share
+/// between concurrent calls.
 #[derive(Debug)]
 pub struct AttemptLedger {
-    attempts: Mutex<LruCache<[u8; 32], u64>>,
+    attempts: Mutex<Attempts>,
+}
+
+/// What the lock of an [`AttemptLedger`] guards.
+#[derive(Debug)]
+struct Attempts {
+    /// Exact counts, least recently seen first to go.
+    recent: LruCache<[u8; 32], u64>,
+    /// [`FORGOTTEN_ROWS`] rows of [`FORGOTTEN_COLUMNS`] upper bounds; `None` until the first
+    /// workflow is forgotten.
+    forgotten: Option<Box<[u64]>>,
 }
 
 impl Default for AttemptLedger {
@@ -159,15 +197,19 @@ impl Default for AttemptLedger {
 }
 
 impl AttemptLedger {
-    /// A ledger that remembers at most `capacity` workflows (at least one).
+    /// A ledger that counts at most `capacity` workflows exactly (at least one).
     pub fn with_capacity(capacity: usize) -> Self {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         AttemptLedger {
-            attempts: Mutex::new(LruCache::new(capacity)),
+            attempts: Mutex::new(Attempts {
+                recent: LruCache::new(capacity),
+                forgotten: None,
+            }),
         }
     }
 
-    /// Counts one more attempt at `workflow_id` and returns how many were seen before it.
+    /// Counts one more attempt at `workflow_id` and returns how many were seen before it (or
+    /// more, for a workflow forgotten and seen again: never fewer).
     ///
     /// Atomic: of two concurrent calls for one workflow, one sees `n` and the other `n + 1`.
     pub fn observe(&self, workflow_id: &WorkflowId) -> u64 {
@@ -184,28 +226,66 @@ impl AttemptLedger {
     /// [`observe`](AttemptLedger::observe) by key.
     pub fn observe_key(&self, key: [u8; 32]) -> u64 {
         let mut attempts = self.lock();
-        let seen = attempts.get_or_insert_mut(key, || 0);
-        let before = *seen;
-        *seen = before.saturating_add(1);
+        if let Some(seen) = attempts.recent.get_mut(&key) {
+            let before = *seen;
+            *seen = before.saturating_add(1);
+            return before;
+        }
+        let before = attempts.forgotten_count(&key);
+        if let Some((gone, count)) = attempts.recent.push(key, before.saturating_add(1)) {
+            attempts.forget(&gone, count);
+        }
         before
     }
 
-    /// How many workflows the ledger remembers now.
+    /// How many workflows the ledger counts exactly now (at most its capacity).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().recent.len()
     }
 
-    /// Whether the ledger remembers no workflow.
+    /// Whether the ledger has seen no workflow.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], u64>> {
-        // A panic while holding the lock cannot leave a count half-written (one integer store),
-        // so a poisoned lock is still a correct ledger.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Attempts> {
+        // A panic while holding the lock cannot leave a count lower than it was (each store only
+        // raises one), so a poisoned lock is still a correct ledger.
         self.attempts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Attempts {
+    /// The counter of `key` in each row of the table of forgotten workflows.
+    fn cells(key: &[u8; 32]) -> [usize; FORGOTTEN_ROWS] {
+        std::array::from_fn(|row| {
+            let column = usize::from(u16::from_le_bytes([key[2 * row], key[2 * row + 1]]));
+            row * FORGOTTEN_COLUMNS + column
+        })
+    }
+
+    /// At least the count `key` had when it was forgotten; 0 when nothing was ever forgotten.
+    fn forgotten_count(&self, key: &[u8; 32]) -> u64 {
+        let Some(table) = &self.forgotten else {
+            return 0;
+        };
+        Attempts::cells(key)
+            .into_iter()
+            .map(|cell| table[cell])
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Keeps `count` as an upper bound for `key`, which has just left the exact counts.
+    fn forget(&mut self, key: &[u8; 32], count: u64) {
+        let table = self
+            .forgotten
+            .get_or_insert_with(|| vec![0; FORGOTTEN_ROWS * FORGOTTEN_COLUMNS].into_boxed_slice());
+        for cell in Attempts::cells(key) {
+            table[cell] = table[cell].max(count);
+        }
     }
 }
 
@@ -338,7 +418,24 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_stays_bounded_under_100_000_workflows_and_forgets_the_least_recently_seen() {
+    fn a_deferred_workflow_keeps_its_count_through_a_flood_of_new_workflow_ids() {
+        let ledger = AttemptLedger::default();
+        let etl = id("etl");
+        for _ in 0..5 {
+            ledger.observe(&etl);
+        }
+        // Five attempts seen: the next call is at the loop threshold, so it is deferred.
+        for n in 0..3 * LEDGER_CAPACITY {
+            ledger.observe(&id(&format!("flood-{n}")));
+            assert!(ledger.len() <= LEDGER_CAPACITY);
+        }
+        assert_eq!(ledger.len(), LEDGER_CAPACITY);
+        assert_eq!(ledger.observe(&etl), 5, "the flood did not reset the count");
+        assert_eq!(ledger.observe(&etl), 6);
+    }
+
+    #[test]
+    fn the_ledger_stays_bounded_under_100_000_workflows_and_keeps_exact_counts_for_recent_ones() {
         let ledger = AttemptLedger::default();
         ledger.observe(&id("kept"));
         ledger.observe(&id("forgotten"));
@@ -351,7 +448,50 @@ mod tests {
         }
         assert_eq!(ledger.len(), LEDGER_CAPACITY);
         assert_eq!(ledger.observe(&id("kept")), 21);
-        assert_eq!(ledger.observe(&id("forgotten")), 0);
+        // Forgotten, and counted from an upper bound: at least its one attempt.
+        assert!(ledger.observe(&id("forgotten")) >= 1);
+        let table = ledger.lock().forgotten.as_ref().map(|table| table.len());
+        assert_eq!(
+            table,
+            Some(FORGOTTEN_ROWS * FORGOTTEN_COLUMNS),
+            "never grown"
+        );
+    }
+
+    #[test]
+    fn no_workflow_is_ever_counted_below_its_attempts_whatever_else_is_seen() {
+        // A ledger of three exact counts, and a long pseudo-random mix of 40 workflows: every
+        // answer is at least the number of earlier attempts at that workflow.
+        let ledger = AttemptLedger::with_capacity(3);
+        let ids: Vec<WorkflowId> = (0..40).map(|n| id(&format!("w{n}"))).collect();
+        let mut seen = [0_u64; 40];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let pick = (state >> 33) as usize % ids.len();
+            let answer = ledger.observe(&ids[pick]);
+            assert!(
+                answer >= seen[pick],
+                "{}: {answer} < {}",
+                ids[pick],
+                seen[pick]
+            );
+            seen[pick] += 1;
+        }
+        assert_eq!(ledger.len(), 3);
+    }
+
+    #[test]
+    fn a_ledger_that_never_forgot_anything_holds_no_table_of_upper_bounds() {
+        let ledger = AttemptLedger::default();
+        for n in 0..LEDGER_CAPACITY {
+            ledger.observe(&id(&format!("w{n}")));
+        }
+        assert!(ledger.lock().forgotten.is_none());
+        assert_eq!(ledger.observe(&id("new")), 0);
+        assert!(ledger.lock().forgotten.is_some());
     }
 
     #[test]
