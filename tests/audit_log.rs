@@ -724,6 +724,42 @@ async fn verdict_by_goal_stage0() -> FakeStage0 {
 }
 
 #[tokio::test]
+async fn a_decision_record_keeps_the_request_id_sent_and_the_one_stage0_gave_beside_it() {
+    let fake = FakeStage0::start(|received| {
+        let own = format!("stage0-{}", received.goal.len());
+        Reply::json(
+            200,
+            &json!({"verdict": "ALLOW", "decision": "GO", "reason": "fake", "request_id": own}),
+        )
+    })
+    .await;
+    let (_dir, path) = temp_log();
+    let mut env = live_env(fake.base_url(), "5000");
+    env.push(("STAGE0_AUDIT_LOG", text(&path)));
+    let session = Session::start(&env).await;
+    let outcome = session
+        .call("research-topic", json!({"topic": "request ids"}))
+        .await;
+    session.stop().await;
+    let sent = fake.exchanges()[0].request_id.clone();
+    let stage0_id = format!("stage0-{}", "Research and summarize: request ids".len());
+    assert_eq!(outcome.field("request_id"), sent);
+    assert_eq!(outcome.field("stage0_request_id"), stage0_id);
+    let records = audit_records(&path);
+    let decision = records
+        .iter()
+        .find(|r| field(r, "kind") == "decision")
+        .expect("a decision record");
+    assert_eq!(field(decision, "request_id"), sent);
+    assert_eq!(field(decision, "stage0_request_id"), stage0_id);
+    let outcome_record = records
+        .iter()
+        .find(|r| field(r, "kind") == "outcome")
+        .expect("an outcome record");
+    assert_eq!(field(outcome_record, "request_id"), sent);
+}
+
+#[tokio::test]
 async fn the_api_key_is_nowhere_in_the_log() {
     let fake = verdict_by_goal_stage0().await;
     let (_dir, path) = temp_log();

@@ -246,12 +246,14 @@ impl AuditLog {
 }
 
 /// `policy` replaced by the `DENY` of a call whose decision record could not be written: decision
-/// `ERROR`, issue `AUDIT_UNAVAILABLE`, the same `request_id` and `policy_version`.
+/// `ERROR`, issue `AUDIT_UNAVAILABLE`, the same `request_id`, `stage0_request_id` and
+/// `policy_version`.
 pub fn fail_closed(policy: PolicyResponse, why: &Unavailable) -> PolicyResponse {
     let mut denied = PolicyResponse::fail_closed(
         format!("The audit log is unavailable, so nothing may run: {why}"),
         policy.request_id,
     );
+    denied.stage0_request_id = policy.stage0_request_id;
     denied.policy_version = policy.policy_version;
     denied.issues = vec![Issue {
         code: AUDIT_UNAVAILABLE.to_owned(),
@@ -315,6 +317,7 @@ impl<'a> CallTrail<'a> {
         let event = Event::Decision(record::DecisionRecord {
             call_id: &self.call_id,
             request_id: &policy.request_id,
+            stage0_request_id: policy.stage0_request_id.as_deref(),
             deferred_request_id: self.deferred_request_id.as_deref(),
             tool: self.tool,
             arguments_sha256: &self.arguments_sha256,

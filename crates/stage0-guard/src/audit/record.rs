@@ -44,6 +44,9 @@ pub struct DecisionRecord<'a> {
     pub call_id: &'a str,
     /// The check's id: the `X-Request-Id` sent to Stage0, or the simulator's.
     pub request_id: &'a str,
+    /// The `request_id` Stage0's answer gave, when it differs from the one sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage0_request_id: Option<&'a str>,
     /// On the check after a human approval: the `request_id` of the `DEFER` that was approved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred_request_id: Option<&'a str>,
