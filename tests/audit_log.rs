@@ -702,6 +702,60 @@ async fn a_flood_of_new_workflow_ids_does_not_reset_a_deferred_workflow_not_even
     assert!(server.exit().await.status.success());
 }
 
+#[tokio::test]
+async fn integers_past_2_pow_53_are_recorded_exactly_and_tell_calls_apart() {
+    let (_dir, path) = temp_log();
+    let env = [
+        ("STAGE0_APPROVALS", "off"),
+        ("STAGE0_AUDIT_LOG", text(&path)),
+    ];
+    let session = Session::start(&env).await;
+    // Two argument sets that differ only past 2^53, where a double holds every other integer.
+    for count in [9_007_199_254_740_993_u64, 9_007_199_254_740_992] {
+        let outcome = session
+            .call(
+                "retry-workflow",
+                json!({"workflowId": "etl", "retryCount": count}),
+            )
+            .await;
+        assert_eq!(
+            outcome.structured["provenance"]["retry_count"]["claimed"],
+            count
+        );
+    }
+    session.stop().await;
+    let decisions: Vec<_> = audit_records(&path)
+        .into_iter()
+        .filter(|r| field(r, "kind") == "decision")
+        .collect();
+    assert_eq!(decisions.len(), 2);
+    let expected = |count: u64| {
+        let arguments = format!(r#"{{"retryCount":{count},"workflowId":"etl"}}"#);
+        hex::encode(Sha256::digest(arguments.as_bytes()))
+    };
+    for (decision, count) in decisions
+        .iter()
+        .zip([9_007_199_254_740_993_u64, 9_007_199_254_740_992])
+    {
+        assert_eq!(decision["context"]["retry_count"].as_u64(), Some(count));
+        assert_eq!(
+            decision["context"]["claimed_retry_count"].as_u64(),
+            Some(count)
+        );
+        assert_eq!(field(decision, "arguments_sha256"), expected(count));
+    }
+    assert_ne!(
+        decisions[0]["arguments_sha256"],
+        decisions[1]["arguments_sha256"]
+    );
+    let line = std::fs::read_to_string(&path).unwrap();
+    assert!(line.contains(r#""retry_count":9007199254740993"#), "{line}");
+    assert!(
+        verify::verify_file(&path).unwrap().is_ok(),
+        "the log verifies"
+    );
+}
+
 /// A fake Stage0 whose verdict is named in the goal: `deny`, `defer`, else `ALLOW`.
 async fn verdict_by_goal_stage0() -> FakeStage0 {
     FakeStage0::start(|received| {

@@ -7,11 +7,18 @@
 //! it reads the bytes with [`first_duplicate_key`] before it trusts the `Value`, and refuses an
 //! object that repeats a key: a Stage0 answer (fail closed, `policy/wire.rs`) and a tool call's
 //! arguments (an invalid argument, `transport.rs`).
+//!
+//! It also forgets digits on the way out: RFC 8785 (JSON Canonicalization Scheme), which the
+//! audit log hashes, writes every number as an IEEE double, so `9007199254740993` becomes
+//! `9007199254740992` and two different calls share one `arguments_sha256`. [`canonical`] is RFC
+//! 8785 except for that: an integer is written with all its digits. For every integer within
+//! ±2^53, and every document without integers beyond it, the bytes are exactly RFC 8785's.
 
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
 /// A key that an object holds twice: the second one, where it is in the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +161,77 @@ fn pointer(path: &[String]) -> String {
         .collect()
 }
 
+/// `value` as canonical JSON: RFC 8785 (keys sorted by their UTF-16 code units, no white space,
+/// strings escaped as RFC 8785 §3.2.2.2 says, floating-point numbers as ECMAScript writes a
+/// double), except that an integer (any `u64` or `i64` `serde_json` holds) is written with all
+/// its digits instead of as the nearest double.
+pub fn canonical(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    write_value(value, &mut out);
+    out
+}
+
+/// [`canonical`] of the object `object`, without wrapping it in a [`Value`].
+pub fn canonical_object(object: &Map<String, Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    write_object(object, &mut out);
+    out
+}
+
+fn write_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(number) => {
+            if let Some(integer) = number.as_u64() {
+                out.extend_from_slice(integer.to_string().as_bytes());
+            } else if let Some(integer) = number.as_i64() {
+                out.extend_from_slice(integer.to_string().as_bytes());
+            } else {
+                // A `Number` holds only finite doubles, which RFC 8785 always writes.
+                let double = number.as_f64().unwrap_or_default();
+                let written = serde_json_canonicalizer::to_vec(&double)
+                    .expect("a finite double canonicalises");
+                out.extend_from_slice(&written);
+            }
+        }
+        Value::String(text) => write_string(text, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(object) => write_object(object, out),
+    }
+}
+
+fn write_object(object: &Map<String, Value>, out: &mut Vec<u8>) {
+    let mut members: Vec<(&String, &Value)> = object.iter().collect();
+    members.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+    out.push(b'{');
+    for (index, (key, value)) in members.into_iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        write_value(value, out);
+    }
+    out.push(b'}');
+}
+
+/// `text` as a JSON string. `serde_json` escapes exactly what RFC 8785 does: `"`, `\`, and the
+/// controls U+0000 to U+001F, as `\b`, `\t`, `\n`, `\f`, `\r` or `\u00xx` in lowercase hex.
+fn write_string(text: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +289,71 @@ mod tests {
             .unwrap();
         assert_eq!(found.key, "a\nb");
         assert_eq!(found.to_string(), "`a\\nb` (at `/a\\nb`)");
+    }
+
+    fn jcs(value: &Value) -> Vec<u8> {
+        serde_json_canonicalizer::to_vec(value).expect("RFC 8785")
+    }
+
+    #[test]
+    fn without_integers_past_2_pow_53_the_canonical_form_is_rfc_8785() {
+        let controls: String = (0_u8..0x20).map(char::from).collect();
+        for value in [
+            serde_json::json!({"b": 1, "a": [true, false, null], "c": {"z": "", "y": -3}}),
+            serde_json::json!({"\u{e9}": 1, "z": 2, "\u{1f980}": 3, "\u{ff5e}": 4, "a": 5}),
+            serde_json::json!([
+                1.5,
+                -0.0,
+                1e-7,
+                1e21,
+                123456789.125,
+                5.0,
+                9_007_199_254_740_992_u64
+            ]),
+            serde_json::json!([-9_007_199_254_740_992_i64, 0, -1, 100]),
+            serde_json::json!(format!("{controls} \u{7f} \u{2028} \" \\ / é 🦀")),
+            serde_json::json!({controls.clone(): controls}),
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(
+                String::from_utf8(canonical(&value)).unwrap(),
+                String::from_utf8(jcs(&value)).unwrap(),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_integer_past_2_pow_53_keeps_all_its_digits() {
+        for (value, written) in [
+            (
+                serde_json::json!(9_007_199_254_740_993_u64),
+                "9007199254740993",
+            ),
+            (serde_json::json!(u64::MAX), "18446744073709551615"),
+            (serde_json::json!(i64::MIN), "-9223372036854775808"),
+        ] {
+            assert_eq!(canonical(&value), written.as_bytes());
+            assert_ne!(jcs(&value), written.as_bytes(), "RFC 8785 rounds {written}");
+        }
+        let apart = |n: u64| canonical(&serde_json::json!({"retryCount": n, "workflowId": "etl"}));
+        assert_ne!(apart(9_007_199_254_740_992), apart(9_007_199_254_740_993));
+        assert_eq!(
+            apart(9_007_199_254_740_993),
+            br#"{"retryCount":9007199254740993,"workflowId":"etl"}"#
+        );
+    }
+
+    #[test]
+    fn the_canonical_form_reads_back_to_itself() {
+        let value = serde_json::json!({"n": u64::MAX, "m": i64::MIN, "f": 0.1, "s": "\u{0}"});
+        let once = canonical(&value);
+        let again: Value = serde_json::from_slice(&once).unwrap();
+        assert_eq!(canonical(&again), once);
+        let Value::Object(object) = value else {
+            unreachable!()
+        };
+        assert_eq!(canonical_object(&object), once);
     }
 }

@@ -52,7 +52,8 @@ pub struct DecisionRecord<'a> {
     pub deferred_request_id: Option<&'a str>,
     /// The MCP tool name, e.g. `retry-workflow`.
     pub tool: &'a str,
-    /// SHA-256 (hex) of the RFC 8785 canonical JSON of the call's arguments.
+    /// SHA-256 (hex) of the canonical JSON of the call's arguments: RFC 8785, with integers
+    /// written whole (`json.rs`).
     pub arguments_sha256: &'a str,
     /// The execution intent's goal, whole.
     pub goal: &'a str,
