@@ -33,6 +33,7 @@ use crate::approval::{self, ApprovalReport, Approvals};
 use crate::audit::record::Status;
 use crate::audit::{self, AuditLog, CallTrail};
 use crate::claims::{ApprovalStatus, Operator, Provenance};
+use crate::json::DuplicateKey;
 use crate::ledger::AttemptLedger;
 use crate::policy::wire::{Intent, PolicyResponse, Verdict};
 use crate::policy::{Mode, PolicyClient};
@@ -128,7 +129,9 @@ impl Guard {
         request: Option<&RequestContext<RoleServer>>,
     ) -> CallToolResult {
         let mut trail = CallTrail::new(self.audit.as_ref(), T::NAME, &arguments);
-        let (call, mut provenance, mut intent) = match self.prepare::<T>(arguments, &trail).await {
+        let repeated = repeated_key(request);
+        let prepared = self.prepare::<T>(arguments, repeated, &trail).await;
+        let (call, mut provenance, mut intent) = match prepared {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
@@ -175,10 +178,16 @@ impl Guard {
     }
 
     /// Checks a call of report-only tool `T` and reports the verdict; nothing runs and no human
-    /// is asked, since there is nothing to approve.
-    pub async fn report<T: ToolIntent>(&self, arguments: JsonObject) -> CallToolResult {
+    /// is asked, since there is nothing to approve. `request` is as for
+    /// [`enforce`](Guard::enforce).
+    pub async fn report<T: ToolIntent>(
+        &self,
+        arguments: JsonObject,
+        request: Option<&RequestContext<RoleServer>>,
+    ) -> CallToolResult {
         let mut trail = CallTrail::new(self.audit.as_ref(), T::NAME, &arguments);
-        let (_, provenance, intent) = match self.prepare::<T>(arguments, &trail).await {
+        let repeated = repeated_key(request);
+        let (_, provenance, intent) = match self.prepare::<T>(arguments, repeated, &trail).await {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
@@ -237,13 +246,21 @@ impl Guard {
     }
 
     /// Reads the arguments, replaces the claims with vouched values and builds the intent. Calls
-    /// whose arguments cannot be read end here, with their `outcome` record.
+    /// whose arguments cannot be read, or repeated a key (`repeated`), end here, with their
+    /// `outcome` record.
     async fn prepare<T: ToolIntent>(
         &self,
         arguments: JsonObject,
+        repeated: Option<&DuplicateKey>,
         trail: &CallTrail<'_>,
     ) -> Result<(T, Provenance, Intent), CallToolResult> {
-        let mut call = match read_arguments::<T>(arguments) {
+        let read = match repeated {
+            Some(duplicate) => Err(format!(
+                "the arguments repeat the key {duplicate}: a key may appear only once in an object"
+            )),
+            None => read_arguments::<T>(arguments),
+        };
+        let mut call = match read {
             Ok(call) => call,
             Err(problem) => {
                 trail
@@ -305,6 +322,12 @@ fn excerpt(text: &str) -> Cow<'_, str> {
         None => Cow::Borrowed(text),
         Some((cut, _)) => Cow::Owned(format!("{}… ({} bytes in all)", &text[..cut], text.len())),
     }
+}
+
+/// The key the call's arguments repeated, as the stdio transport marked the request
+/// (`transport.rs`); the `Value` the arguments arrive in kept only its last value.
+fn repeated_key(request: Option<&RequestContext<RoleServer>>) -> Option<&DuplicateKey> {
+    request.and_then(|request| request.extensions.get::<DuplicateKey>())
 }
 
 /// Reads `T` from the call's arguments; the error names the offending field.
@@ -490,7 +513,7 @@ mod tests {
             guard.enforce::<Probe>(object(arguments), None).await;
         }
         guard
-            .report::<Probe>(object(json!({"side_effects": [], "fail": false})))
+            .report::<Probe>(object(json!({"side_effects": [], "fail": false})), None)
             .await;
         log.close();
         let kinds: Vec<String> = records(&path)

@@ -21,6 +21,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::{Map, Value};
 
 /// A key that an object holds twice: the second one, where it is in the document.
+///
+/// As an extension of a `tools/call` request (rmcp's `Extensions`, which only the server side
+/// can set), it says that the call's arguments repeated this key, with `pointer` relative to the
+/// arguments; the guard then refuses the call as an invalid argument (`transport.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuplicateKey {
     /// The repeated key, unescaped.
