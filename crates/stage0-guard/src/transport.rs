@@ -283,23 +283,21 @@ impl<T> LifecycleGate<T> {
         }
     }
 
-    /// `message`, or, when it is the stand-in `ping` of a line that repeats a key, that line's
-    /// message, or what the gate does instead of passing it on.
-    fn put_back(
-        &mut self,
-        message: ClientJsonRpcMessage,
-    ) -> Result<ClientJsonRpcMessage, Admission> {
+    /// [`Admission::Pass`] of `message` or, when it is the stand-in `ping` of a line that repeats
+    /// a key, of that line's message; or what the gate does instead of passing it on. What passes
+    /// here still goes through the rest of [`admit`](LifecycleGate::admit).
+    fn put_back(&mut self, message: ClientJsonRpcMessage) -> Admission {
         let ClientJsonRpcMessage::Request(request) = &message else {
-            return Ok(message);
+            return Admission::Pass(message);
         };
         let RequestId::String(id) = &request.id else {
-            return Ok(message);
+            return Admission::Pass(message);
         };
         if !id.starts_with(STAND_IN_ID) {
-            return Ok(message);
+            return Admission::Pass(message);
         }
         let Some(Repeating { message, duplicate }) = lock(&self.put_aside).remove(id) else {
-            return Ok(message);
+            return Admission::Pass(message);
         };
         match message {
             ClientJsonRpcMessage::Request(mut request) => {
@@ -311,32 +309,28 @@ impl<T> LifecycleGate<T> {
                         key: duplicate.key,
                         pointer: format!("/{inside}"),
                     });
-                    return Ok(ClientJsonRpcMessage::Request(request));
+                    return Admission::Pass(ClientJsonRpcMessage::Request(request));
                 }
                 let why = format!(
                     "the request repeats the key {duplicate}: a key may appear only once in an \
                      object"
                 );
-                Err(Admission::Refuse(
-                    ServerJsonRpcMessage::error(
-                        ErrorData::invalid_request(why, None),
-                        Some(request.id),
-                    ),
+                let answer = ErrorData::invalid_request(why, None);
+                Admission::Refuse(
+                    ServerJsonRpcMessage::error(answer, Some(request.id)),
                     "a request repeats a key",
-                ))
+                )
             }
             ClientJsonRpcMessage::Notification(_) => {
-                Err(Admission::Drop("a notification that repeats a key"))
+                Admission::Drop("a notification that repeats a key")
             }
             // An answer with two readings is no answer: whatever waits for it fails.
-            ClientJsonRpcMessage::Response(response) => Ok(ClientJsonRpcMessage::error(
-                ErrorData::invalid_request(
-                    format!("the client's response repeats the key {duplicate}"),
-                    None,
-                ),
-                Some(response.id),
-            )),
-            error @ ClientJsonRpcMessage::Error(_) => Ok(error),
+            ClientJsonRpcMessage::Response(response) => {
+                let why = format!("the client's response repeats the key {duplicate}");
+                let error = ErrorData::invalid_request(why, None);
+                Admission::Pass(ClientJsonRpcMessage::error(error, Some(response.id)))
+            }
+            error @ ClientJsonRpcMessage::Error(_) => Admission::Pass(error),
         }
     }
 
@@ -344,8 +338,8 @@ impl<T> LifecycleGate<T> {
     /// (and the ids a `notifications/cancelled` frees).
     fn admit(&mut self, message: ClientJsonRpcMessage) -> Admission {
         let message = match self.put_back(message) {
-            Ok(message) => message,
-            Err(admission) => return admission,
+            Admission::Pass(message) => message,
+            instead => return instead,
         };
         match message {
             ClientJsonRpcMessage::Request(request) => {
