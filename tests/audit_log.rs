@@ -647,7 +647,7 @@ async fn a_flood_of_new_workflow_ids_does_not_reset_a_deferred_workflow_not_even
     let mut server = RawServer::spawn_with(&env);
     server.initialize(1).await;
     let mut id = 1;
-    let mut call_etl = async |server: &mut RawServer, id: u64| {
+    let call_etl = async |server: &mut RawServer, id: u64| {
         let answer = server
             .request(
                 id,

@@ -66,9 +66,9 @@ pub enum Verdict {
     Defer,
 }
 
-/// Stage0's decision code, reported alongside the verdict and never consulted: only the
-/// [`Verdict`] decides. `decision` in the Stage0 `/check` API; read case-insensitively, anything
-/// else is `ERROR`. (Not to be confused with the audit log's `decision` record,
+/// Stage0's decision code, reported alongside the verdict. The [`Verdict`] decides; the decision
+/// only has to agree with it ([`Verdict::agrees_with`]), or the answer is `DENY` / `ERROR`.
+/// `decision` in the Stage0 `/check` API; read case-insensitively, anything else is `ERROR`. (Not to be confused with the audit log's `decision` record,
 /// [`DecisionRecord`](crate::audit::record::DecisionRecord), which records a whole verdict.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -189,7 +189,7 @@ pub struct CostEstimate {
 pub struct PolicyResponse {
     /// What decides whether the tool body runs.
     pub verdict: Verdict,
-    /// Stage0's decision code; reported, never consulted.
+    /// Stage0's decision code; reported, and checked to agree with `verdict`.
     pub decision: Decision,
     /// Why; never empty (falls back to the issues, the trace summary, then `No reason provided`).
     pub reason: String,
