@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Number, Value};
 
 use stage0_guard::claims::{ActorRole, ApprovalStatus, Claim};
+use stage0_guard::ledger::WorkflowId;
 use stage0_guard::{GuardedTool, Intent, Permit, ToolIntent, ToolOutput};
 
 /// Where `deploy-changes` deploys.
@@ -59,11 +60,19 @@ impl ManagedEnvironment {
 
 /// A retry count: a whole number from 0. Its schema is that of `u64` (`integer`, `minimum: 0`).
 ///
-/// `5.0` is read as 5, because the original validates with JavaScript numbers, where the two are
-/// the same; `1.5`, `-1` and `"5"` are refused.
+/// Written as an integer, any `u64` is read exactly, up to 18446744073709551615, and kept exact
+/// in the intent, the audit log and `arguments_sha256` (`json.rs`). `5.0` is read as 5, because
+/// the original validates with JavaScript numbers, where the two are the same; but a count
+/// written with a fraction or exponent is read as a double, which from 2^53 on no longer tells
+/// neighbouring integers apart (`9007199254740993.0` reads as 9007199254740992), so such a count
+/// is refused there rather than recorded as a number nobody sent. `1.5`, `-1` and `"5"` are
+/// refused too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 #[schemars(transparent, inline)]
 pub struct RetryCount(pub u64);
+
+/// 2^53: from here on, a double cannot hold every integer.
+const EXACT_DOUBLE_LIMIT: f64 = 9_007_199_254_740_992.0;
 
 impl<'de> Deserialize<'de> for RetryCount {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -72,7 +81,7 @@ impl<'de> Deserialize<'de> for RetryCount {
             return Ok(RetryCount(count));
         }
         match number.as_f64() {
-            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => {
+            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < EXACT_DOUBLE_LIMIT => {
                 Ok(RetryCount(f as u64))
             }
             _ => Err(D::Error::custom(format_args!(
@@ -135,7 +144,7 @@ pub struct ManagedDeploy {
 #[serde(rename_all = "camelCase")]
 pub struct RetryWorkflow {
     /// The workflow ID to retry
-    pub workflow_id: String,
+    pub workflow_id: WorkflowId,
     /// Current retry count (must be >= 0)
     pub retry_count: RetryCount,
 }
@@ -475,7 +484,28 @@ mod tests {
         assert_eq!(read(json!(0)), Ok(0));
         assert_eq!(read(json!(5)), Ok(5));
         assert_eq!(read(json!(5.0)), Ok(5));
+        assert_eq!(
+            read(json!(9_007_199_254_740_991.0)),
+            Ok(9_007_199_254_740_991)
+        );
+        assert_eq!(
+            read(json!(9_007_199_254_740_993_u64)),
+            Ok(9_007_199_254_740_993)
+        );
         assert_eq!(read(json!(u64::MAX)), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn a_count_written_as_a_double_past_2_pow_53_is_refused_not_rounded() {
+        let written = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| e.to_string())
+                .and_then(read)
+        };
+        assert_eq!(written("9007199254740993"), Ok(9_007_199_254_740_993));
+        for text in ["9007199254740993.0", "9007199254740992.0", "1e17", "1.8e19"] {
+            assert!(written(text).is_err(), "{text} was accepted");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use common::{
 };
 use fake_stage0::{FakeStage0, Reply};
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 use stage0_guard::audit::chain::{self, GENESIS};
 use stage0_guard::audit::verify::{self, Verified};
 use tempfile::TempDir;
@@ -596,12 +597,21 @@ async fn the_retry_ledger_survives_a_restart() {
         ("STAGE0_APPROVALS", "off"),
         ("STAGE0_AUDIT_LOG", text(&path)),
     ];
-    let retry = json!({"workflowId": "etl", "retryCount": 0});
+    // One workflow in six spellings: the ledger counts, and the log records, its canonical id.
+    let spellings = [
+        "etl",
+        "ETL",
+        "etl ",
+        "Etl",
+        "\u{ff45}\u{ff54}\u{ff4c}",
+        " eTL",
+    ];
     let mut outcomes = Vec::new();
-    for _ in 0..2 {
+    for session_spellings in spellings.chunks(3) {
         let session = Session::start(&env).await;
-        for _ in 0..3 {
-            outcomes.push(session.call("retry-workflow", retry.clone()).await);
+        for spelling in session_spellings {
+            let retry = json!({"workflowId": spelling, "retryCount": 0});
+            outcomes.push(session.call("retry-workflow", retry).await);
         }
         session.stop().await;
     }
@@ -616,6 +626,133 @@ async fn the_retry_ledger_survives_a_restart() {
         outcomes[5]
             .field("reason")
             .starts_with("LOOP_THRESHOLD_EXCEEDED")
+    );
+    let etl = hex::encode(Sha256::digest(b"etl"));
+    let counted: Vec<_> = audit_records(&path)
+        .into_iter()
+        .filter_map(|record| record.get("workflow_sha256").cloned())
+        .collect();
+    assert_eq!(counted, vec![json!(etl); 6]);
+}
+
+#[tokio::test]
+async fn a_flood_of_new_workflow_ids_does_not_reset_a_deferred_workflow_not_even_after_a_restart() {
+    let (_dir, path) = temp_log();
+    let env = [
+        ("STAGE0_APPROVALS", "off"),
+        ("STAGE0_AUDIT_LOG", text(&path)),
+        ("STAGE0_AUDIT_SYNC", "off"),
+    ];
+    let retry = |workflow: &str| json!({"workflowId": workflow, "retryCount": 0});
+    let mut server = RawServer::spawn_with(&env);
+    server.initialize(1).await;
+    let mut id = 1;
+    let call_etl = async |server: &mut RawServer, id: u64| {
+        let answer = server
+            .request(
+                id,
+                "tools/call",
+                json!({"name": "retry-workflow", "arguments": retry("etl")}),
+            )
+            .await;
+        answer["result"]["structuredContent"].clone()
+    };
+    for _ in 0..5 {
+        id += 1;
+        assert_eq!(call_etl(&mut server, id).await["verdict"], "ALLOW");
+    }
+    id += 1;
+    assert_eq!(call_etl(&mut server, id).await["verdict"], "DEFER");
+
+    // More new workflows than the ledger counts exactly, 100 requests at a time (small enough
+    // for the stdin pipe, so writing never waits on the server's answers).
+    let flood = stage0_guard::ledger::LEDGER_CAPACITY as u64 + 100;
+    for chunk in (0..flood).collect::<Vec<_>>().chunks(100) {
+        let mut lines = Vec::new();
+        for n in chunk {
+            let request = call(id + 1 + n, "retry-workflow", retry(&format!("flood-{n}")));
+            lines.extend_from_slice(request.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        server.send_bytes(&lines).await;
+        // Answers may come in any order: take the chunk's worth, whichever they are.
+        for _ in chunk {
+            let answer = server.message().await.expect("an answer");
+            assert_eq!(
+                answer["result"]["structuredContent"]["verdict"], "ALLOW",
+                "{answer}"
+            );
+        }
+        server.lines.clear();
+    }
+    id += flood + 1;
+    let after_flood = call_etl(&mut server, id).await;
+    assert_eq!(after_flood["verdict"], "DEFER", "{after_flood}");
+    assert_eq!(after_flood["provenance"]["retry_count"]["observed"], 6);
+    server.close_stdin();
+    assert!(server.exit().await.status.success());
+
+    // The restart replays every recorded attempt, flood included, and still defers `etl`.
+    let mut server = RawServer::spawn_with(&env);
+    server.initialize(1).await;
+    let after_restart = call_etl(&mut server, 2).await;
+    assert_eq!(after_restart["verdict"], "DEFER", "{after_restart}");
+    assert_eq!(after_restart["provenance"]["retry_count"]["observed"], 7);
+    server.close_stdin();
+    assert!(server.exit().await.status.success());
+}
+
+#[tokio::test]
+async fn integers_past_2_pow_53_are_recorded_exactly_and_tell_calls_apart() {
+    let (_dir, path) = temp_log();
+    let env = [
+        ("STAGE0_APPROVALS", "off"),
+        ("STAGE0_AUDIT_LOG", text(&path)),
+    ];
+    let session = Session::start(&env).await;
+    // Two argument sets that differ only past 2^53, where a double holds every other integer.
+    for count in [9_007_199_254_740_993_u64, 9_007_199_254_740_992] {
+        let outcome = session
+            .call(
+                "retry-workflow",
+                json!({"workflowId": "etl", "retryCount": count}),
+            )
+            .await;
+        assert_eq!(
+            outcome.structured["provenance"]["retry_count"]["claimed"],
+            count
+        );
+    }
+    session.stop().await;
+    let decisions: Vec<_> = audit_records(&path)
+        .into_iter()
+        .filter(|r| field(r, "kind") == "decision")
+        .collect();
+    assert_eq!(decisions.len(), 2);
+    let expected = |count: u64| {
+        let arguments = format!(r#"{{"retryCount":{count},"workflowId":"etl"}}"#);
+        hex::encode(Sha256::digest(arguments.as_bytes()))
+    };
+    for (decision, count) in decisions
+        .iter()
+        .zip([9_007_199_254_740_993_u64, 9_007_199_254_740_992])
+    {
+        assert_eq!(decision["context"]["retry_count"].as_u64(), Some(count));
+        assert_eq!(
+            decision["context"]["claimed_retry_count"].as_u64(),
+            Some(count)
+        );
+        assert_eq!(field(decision, "arguments_sha256"), expected(count));
+    }
+    assert_ne!(
+        decisions[0]["arguments_sha256"],
+        decisions[1]["arguments_sha256"]
+    );
+    let line = std::fs::read_to_string(&path).unwrap();
+    assert!(line.contains(r#""retry_count":9007199254740993"#), "{line}");
+    assert!(
+        verify::verify_file(&path).unwrap().is_ok(),
+        "the log verifies"
     );
 }
 
@@ -638,6 +775,42 @@ async fn verdict_by_goal_stage0() -> FakeStage0 {
         )
     })
     .await
+}
+
+#[tokio::test]
+async fn a_decision_record_keeps_the_request_id_sent_and_the_one_stage0_gave_beside_it() {
+    let fake = FakeStage0::start(|received| {
+        let own = format!("stage0-{}", received.goal.len());
+        Reply::json(
+            200,
+            &json!({"verdict": "ALLOW", "decision": "GO", "reason": "fake", "request_id": own}),
+        )
+    })
+    .await;
+    let (_dir, path) = temp_log();
+    let mut env = live_env(fake.base_url(), "5000");
+    env.push(("STAGE0_AUDIT_LOG", text(&path)));
+    let session = Session::start(&env).await;
+    let outcome = session
+        .call("research-topic", json!({"topic": "request ids"}))
+        .await;
+    session.stop().await;
+    let sent = fake.exchanges()[0].request_id.clone();
+    let stage0_id = format!("stage0-{}", "Research and summarize: request ids".len());
+    assert_eq!(outcome.field("request_id"), sent);
+    assert_eq!(outcome.field("stage0_request_id"), stage0_id);
+    let records = audit_records(&path);
+    let decision = records
+        .iter()
+        .find(|r| field(r, "kind") == "decision")
+        .expect("a decision record");
+    assert_eq!(field(decision, "request_id"), sent);
+    assert_eq!(field(decision, "stage0_request_id"), stage0_id);
+    let outcome_record = records
+        .iter()
+        .find(|r| field(r, "kind") == "outcome")
+        .expect("an outcome record");
+    assert_eq!(field(outcome_record, "request_id"), sent);
 }
 
 #[tokio::test]

@@ -111,6 +111,82 @@ async fn an_agent_repeating_retry_count_zero_is_deferred_on_its_sixth_call() {
 }
 
 #[tokio::test]
+async fn a_workflow_spelled_otherwise_is_the_same_workflow_and_runs_under_the_counted_id() {
+    let session = Session::start(&[]).await;
+    let spellings = [
+        "etl",
+        "ETL",
+        "etl ",
+        "\u{ff45}\u{ff54}\u{ff4c}",
+        " Etl\u{3000}",
+    ];
+    for (seen, spelling) in spellings.into_iter().enumerate() {
+        let outcome = session
+            .call(
+                "retry-workflow",
+                json!({"workflowId": spelling, "retryCount": 0}),
+            )
+            .await;
+        assert_eq!(
+            outcome.field("verdict"),
+            "ALLOW",
+            "{spelling:?}: {outcome:#?}"
+        );
+        assert_eq!(
+            outcome.structured["provenance"]["retry_count"]["observed"], seen,
+            "{spelling:?}"
+        );
+        assert!(
+            outcome.text.contains("Workflow etl retried successfully."),
+            "the body runs on the id that was counted: {}",
+            outcome.text
+        );
+    }
+    let sixth = session
+        .call(
+            "retry-workflow",
+            json!({"workflowId": "\u{ff25}TL", "retryCount": 0}),
+        )
+        .await;
+    assert_eq!(sixth.field("verdict"), "DEFER", "{sixth:#?}");
+    assert_eq!(sixth.structured["executed"], false);
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn a_workflow_id_with_a_control_or_invisible_character_is_invalid_and_nothing_is_checked() {
+    let fake = denying_stage0().await;
+    let session = Session::start(&live_env(&fake.uri(), "5000")).await;
+    for (spelling, shown) in [
+        ("etl\u{200b}", "U+200B"),
+        ("etl\t", "U+0009"),
+        ("etl\u{0}", "U+0000"),
+        ("etl\n", "U+000A"),
+        ("etl\u{2060}", "U+2060"),
+    ] {
+        let outcome = session
+            .call(
+                "retry-workflow",
+                json!({"workflowId": spelling, "retryCount": 0}),
+            )
+            .await;
+        assert!(outcome.is_error, "{spelling:?}: {outcome:#?}");
+        assert_eq!(outcome.structured, Value::Null, "{spelling:?}");
+        let expected = format!(
+            "invalid arguments for `retry-workflow`: `workflowId`: character 4 of the workflow id \
+             is `{shown}`"
+        );
+        assert!(outcome.text.starts_with(&expected), "{}", outcome.text);
+    }
+    assert_eq!(
+        sent_bodies(&fake).await,
+        Vec::<Value>::new(),
+        "nothing was checked"
+    );
+    session.stop().await;
+}
+
+#[tokio::test]
 async fn every_call_counts_as_an_attempt_whatever_its_verdict() {
     let fake = denying_stage0().await;
     let session = Session::start(&live_env(&fake.uri(), "5000")).await;
@@ -137,9 +213,10 @@ async fn every_call_counts_as_an_attempt_whatever_its_verdict() {
     assert_eq!(
         sent,
         [
-            (json!("Retry workflow W (attempt 1)"), json!(0), json!(0)),
-            (json!("Retry workflow W (attempt 2)"), json!(1), json!(0)),
-            (json!("Retry workflow W (attempt 3)"), json!(2), json!(0)),
+            // `W` is counted, checked and run as its canonical form `w`.
+            (json!("Retry workflow w (attempt 1)"), json!(0), json!(0)),
+            (json!("Retry workflow w (attempt 2)"), json!(1), json!(0)),
+            (json!("Retry workflow w (attempt 3)"), json!(2), json!(0)),
         ]
     );
     session.stop().await;

@@ -104,7 +104,6 @@ async fn an_allow_passes_through_with_the_exact_request_body_and_headers() {
 
     assert_eq!(response.verdict, Verdict::Allow);
     assert_eq!(response.decision, Decision::Go);
-    assert_eq!(response.request_id, "stage0-id");
     assert_eq!(response.policy_version, "v9");
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests.len(), 1);
@@ -115,6 +114,9 @@ async fn an_allow_passes_through_with_the_exact_request_body_and_headers() {
         .to_str()
         .unwrap();
     assert!(uuid::Uuid::parse_str(request_id).is_ok(), "{request_id}");
+    // The check is named by the id sent; Stage0's own id for it is kept beside it.
+    assert_eq!(response.request_id, request_id);
+    assert_eq!(response.stage0_request_id.as_deref(), Some("stage0-id"));
     let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
     assert_eq!(
         body,
@@ -134,7 +136,9 @@ async fn an_allow_passes_through_with_the_exact_request_body_and_headers() {
 async fn a_base_url_with_a_path_keeps_it() {
     let server = MockServer::start().await;
     Mock::given(path("/v1/check"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW"})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW", "decision": "GO"})),
+        )
         .mount(&server)
         .await;
     let response = client(&format!("{}/v1/", server.uri()), 5000)
@@ -154,6 +158,82 @@ async fn each_call_sends_a_fresh_request_id() {
     let first = client.check(&intent("a")).await.request_id;
     let second = client.check(&intent("b")).await.request_id;
     assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn an_answer_that_echoes_the_request_id_sent_has_no_second_id() {
+    let server = MockServer::start().await;
+    Mock::given(path("/check"))
+        .respond_with(|request: &wiremock::Request| {
+            let sent = request
+                .headers
+                .get("X-Request-Id")
+                .unwrap()
+                .to_str()
+                .unwrap();
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"verdict": "ALLOW", "decision": "GO", "request_id": sent}))
+        })
+        .mount(&server)
+        .await;
+    let response = client(&server.uri(), 5000).check(&intent("x")).await;
+    assert_eq!(response.verdict, Verdict::Allow);
+    assert_eq!(response.request_id, sent_request_id(&server).await);
+    assert_eq!(response.stage0_request_id, None);
+}
+
+#[tokio::test]
+async fn a_2xx_status_other_than_200_is_denied_whatever_its_body_says() {
+    for status in [201, 202, 203, 206, 226] {
+        let allow = json!({"verdict": "ALLOW", "decision": "GO", "reason": "fine"});
+        let (server, response) = answer(ResponseTemplate::new(status).set_body_json(allow)).await;
+        assert_fail_closed(
+            &response,
+            &format!("HTTP {status} is not 200 OK, the only status a verdict is read from"),
+        );
+        assert_eq!(response.request_id, sent_request_id(&server).await);
+    }
+    let (_server, response) = answer(ResponseTemplate::new(204)).await;
+    assert_fail_closed(&response, "HTTP 204 is not 200 OK");
+}
+
+#[tokio::test]
+async fn a_body_that_repeats_a_key_is_denied_whichever_value_comes_last() {
+    for body in [
+        r#"{"verdict":"DENY","verdict":"ALLOW","decision":"GO"}"#,
+        r#"{"verdict":"ALLOW","decision":"NO_GO","decision":"GO"}"#,
+        r#"{"verdict":"ALLOW","decision":"GO","issues":[{"code":"A","code":"B"}]}"#,
+    ] {
+        let (server, response) = answer(
+            ResponseTemplate::new(200).set_body_raw(body.as_bytes().to_vec(), "application/json"),
+        )
+        .await;
+        assert_fail_closed(&response, "response body repeats the key `");
+        assert_eq!(response.request_id, sent_request_id(&server).await);
+    }
+}
+
+#[tokio::test]
+async fn an_allow_whose_decision_is_not_go_is_denied_with_a_reason_naming_both() {
+    for (decision, shown) in [
+        (json!("NO_GO"), "`NO_GO`"),
+        (json!("ERROR"), "`ERROR`"),
+        (json!("DEFER"), "`DEFER`"),
+        (json!(null), "null"),
+    ] {
+        let (_server, response) = answer(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"verdict": "ALLOW", "decision": decision, "reason": "ok"})),
+        )
+        .await;
+        assert_fail_closed(
+            &response,
+            &format!("verdict `ALLOW` with decision {shown}: the two disagree"),
+        );
+    }
+    let (_server, response) =
+        answer(ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW"}))).await;
+    assert_fail_closed(&response, "verdict `ALLOW` with decision (missing)");
 }
 
 #[tokio::test]
@@ -231,7 +311,8 @@ async fn a_missing_verdict_is_denied() {
 async fn a_body_over_the_cap_is_denied() {
     let padding = "x".repeat(MAX_BODY_BYTES);
     let (_server, response) = answer(
-        ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW", "pad": padding})),
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"verdict": "ALLOW", "decision": "GO", "pad": padding})),
     )
     .await;
     assert_fail_closed(&response, "larger than 1048576 bytes");
@@ -248,7 +329,8 @@ async fn an_error_status_with_a_body_over_the_cap_is_denied_with_the_status() {
 async fn a_body_just_under_the_cap_is_read() {
     let padding = "x".repeat(MAX_BODY_BYTES - 100);
     let (_server, response) = answer(
-        ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW", "pad": padding})),
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"verdict": "ALLOW", "decision": "GO", "pad": padding})),
     )
     .await;
     assert_eq!(response.verdict, Verdict::Allow);
@@ -283,7 +365,7 @@ async fn a_hung_stage0_is_denied_within_the_deadline() {
     Mock::given(path("/check"))
         .respond_with(
             ResponseTemplate::new(200)
-                .set_body_json(json!({"verdict": "ALLOW"}))
+                .set_body_json(json!({"verdict": "ALLOW", "decision": "GO"}))
                 .set_delay(Duration::from_secs(60)),
         )
         .mount(&server)
@@ -304,7 +386,9 @@ async fn a_hung_call_does_not_hold_up_other_calls() {
         .mount(&server)
         .await;
     Mock::given(body_partial_json(json!({"goal": "fast"})))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW"})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW", "decision": "GO"})),
+        )
         .mount(&server)
         .await;
     let client = client(&server.uri(), 1500);
@@ -337,7 +421,9 @@ async fn a_refused_connection_is_denied() {
 async fn a_redirect_is_denied_and_not_followed_so_the_key_stays_home() {
     let elsewhere = MockServer::start().await;
     Mock::given(path("/check"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW"})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"verdict": "ALLOW", "decision": "GO"})),
+        )
         .mount(&elsewhere)
         .await;
     let (_server, response) = answer(

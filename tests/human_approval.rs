@@ -209,6 +209,7 @@ async fn the_second_check_carries_the_approval_and_an_approval_is_never_reused()
     let reviewer = Reviewer::approving();
     let session = Session::start_with(&live_env(&fake.uri(), "5000"), reviewer.clone()).await;
     let research = json!({"topic": "rollback plans"});
+    let mut deferred_ids = Vec::new();
     for call in 1..=2 {
         let outcome = session.call("research-topic", research.clone()).await;
         assert_eq!(
@@ -217,10 +218,7 @@ async fn the_second_check_carries_the_approval_and_an_approval_is_never_reused()
             "call {call}: {outcome:#?}"
         );
         assert_eq!(outcome.structured["executed"], true);
-        assert_eq!(
-            outcome.structured["approval"]["deferred_request_id"],
-            "fake-defer"
-        );
+        deferred_ids.push(outcome.structured["approval"]["deferred_request_id"].clone());
     }
     assert_eq!(
         reviewer.asked().len(),
@@ -236,6 +234,12 @@ async fn the_second_check_carries_the_approval_and_an_approval_is_never_reused()
         .map(|r| r.body_json::<Value>().expect("JSON")["context"].clone())
         .collect();
     assert_eq!(contexts.len(), 4, "two checks per call: {contexts:#?}");
+    // The approval names the DEFER by the X-Request-Id this server sent for it, not the fake's id.
+    let sent_ids: Vec<Value> = requests
+        .iter()
+        .map(|r| json!(r.headers.get("X-Request-Id").unwrap().to_str().unwrap()))
+        .collect();
+    assert_eq!(deferred_ids, [sent_ids[0].clone(), sent_ids[2].clone()]);
     for call in contexts.chunks(2) {
         assert!(call[0].get("approval_status").is_none(), "{:#}", call[0]);
         assert!(call[0].get("approved_by").is_none(), "{:#}", call[0]);

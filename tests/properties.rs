@@ -6,10 +6,11 @@
 //!   `docs/contract.md` §4 answers, with that rule's verdict, decision, reason code and risk score.
 //! - The parser, over any JSON value and, through the real HTTP client, any bytes: never panics,
 //!   and nothing but a *well-formed `ALLOW`* is an `ALLOW`. Well-formed `ALLOW` (`docs/contract.md`
-//!   §3 and `wire.rs`): a `2xx` response whose body (at most 1 MiB) is one JSON text (RFC 8259)
-//!   that is an object whose `verdict` member is the string `ALLOW` in any ASCII case. `decision`
-//!   and the other fields are reported, never consulted. A duplicated `verdict` key counts as its
-//!   last occurrence, as `JSON.parse` in the TypeScript original reads it.
+//!   §3 and `wire.rs`): a `200 OK` response whose body (at most 1 MiB) is one JSON text (RFC
+//!   8259) that repeats no key in any object and is an object whose `verdict` member is the string
+//!   `ALLOW` and whose `decision` member is the string `GO`, each in any ASCII case. The other
+//!   fields are reported, never consulted. (The TypeScript original read a repeated key as its
+//!   last occurrence, as `JSON.parse` does; this server refuses the answer instead.)
 //! - The guard, in front of a fake Stage0 over HTTP on 127.0.0.1 that answers each check with an
 //!   arbitrary status, headers and body, or closes the connection: the tool body runs exactly
 //!   when the answer that decided was a well-formed `ALLOW`, and then exactly once.
@@ -33,6 +34,7 @@ use stage0_guard::approval::Approvals;
 use stage0_guard::claims::Operator;
 use stage0_guard::config::Config;
 use stage0_guard::guard::{Guard, GuardedTool, Permit, ToolIntent, ToolOutput};
+use stage0_guard::json::first_duplicate_key;
 use stage0_guard::policy::PolicyClient;
 use stage0_guard::policy::simulator::{POLICY_VERSION, simulate};
 use stage0_guard::policy::wire::{Decision, Intent, PolicyResponse, Verdict};
@@ -274,12 +276,25 @@ proptest! {
 // (b) The response parser: nothing but a well-formed ALLOW is an ALLOW
 // ---------------------------------------------------------------------------------------------
 
-/// Whether a parsed body is a well-formed `ALLOW` (see the module documentation).
+/// Whether a parsed body is a well-formed `ALLOW` (see the module documentation); a `Value`
+/// cannot hold a repeated key, so the bytes are checked for one apart ([`answered_allow`]).
 fn is_well_formed_allow(body: &Value) -> bool {
-    body.as_object()
-        .and_then(|object| object.get("verdict"))
-        .and_then(Value::as_str)
-        .is_some_and(|verdict| verdict.eq_ignore_ascii_case("ALLOW"))
+    let member = |name: &str, expected: &str| {
+        body.as_object()
+            .and_then(|object| object.get(name))
+            .and_then(Value::as_str)
+            .is_some_and(|value| value.eq_ignore_ascii_case(expected))
+    };
+    member("verdict", "ALLOW") && member("decision", "GO")
+}
+
+/// The `decision` member: the notable spellings, near misses and wrong types.
+fn decision_member() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => select(&["GO", "go", "Go", "NO_GO", "DEFER", "ERROR", "GO ", "GOO", ""][..])
+            .prop_map(Value::from),
+        1 => json_value(),
+    ]
 }
 
 /// The `verdict` member: the notable spellings, near misses and wrong types.
@@ -341,12 +356,16 @@ fn response_body() -> impl Strategy<Value = Value> {
     let key = prop_oneof![3 => field, 1 => any::<String>()];
     let object = (
         prop::option::of(verdict_member()),
+        prop::option::of(decision_member()),
         prop::collection::btree_map(key, json_value(), 0..8),
     )
-        .prop_map(|(verdict, fields)| {
+        .prop_map(|(verdict, decision, fields)| {
             let mut body: Map<String, Value> = fields.into_iter().collect();
             if let Some(verdict) = verdict {
                 body.insert("verdict".to_owned(), verdict);
+            }
+            if let Some(decision) = decision {
+                body.insert("decision".to_owned(), decision);
             }
             Value::Object(body)
         });
@@ -396,6 +415,13 @@ fn reply() -> impl Strategy<Value = Reply> {
     let body = prop_oneof![
         2 => response_body().prop_map(|body| body.to_string().into_bytes()),
         1 => verdict_member().prop_map(|verdict| json!({"verdict": verdict}).to_string().into_bytes()),
+        1 => (verdict_member(), verdict_member(), decision_member()).prop_map(
+            |(first, second, decision)| {
+                // The same key twice: no one meaning, whichever comes last.
+                format!(r#"{{"verdict":{first},"decision":{decision},"verdict":{second}}}"#)
+                    .into_bytes()
+            }
+        ),
         1 => prop::collection::vec(any::<u8>(), 0..64),
         1 => response_body().prop_flat_map(|body| {
             // A JSON text broken at one byte: cut short, or one byte changed.
@@ -449,8 +475,9 @@ fn live_client(base_url: &str) -> PolicyClient {
 fn answered_allow(exchange: &Exchange) -> bool {
     match &exchange.fate {
         Fate::Answered { status, body } => {
-            (200..300).contains(status)
+            *status == 200
                 && body.len() <= 1024 * 1024
+                && first_duplicate_key(body).is_ok_and(|found| found.is_none())
                 && serde_json::from_slice::<Value>(body)
                     .is_ok_and(|body| is_well_formed_allow(&body))
         }

@@ -26,7 +26,8 @@ fn a_complete_allow_passes_through_unchanged() {
     assert_eq!(response.verdict, Verdict::Allow);
     assert_eq!(response.decision, Decision::Go);
     assert_eq!(response.reason, "fine");
-    assert_eq!(response.request_id, "r-1");
+    assert_eq!(response.request_id, SENT);
+    assert_eq!(response.stage0_request_id.as_deref(), Some("r-1"));
     assert_eq!(response.policy_version, "v1.2.3");
     assert_eq!(response.policy_pack_version.as_deref(), Some("pack-7"));
     assert_eq!(response.risk_score.unwrap().as_f64(), Some(12.5));
@@ -43,10 +44,13 @@ fn a_complete_allow_passes_through_unchanged() {
 
 #[test]
 fn verdict_and_decision_are_case_insensitive() {
-    let response = parse(json!({"verdict": "allow", "decision": "no_go"}));
+    let response = parse(json!({"verdict": "allow", "decision": "go"}));
     assert_eq!(response.verdict, Verdict::Allow);
+    assert_eq!(response.decision, Decision::Go);
+    let response = parse(json!({"verdict": "Deny", "decision": "no_go"}));
     assert_eq!(response.decision, Decision::NoGo);
-    assert_eq!(parse(json!({"verdict": "Defer"})).verdict, Verdict::Defer);
+    let response = parse(json!({"verdict": "Defer", "decision": "defer"}));
+    assert_eq!(response.verdict, Verdict::Defer);
 }
 
 #[test]
@@ -70,12 +74,55 @@ fn an_unknown_missing_or_wrong_typed_verdict_is_deny() {
 }
 
 #[test]
-fn an_unknown_or_missing_decision_is_error() {
+fn an_unknown_or_missing_decision_is_error_and_so_no_allow() {
+    for body in [
+        json!({"verdict": "ALLOW", "decision": "MAYBE"}),
+        json!({"verdict": "ALLOW"}),
+    ] {
+        let response = parse(body.clone());
+        assert_eq!(response.decision, Decision::Error, "{body}");
+        assert_eq!(response.verdict, Verdict::Deny, "{body}");
+    }
+    let response = parse(json!({"verdict": "DENY", "reason": "no"}));
     assert_eq!(
-        parse(json!({"verdict": "ALLOW", "decision": "MAYBE"})).decision,
-        Decision::Error
+        (response.verdict, response.decision),
+        (Verdict::Deny, Decision::Error)
     );
-    assert_eq!(parse(json!({"verdict": "ALLOW"})).decision, Decision::Error);
+    assert_eq!(
+        response.reason, "no",
+        "a DENY without a decision is a DENY as it was given"
+    );
+}
+
+/// Every pair of verdict and decision, and what the answer comes to.
+#[test]
+fn a_verdict_stands_only_with_a_decision_that_agrees_with_it() {
+    let agree = [
+        ("ALLOW", "GO"),
+        ("DEFER", "DEFER"),
+        ("DENY", "NO_GO"),
+        ("DENY", "ERROR"),
+    ];
+    for verdict in ["ALLOW", "DEFER", "DENY"] {
+        for decision in ["GO", "NO_GO", "DEFER", "ERROR"] {
+            let response =
+                parse(json!({"verdict": verdict, "decision": decision, "reason": "stage0 says"}));
+            let shown = (response.verdict.as_str(), response.decision.as_str());
+            if agree.contains(&(verdict, decision)) {
+                assert_eq!(shown, (verdict, decision));
+                assert_eq!(response.reason, "stage0 says");
+            } else {
+                assert_eq!(shown, ("DENY", "ERROR"), "{verdict} with {decision}");
+                assert_eq!(
+                    response.reason,
+                    format!(
+                        "Stage0 API error: verdict `{verdict}` with decision `{decision}`: the two \
+                         disagree, so the answer is not trusted"
+                    )
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -100,9 +147,53 @@ fn with_nothing_to_explain_it_the_reason_is_no_reason_provided() {
 }
 
 #[test]
-fn a_missing_request_id_falls_back_to_the_one_sent() {
-    assert_eq!(parse(json!({})).request_id, SENT);
-    assert_eq!(parse(json!({"request_id": 7})).request_id, SENT);
+fn the_request_id_is_always_the_one_sent_and_a_different_one_from_stage0_is_kept_beside_it() {
+    for (body, stage0) in [
+        (json!({}), None),
+        (json!({"request_id": 7}), None),
+        (json!({"request_id": ""}), None),
+        (json!({"request_id": SENT}), None),
+        (json!({"request_id": "stage0-7"}), Some("stage0-7")),
+    ] {
+        let response = parse(body.clone());
+        assert_eq!(response.request_id, SENT, "{body}");
+        assert_eq!(response.stage0_request_id.as_deref(), stage0, "{body}");
+    }
+    let json = serde_json::to_value(parse(json!({}))).unwrap();
+    assert!(json.get("stage0_request_id").is_none(), "{json}");
+}
+
+#[test]
+fn a_body_that_repeats_a_key_is_refused_whichever_value_comes_last() {
+    for (body, key) in [
+        (
+            r#"{"verdict":"DENY","verdict":"ALLOW","decision":"GO"}"#,
+            "`verdict` (at `/verdict`)",
+        ),
+        (
+            r#"{"verdict":"ALLOW","decision":"GO","decision":"GO"}"#,
+            "`decision` (at `/decision`)",
+        ),
+        (
+            r#"{"verdict":"ALLOW","decision":"GO","cost_estimate":{"min":1,"min":2}}"#,
+            "`min` (at `/cost_estimate/min`)",
+        ),
+        (
+            r#"{"verdict":"ALLOW","decision":"GO","\u0076erdict":"ALLOW"}"#,
+            "`verdict`",
+        ),
+    ] {
+        let error = PolicyResponse::from_body(body.as_bytes(), SENT)
+            .expect_err(body)
+            .to_string();
+        assert!(
+            error.starts_with(&format!("response body repeats the key {key}")),
+            "{body}: {error}"
+        );
+    }
+    let allow = br#"{"verdict":"ALLOW","decision":"GO","a":{"x":1},"b":{"x":1}}"#;
+    let response = PolicyResponse::from_body(allow, SENT).expect("distinct keys per object");
+    assert_eq!(response.verdict, Verdict::Allow);
 }
 
 #[test]

@@ -338,12 +338,13 @@ fn more_calls() -> Vec<Call> {
             tool: "retry-workflow",
             arguments: json!({"workflowId": "W", "retryCount": 0}),
             body: json!({
-                "goal": "Retry workflow W (attempt 1)",
+                // The workflow id is sent in canonical form (ledger.rs): `W` is `w`.
+                "goal": "Retry workflow w (attempt 1)",
                 "success_criteria": ["Workflow completes successfully"],
                 "constraints": ["max_retries: 5"],
                 "tools": ["shell", "api_call"],
                 "side_effects": ["loop"],
-                "context": {"run_id": "W", "retry_count": 0, "claimed_retry_count": 0},
+                "context": {"run_id": "w", "retry_count": 0, "claimed_retry_count": 0},
                 "pro": false
             }),
         },
@@ -1015,9 +1016,18 @@ async fn stage0_allow_runs_every_executing_tool_after_sending_its_spec_intent() 
     let requests = requests(&fake).await;
     assert_eq!(requests.len(), 5, "one /check per call");
     for ((call, outcome), request) in outcomes.iter().zip(&requests) {
-        assert_check_request(request, &call.body);
+        let sent = assert_check_request(request, &call.body);
         assert_verdict(outcome, call.tool, "stage0", "ALLOW", "GO");
-        assert_eq!(outcome.structured["request_id"], "fake-req-allow");
+        // The check is named by the id sent; the fake's own id for it is kept beside it.
+        assert_eq!(outcome.structured["request_id"], sent);
+        assert_eq!(outcome.structured["stage0_request_id"], "fake-req-allow");
+        assert!(
+            outcome.text.contains(&format!(
+                "Request ID: {sent}\nStage0 Request ID: fake-req-allow\nPolicy Version: fake-pack-1"
+            )),
+            "{}",
+            outcome.text
+        );
         assert_eq!(outcome.structured["policy_version"], "fake-pack-1");
         assert_executed(outcome);
     }
@@ -1034,13 +1044,18 @@ async fn stage0_deny_runs_no_tool_body() {
     });
     let fake = fake_stage0(vec![ResponseTemplate::new(200).set_body_json(deny)]).await;
     let outcomes = call_every_executing_tool(&fake.uri(), "5000").await;
-    assert_eq!(requests(&fake).await.len(), 5, "one /check per call");
-    for (call, outcome) in &outcomes {
+    let requests = requests(&fake).await;
+    assert_eq!(requests.len(), 5, "one /check per call");
+    for ((call, outcome), request) in outcomes.iter().zip(&requests) {
         assert_verdict(outcome, call.tool, "stage0", "DENY", "NO_GO");
         assert_not_executed(outcome, "⛔ BLOCKED by Stage0");
         assert_eq!(outcome.field("reason"), "FAKE_DENY: the fake says no");
         assert!(outcome.text.contains("FAKE_DENY: the fake says no"));
-        assert_eq!(outcome.structured["request_id"], "fake-req-deny");
+        assert_eq!(
+            outcome.structured["request_id"],
+            header(request, "x-request-id")
+        );
+        assert_eq!(outcome.structured["stage0_request_id"], "fake-req-deny");
         assert_eq!(outcome.structured["policy_version"], "fake-pack-1");
     }
 }

@@ -151,3 +151,69 @@ async fn sigterm_stops_the_server_with_a_success_status() {
     let exit = server.exit().await;
     assert!(exit.status.success(), "{:?}\n{}", exit.status, exit.stderr);
 }
+
+#[tokio::test]
+async fn a_tool_call_that_repeats_an_argument_key_is_invalid_and_nothing_is_checked_or_run() {
+    let dir = tempfile::TempDir::new().expect("a temporary folder");
+    let log = dir.path().join("audit.jsonl");
+    let mut server = RawServer::spawn_with(&[("STAGE0_AUDIT_LOG", log.to_str().unwrap())]);
+    server.initialize(1).await;
+    // `serde_json` keeps the last of a repeated key: `b` would have been researched, `leak`
+    // published, and a retry count of 0 sent.
+    let lines = [
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"research-topic","arguments":{"topic":"a","topic":"b"}}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"publish-content","arguments":{"channel":"blog","content":"ok","content":"leak"}}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"check-authorization","arguments":{"goal":"g","sideEffects":[],"retryCount":9,"retryCount":0}}}"#,
+    ];
+    for (id, (line, key)) in (2..).zip(lines.iter().zip(["topic", "content", "retryCount"])) {
+        server.send_line(line).await;
+        let answer = server.response(id).await;
+        let result = &answer["result"];
+        assert_eq!(result["isError"], true, "{answer}");
+        assert!(
+            result.get("structuredContent").is_none(),
+            "nothing was checked: {answer}"
+        );
+        let text = result["content"][0]["text"].as_str().unwrap();
+        assert!(
+            text.ends_with(&format!(
+                ": the arguments repeat the key `{key}` (at `/{key}`): a key may appear only \
+                 once in an object"
+            )),
+            "{text}"
+        );
+        assert!(text.starts_with("invalid arguments for `"), "{text}");
+    }
+    // The tool's name twice: which tool was meant is not known, so the request is refused.
+    server
+        .send_line(
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"research-topic","name":"publish-content","arguments":{"topic":"x"}}}"#,
+        )
+        .await;
+    let refused = server.response(5).await;
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    // Distinct keys in different objects are fine, and the session goes on.
+    server.send(research(6)).await;
+    let answer = server.response(6).await;
+    assert_eq!(answer["result"]["structuredContent"]["executed"], true);
+    server.close_stdin();
+    let exit = server.exit().await;
+    assert!(exit.status.success(), "{:?}\n{}", exit.status, exit.stderr);
+
+    let records = common::audit_records(&log);
+    let kinds: Vec<String> = records
+        .iter()
+        .map(|r| format!("{} {}", r["kind"], r.get("status").unwrap_or(&json!(""))))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            r#""outcome" "invalid_arguments""#,
+            r#""outcome" "invalid_arguments""#,
+            r#""outcome" "invalid_arguments""#,
+            r#""decision" """#,
+            r#""outcome" "ok""#,
+        ],
+        "no decision for a call that repeats a key"
+    );
+}

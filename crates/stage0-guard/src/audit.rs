@@ -265,12 +265,14 @@ impl AuditLog {
 }
 
 /// `policy` replaced by the `DENY` of a call whose decision record could not be written: decision
-/// `ERROR`, issue `AUDIT_UNAVAILABLE`, the same `request_id` and `policy_version`.
+/// `ERROR`, issue `AUDIT_UNAVAILABLE`, the same `request_id`, `stage0_request_id` and
+/// `policy_version`.
 pub fn fail_closed(policy: PolicyResponse, why: &Unavailable) -> PolicyResponse {
     let mut denied = PolicyResponse::fail_closed(
         format!("The audit log is unavailable, so nothing may run: {why}"),
         policy.request_id,
     );
+    denied.stage0_request_id = policy.stage0_request_id;
     denied.policy_version = policy.policy_version;
     denied.issues = vec![Issue {
         code: AUDIT_UNAVAILABLE.to_owned(),
@@ -334,6 +336,7 @@ impl<'a> CallTrail<'a> {
         let event = Event::Decision(record::DecisionRecord {
             call_id: &self.call_id,
             request_id: &policy.request_id,
+            stage0_request_id: policy.stage0_request_id.as_deref(),
             deferred_request_id: self.deferred_request_id.as_deref(),
             tool: self.tool,
             arguments_sha256: &self.arguments_sha256,
@@ -426,6 +429,7 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
+    use crate::ledger::WorkflowId;
 
     fn outcome(call_id: &str) -> Event<'_> {
         Event::Outcome(record::OutcomeRecord {
@@ -599,7 +603,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let (log, _) = AuditLog::open(&path, false).unwrap();
-        let key = AttemptLedger::key("etl");
+        let key = AttemptLedger::key(&WorkflowId::new("etl").unwrap());
         let provenance = Provenance {
             workflow_key: Some(key),
             ..Provenance::default()
@@ -631,8 +635,9 @@ mod tests {
         }
         log.close();
         let (reopened, _) = AuditLog::open(&path, false).unwrap();
-        assert_eq!(reopened.ledger().observe("etl"), 3);
-        assert_eq!(reopened.ledger().observe("other"), 0);
+        let observe = |id| reopened.ledger().observe(&WorkflowId::new(id).unwrap());
+        assert_eq!(observe("ETL"), 3, "the same workflow, spelled otherwise");
+        assert_eq!(observe("other"), 0);
         reopened.close();
     }
 }

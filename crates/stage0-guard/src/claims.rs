@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::approval::state::Principal;
-use crate::ledger::AttemptLedger;
+use crate::ledger::{AttemptLedger, WorkflowId};
 
 /// Who acts, from least to most privileged: viewer < developer < admin. Spelled in lowercase in
 /// tool arguments, in the `/check` context (`actor_role`) and in `STAGE0_ACTOR_ROLE`, as the
@@ -123,10 +123,12 @@ impl ApprovalStatus {
 /// the intent, so the goal, constraints, context and the tool body all see the vouched value.
 #[derive(Debug)]
 pub enum Claim<'a> {
-    /// The number of earlier attempts at `workflow_id`; at least what the server has seen.
+    /// The number of earlier attempts at `workflow_id` (in canonical form, as the ledger counts
+    /// it); at least what the server has seen.
     RetryCount {
-        /// The workflow the attempts are counted for (`workflowId` of `retry-workflow`).
-        workflow_id: &'a str,
+        /// The workflow the attempts are counted for (`workflowId` of `retry-workflow`), in
+        /// canonical form.
+        workflow_id: &'a WorkflowId,
         /// The claimed number of earlier attempts, overwritten with the effective one.
         count: &'a mut u64,
     },
@@ -399,12 +401,13 @@ mod tests {
     fn the_retry_count_is_the_larger_of_the_claim_and_what_the_server_saw() {
         let ledger = AttemptLedger::default();
         let operator = Operator::default();
+        let etl = WorkflowId::new("etl").unwrap();
         let mut sent = Vec::new();
         for claimed in [0, 0, 7, 0] {
             let mut count = claimed;
             operator.vouch(
                 vec![Claim::RetryCount {
-                    workflow_id: "etl",
+                    workflow_id: &etl,
                     count: &mut count,
                 }],
                 &ledger,

@@ -38,6 +38,7 @@ use crate::approval::{self, ApprovalOutcome, ApprovalPath, ApprovalReport, Appro
 use crate::audit::record::Status;
 use crate::audit::{self, AuditLog, CallTrail};
 use crate::claims::{ApprovalStatus, Operator, Provenance};
+use crate::json::DuplicateKey;
 use crate::ledger::AttemptLedger;
 use crate::policy::wire::{Intent, PolicyResponse, Verdict};
 use crate::policy::{Mode, PolicyClient};
@@ -173,11 +174,14 @@ impl Guard {
         // Only a call that may go to a human over MRTR needs the arguments' digest, to seal it.
         let mrtr = (context.is_some_and(asks_through_mrtr) && self.approvals != Approvals::Off)
             .then(|| state::arguments_sha256(&arguments));
-        let (call, mut provenance, mut intent) =
-            match self.prepare::<T>(arguments, &trail, Counting::Count).await {
-                Ok(prepared) => prepared,
-                Err(invalid) => return invalid.into(),
-            };
+        let repeated = repeated_key(context);
+        let prepared = self
+            .prepare::<T>(arguments, repeated, &trail, Counting::Count)
+            .await;
+        let (call, mut provenance, mut intent) = match prepared {
+            Ok(prepared) => prepared,
+            Err(invalid) => return invalid.into(),
+        };
         let review = Review {
             peer: context.map(|context| &context.peer),
             mrtr: mrtr.as_deref(),
@@ -221,10 +225,11 @@ impl Guard {
         mut trail: CallTrail<'_>,
     ) -> CallToolResult {
         let arguments_sha256 = state::arguments_sha256(&arguments);
-        let (call, mut provenance, mut intent) = match self
-            .prepare::<T>(arguments, &trail, Counting::Continue)
-            .await
-        {
+        let repeated = repeated_key(context);
+        let prepared = self
+            .prepare::<T>(arguments, repeated, &trail, Counting::Continue)
+            .await;
+        let (call, mut provenance, mut intent) = match prepared {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
@@ -331,14 +336,22 @@ impl Guard {
     }
 
     /// Checks a call of report-only tool `T` and reports the verdict; nothing runs and no human
-    /// is asked, since there is nothing to approve.
-    pub async fn report<T: ToolIntent>(&self, arguments: JsonObject) -> CallToolResult {
+    /// is asked, since there is nothing to approve. `request` is as for
+    /// [`enforce`](Guard::enforce).
+    pub async fn report<T: ToolIntent>(
+        &self,
+        arguments: JsonObject,
+        request: Option<&RequestContext<RoleServer>>,
+    ) -> CallToolResult {
         let mut trail = CallTrail::new(self.audit.as_ref(), T::NAME, &arguments);
-        let (_, provenance, intent) =
-            match self.prepare::<T>(arguments, &trail, Counting::Count).await {
-                Ok(prepared) => prepared,
-                Err(invalid) => return invalid,
-            };
+        let repeated = repeated_key(request);
+        let prepared = self
+            .prepare::<T>(arguments, repeated, &trail, Counting::Count)
+            .await;
+        let (_, provenance, intent) = match prepared {
+            Ok(prepared) => prepared,
+            Err(invalid) => return invalid,
+        };
         let policy = self.decide(&mut trail, T::NAME, &intent, &provenance).await;
         trail
             .outcome(Some(&policy.request_id), Status::Reported, None, None)
@@ -440,14 +453,22 @@ impl Guard {
     }
 
     /// Reads the arguments, replaces the claims with vouched values and builds the intent. Calls
-    /// whose arguments cannot be read end here, with their `outcome` record.
+    /// whose arguments cannot be read, or repeated a key (`repeated`), end here, with their
+    /// `outcome` record.
     async fn prepare<T: ToolIntent>(
         &self,
         arguments: JsonObject,
+        repeated: Option<&DuplicateKey>,
         trail: &CallTrail<'_>,
         counting: Counting,
     ) -> Result<(T, Provenance, Intent), CallToolResult> {
-        let mut call = match read_arguments::<T>(arguments) {
+        let read = match repeated {
+            Some(duplicate) => Err(format!(
+                "the arguments repeat the key {duplicate}: a key may appear only once in an object"
+            )),
+            None => read_arguments::<T>(arguments),
+        };
+        let mut call = match read {
             Ok(call) => call,
             Err(problem) => {
                 trail
@@ -598,6 +619,12 @@ fn excerpt(text: &str) -> Cow<'_, str> {
         None => Cow::Borrowed(text),
         Some((cut, _)) => Cow::Owned(format!("{}… ({} bytes in all)", &text[..cut], text.len())),
     }
+}
+
+/// The key the call's arguments repeated, as the stdio transport marked the request
+/// (`transport.rs`); the `Value` the arguments arrive in kept only its last value.
+fn repeated_key(request: Option<&RequestContext<RoleServer>>) -> Option<&DuplicateKey> {
+    request.and_then(|request| request.extensions.get::<DuplicateKey>())
 }
 
 /// Reads `T` from the call's arguments; the error names the offending field.
@@ -799,7 +826,7 @@ mod tests {
             guard.enforce::<Probe>(object(arguments), None).await;
         }
         guard
-            .report::<Probe>(object(json!({"side_effects": [], "fail": false})))
+            .report::<Probe>(object(json!({"side_effects": [], "fail": false})), None)
             .await;
         log.close();
         let kinds: Vec<String> = records(&path)

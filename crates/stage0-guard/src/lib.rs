@@ -25,7 +25,8 @@
 //! - [`audit`]: the hash-chained audit log of every decision and outcome;
 //! - [`render`]: what a tool result looks like (text and `structuredContent`);
 //! - [`policy`]: the policy decision points: the live `/check` API ([`policy::http`]) or the
-//!   simulator ([`policy::simulator`]), with the wire types in [`policy::wire`].
+//!   simulator ([`policy::simulator`]), with the wire types in [`policy::wire`];
+//! - [`json`]: what `serde_json` forgets (repeated keys) where it could change a verdict.
 
 #![warn(missing_docs)]
 
@@ -34,6 +35,7 @@ pub mod audit;
 pub mod claims;
 pub mod config;
 pub mod guard;
+pub mod json;
 pub mod ledger;
 pub mod policy;
 pub mod render;

@@ -212,9 +212,15 @@ fn context_notes(checked: &Checked) -> String {
     notes
 }
 
+/// The `Request ID:` line (and, when Stage0 named the check otherwise, a `Stage0 Request ID:`
+/// line) and the `Policy Version:` line.
 fn ids(policy: &PolicyResponse) -> String {
+    let stage0 = match &policy.stage0_request_id {
+        Some(id) => format!("Stage0 Request ID: {id}\n"),
+        None => String::new(),
+    };
     format!(
-        "Request ID: {}\nPolicy Version: {}",
+        "Request ID: {}\n{stage0}Policy Version: {}",
         policy.request_id, policy.policy_version
     )
 }

@@ -177,7 +177,10 @@ impl ServerBuilder {
             |call: ToolCallContext<'_, GuardedServer>| {
                 Box::pin(async move {
                     let arguments = call.arguments.unwrap_or_default();
-                    let result = call.service.guard.report::<T>(arguments).await;
+                    let guard = &call.service.guard;
+                    let result = guard
+                        .report::<T>(arguments, Some(&call.request_context))
+                        .await;
                     Ok(CallToolResponse::from(result))
                 })
             },

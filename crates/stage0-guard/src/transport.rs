@@ -23,6 +23,26 @@
 //!   ids not yet answered (or cancelled), so what it holds is bounded by the requests in flight.
 //!   Everything else passes through untouched.
 //!
+//! - **No repeated keys**, [`DuplicateKeyReader`]. rmcp parses each line into a
+//!   `serde_json::Value`, which keeps only the last of a repeated key: `{"topic":"a","topic":"b"}`
+//!   reaches a tool as `b`, though another reader of the same bytes (a log, a proxy that checked
+//!   them) sees `a`. No handler can tell afterwards, so the reader looks at each line before
+//!   rmcp does ([`json::first_duplicate_key`]). A line that repeats a key anywhere is not given to
+//!   rmcp: it is parsed here, put aside, and a `ping` with an unguessable id takes its place in
+//!   the stream, so the gate gets it back in the same place and order. Then:
+//!   - a `tools/call` whose repeated key is inside `params.arguments` reaches the guard marked
+//!     with the [`DuplicateKey`] (a request extension, which the client cannot send): the call is
+//!     an invalid argument (an `isError` result naming the key), and nothing is checked or run;
+//!   - any other request that repeats a key (its `method`, the tool's `name`, `id`, ...) is
+//!     refused with `-32600`, as it cannot be routed for sure;
+//!   - a notification that repeats a key is dropped; a response (an answer to an elicitation,
+//!     say) becomes an error response for its id, so what waited for it fails closed.
+//!
+//!   The cost is one more parse of each line (without building a value) and, for the line being
+//!   read, a second buffer of at most [`MAX_MESSAGE_BYTES`]. A line over the maximum is passed on
+//!   unread, for rmcp to drop. Only this crate's stdio transport does this; a server that serves
+//!   the guard over another transport gets `serde_json`'s reading.
+//!
 //! rmcp also serves clients that never send `initialize` (the stateless 2026-07-28 style, with
 //! the protocol version in each request's `_meta`). Their requests pass the gate as before; their
 //! notifications are dropped, which at worst lets a call they cancel run to its end.
@@ -32,7 +52,11 @@
 //! `-32600`; requests before `initialize` other than `ping` get an error and leave the session
 //! waiting for `initialize`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 
 use rmcp::RoleServer;
 use rmcp::model::{
@@ -43,7 +67,10 @@ use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::io::{StdioReader, StdioWriter, stdio_pipes};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use uuid::Uuid;
+
+use crate::json::{self, DuplicateKey};
 
 /// The largest JSON-RPC message the server reads from stdin: 4 MiB, counting the newline.
 ///
@@ -53,24 +80,171 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// server holds about 8 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// The transport rmcp's reading ends up behind: its line transport over a [`DuplicateKeyReader`],
+/// behind a [`LifecycleGate`].
+pub type Guarded<R, W> = LifecycleGate<AsyncRwTransport<RoleServer, DuplicateKeyReader<R>, W>>;
+
 /// The transport the server binary serves: stdin and stdout through [`bounded`].
 ///
 /// Must be called inside a Tokio runtime (on Linux the pipes are registered with its reactor).
-pub fn stdio() -> LifecycleGate<AsyncRwTransport<RoleServer, StdioReader, StdioWriter>> {
+pub fn stdio() -> Guarded<StdioReader, StdioWriter> {
     let (read, write) = stdio_pipes();
     bounded(read, write)
 }
 
 /// rmcp's line-delimited JSON-RPC transport over `read` and `write`, reading lines of at most
-/// [`MAX_MESSAGE_BYTES`], behind a [`LifecycleGate`].
-pub fn bounded<R, W>(read: R, write: W) -> LifecycleGate<AsyncRwTransport<RoleServer, R, W>>
+/// [`MAX_MESSAGE_BYTES`] through a [`DuplicateKeyReader`], behind a [`LifecycleGate`].
+pub fn bounded<R, W>(read: R, write: W) -> Guarded<R, W>
 where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
 {
-    LifecycleGate::new(
+    let put_aside = PutAside::default();
+    let read = DuplicateKeyReader {
+        inner: read,
+        line: Vec::new(),
+        ready: Vec::new(),
+        ready_at: 0,
+        passing: false,
+        eof: false,
+        put_aside: Arc::clone(&put_aside),
+    };
+    let mut gate = LifecycleGate::new(
         AsyncRwTransport::new_server(read, write).with_max_line_length(MAX_MESSAGE_BYTES),
-    )
+    );
+    gate.put_aside = put_aside;
+    gate
+}
+
+/// The lines [`DuplicateKeyReader`] put aside, by the id of the `ping` that took each one's place.
+type PutAside = Arc<Mutex<HashMap<Arc<str>, Repeating>>>;
+
+/// How the id of a stand-in `ping` begins; a v4 UUID follows, so a client cannot guess one.
+const STAND_IN_ID: &str = "stage0-guard/repeated-key/";
+
+/// rmcp's own test for a byte-order mark at the start of a line, which it skips.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The client's bytes on their way to rmcp, line by line: a line whose JSON repeats a key is put
+/// aside for the [`LifecycleGate`] and a stand-in `ping` goes in its place (see the module
+/// documentation). Every other byte passes unchanged.
+pub struct DuplicateKeyReader<R> {
+    inner: R,
+    /// The line being read; at most [`MAX_MESSAGE_BYTES`].
+    line: Vec<u8>,
+    /// What rmcp may read, from `ready_at` on.
+    ready: Vec<u8>,
+    ready_at: usize,
+    /// In a line over the maximum, passed on unread up to its newline (rmcp drops it).
+    passing: bool,
+    eof: bool,
+    put_aside: PutAside,
+}
+
+impl<R> DuplicateKeyReader<R> {
+    /// Takes in `data`, the next bytes from the client, and moves whatever rmcp may read now to
+    /// `ready`.
+    fn take_in(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let newline = data.iter().position(|&byte| byte == b'\n');
+            let (part, rest) = data.split_at(newline.map_or(data.len(), |at| at + 1));
+            data = rest;
+            if self.passing {
+                self.ready.extend_from_slice(part);
+                self.passing = newline.is_none();
+            } else if self.line.len() + part.len() > MAX_MESSAGE_BYTES {
+                // rmcp counts the same bytes, newline included, and drops the line.
+                self.ready.append(&mut self.line);
+                self.ready.extend_from_slice(part);
+                self.passing = newline.is_none();
+            } else {
+                self.line.extend_from_slice(part);
+                if newline.is_some() {
+                    let line = std::mem::take(&mut self.line);
+                    let line = self.stand_in_for(line);
+                    self.ready.extend_from_slice(&line);
+                }
+            }
+        }
+    }
+
+    /// `line` itself, or, when its JSON repeats a key and is a message rmcp would read, a `ping`
+    /// standing in for it while it waits in [`PutAside`].
+    fn stand_in_for(&self, line: Vec<u8>) -> Vec<u8> {
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let text = text.strip_prefix(UTF8_BOM).unwrap_or(text);
+        let Ok(Some(duplicate)) = json::first_duplicate_key(text) else {
+            return line;
+        };
+        // serde refuses a repeated field of a typed struct (`method`, `id`) but not a repeated key
+        // in a free-form object (`arguments`, `_meta`); read the message as `serde_json` keeps
+        // it, last key winning, so that it can be refused by its id.
+        let message = serde_json::from_slice::<ClientJsonRpcMessage>(text).or_else(|_| {
+            serde_json::from_slice::<serde_json::Value>(text).and_then(serde_json::from_value)
+        });
+        let Ok(message) = message else {
+            // Not a message: rmcp drops it or answers `-32600`, whatever its keys.
+            return line;
+        };
+        let id: Arc<str> = format!("{STAND_IN_ID}{}", Uuid::new_v4()).into();
+        let stand_in = format!(r#"{{"jsonrpc":"2.0","id":"{id}","method":"ping"}}"#);
+        lock(&self.put_aside).insert(id, Repeating { message, duplicate });
+        let mut stand_in = stand_in.into_bytes();
+        stand_in.push(b'\n');
+        stand_in
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for DuplicateKeyReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.ready_at < this.ready.len() {
+                let count = buf.remaining().min(this.ready.len() - this.ready_at);
+                buf.put_slice(&this.ready[this.ready_at..this.ready_at + count]);
+                this.ready_at += count;
+                if this.ready_at == this.ready.len() {
+                    this.ready.clear();
+                    this.ready_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // An unterminated last line goes on as it is; rmcp ignores it.
+                if this.line.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.ready = std::mem::take(&mut this.line);
+                continue;
+            }
+            let mut chunk = [0_u8; 8 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.eof = true;
+            } else {
+                this.take_in(read.filled());
+            }
+        }
+    }
+}
+
+/// A message whose line repeated a key, and the first key it repeated.
+struct Repeating {
+    message: ClientJsonRpcMessage,
+    duplicate: DuplicateKey,
+}
+
+fn lock(put_aside: &PutAside) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Repeating>> {
+    // A panic while holding the lock leaves at most one message not inserted or not removed.
+    put_aside
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Holds the messages from the client to the MCP lifecycle: nothing but requests before
@@ -83,12 +257,15 @@ pub struct LifecycleGate<T> {
     initialized: bool,
     /// The ids of the client's requests passed on and not yet answered or cancelled.
     in_flight: HashSet<RequestId>,
+    /// The messages a [`DuplicateKeyReader`] in front of `inner` put aside.
+    put_aside: PutAside,
 }
 
 /// What the gate does with one incoming message.
 enum Admission {
     Pass(ClientJsonRpcMessage),
-    /// A notification, response or error before `initialize`: nothing to answer.
+    /// A notification, response or error before `initialize`, or a notification that repeats a
+    /// key: nothing to answer. Says what was dropped, for the log.
     Drop(&'static str),
     /// A second `initialize`, or a request reusing an id in flight: answered with this error,
     /// not passed on.
@@ -102,12 +279,68 @@ impl<T> LifecycleGate<T> {
             inner,
             initialized: false,
             in_flight: HashSet::new(),
+            put_aside: PutAside::default(),
+        }
+    }
+
+    /// [`Admission::Pass`] of `message` or, when it is the stand-in `ping` of a line that repeats
+    /// a key, of that line's message; or what the gate does instead of passing it on. What passes
+    /// here still goes through the rest of [`admit`](LifecycleGate::admit).
+    fn put_back(&mut self, message: ClientJsonRpcMessage) -> Admission {
+        let ClientJsonRpcMessage::Request(request) = &message else {
+            return Admission::Pass(message);
+        };
+        let RequestId::String(id) = &request.id else {
+            return Admission::Pass(message);
+        };
+        if !id.starts_with(STAND_IN_ID) {
+            return Admission::Pass(message);
+        }
+        let Some(Repeating { message, duplicate }) = lock(&self.put_aside).remove(id) else {
+            return Admission::Pass(message);
+        };
+        match message {
+            ClientJsonRpcMessage::Request(mut request) => {
+                if let ClientRequest::CallToolRequest(call) = &mut request.request
+                    && let Some(inside) = duplicate.pointer.strip_prefix("/params/arguments/")
+                {
+                    // For the guard, which refuses the call as an invalid argument.
+                    call.extensions.insert(DuplicateKey {
+                        key: duplicate.key,
+                        pointer: format!("/{inside}"),
+                    });
+                    return Admission::Pass(ClientJsonRpcMessage::Request(request));
+                }
+                let why = format!(
+                    "the request repeats the key {duplicate}: a key may appear only once in an \
+                     object"
+                );
+                let answer = ErrorData::invalid_request(why, None);
+                Admission::Refuse(
+                    ServerJsonRpcMessage::error(answer, Some(request.id)),
+                    "a request repeats a key",
+                )
+            }
+            ClientJsonRpcMessage::Notification(_) => {
+                Admission::Drop("a notification that repeats a key")
+            }
+            // An answer with two readings is no answer: whatever waits for it fails.
+            ClientJsonRpcMessage::Response(response) => {
+                let why = format!("the client's response repeats the key {duplicate}");
+                let error = ErrorData::invalid_request(why, None);
+                Admission::Pass(ClientJsonRpcMessage::error(error, Some(response.id)))
+            }
+            error @ ClientJsonRpcMessage::Error(_) => Admission::Pass(error),
         }
     }
 
     /// Decides about `message`, and records the `initialize` and the request ids it lets through
     /// (and the ids a `notifications/cancelled` frees).
     fn admit(&mut self, message: ClientJsonRpcMessage) -> Admission {
+        let message = match self.put_back(message) {
+            Admission::Pass(message) => message,
+            instead => return instead,
+        };
         match message {
             ClientJsonRpcMessage::Request(request) => {
                 let initialize = matches!(request.request, ClientRequest::InitializeRequest(_));
@@ -140,9 +373,15 @@ impl<T> LifecycleGate<T> {
                 Admission::Pass(ClientJsonRpcMessage::Notification(notification))
             }
             other if self.initialized => Admission::Pass(other),
-            ClientJsonRpcMessage::Notification(_) => Admission::Drop("a notification"),
-            ClientJsonRpcMessage::Response(_) => Admission::Drop("a response"),
-            ClientJsonRpcMessage::Error(_) => Admission::Drop("an error response"),
+            ClientJsonRpcMessage::Notification(_) => {
+                Admission::Drop("a notification that arrived before initialize")
+            }
+            ClientJsonRpcMessage::Response(_) => {
+                Admission::Drop("a response that arrived before initialize")
+            }
+            ClientJsonRpcMessage::Error(_) => {
+                Admission::Drop("an error response that arrived before initialize")
+            }
         }
     }
 
@@ -181,7 +420,7 @@ impl<T: Transport<RoleServer>> Transport<RoleServer> for LifecycleGate<T> {
             match self.admit(message) {
                 Admission::Pass(message) => return Some(message),
                 Admission::Drop(what) => {
-                    tracing::warn!("dropped {what} that arrived before initialize");
+                    tracing::warn!("dropped {what}");
                 }
                 Admission::Refuse(answer, why) => {
                     tracing::warn!("refused a request: {why}");
@@ -416,6 +655,152 @@ mod tests {
         client.initialize(1, "2025-11-25").await;
         client.write_long(&padded_ping(MAX_MESSAGE_BYTES)).await;
         assert_eq!(client.next().await["id"], 2);
+        assert!(client.finish().await, "the session ended with an error");
+    }
+
+    /// Everything a [`DuplicateKeyReader`] over `input` gives rmcp, and what it put aside.
+    async fn read_through(input: &[u8]) -> (Vec<u8>, PutAside) {
+        use tokio::io::AsyncReadExt;
+        let put_aside = PutAside::default();
+        let mut reader = DuplicateKeyReader {
+            inner: input,
+            line: Vec::new(),
+            ready: Vec::new(),
+            ready_at: 0,
+            passing: false,
+            eof: false,
+            put_aside: Arc::clone(&put_aside),
+        };
+        let mut out = Vec::new();
+        timeout(BOUND, reader.read_to_end(&mut out))
+            .await
+            .expect("the reader ends")
+            .expect("reading a slice cannot fail");
+        (out, put_aside)
+    }
+
+    #[tokio::test]
+    async fn a_line_that_repeats_a_key_is_put_aside_and_a_ping_stands_in_for_it() {
+        let clean = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        let repeating = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","arguments":{"topic":"a","topic":"b"}}}"#;
+        let not_a_message = r#"{"a":1,"a":2}"#;
+        let input = format!("{clean}\n\u{feff}{repeating}\r\n{not_a_message}\n{clean}");
+        let (out, put_aside) = read_through(input.as_bytes()).await;
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.split('\n').collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert_eq!(lines[0], clean);
+        assert_eq!(
+            lines[2], not_a_message,
+            "rmcp refuses what is no message, as before"
+        );
+        assert_eq!(
+            lines[3], clean,
+            "an unterminated last line goes on as it is"
+        );
+        let stand_in: Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(stand_in["method"], "ping");
+        let id = stand_in["id"].as_str().unwrap();
+        assert!(id.starts_with(STAND_IN_ID), "{id}");
+        let put_aside = lock(&put_aside);
+        assert_eq!(put_aside.len(), 1);
+        assert_eq!(put_aside[id].duplicate.pointer, "/params/arguments/topic");
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_maximum_passes_unread_whatever_its_keys() {
+        let mut line = padded_ping(MAX_MESSAGE_BYTES + 1);
+        line.splice(1..1, br#""id":9,"#.iter().copied());
+        let (out, put_aside) = read_through(&line).await;
+        assert_eq!(out, line);
+        assert!(lock(&put_aside).is_empty());
+    }
+
+    /// A gate behind which `lines` were read, and the messages rmcp would then have parsed.
+    async fn gate_after(lines: &str) -> (LifecycleGate<()>, Vec<ClientJsonRpcMessage>) {
+        let (out, put_aside) = read_through(lines.as_bytes()).await;
+        let mut gate = LifecycleGate::new(());
+        gate.put_aside = put_aside;
+        let initialize = from_client(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "gate-test", "version": "0"}}}));
+        assert!(matches!(gate.admit(initialize), Admission::Pass(_)));
+        let messages = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|line| from_client(serde_json::from_str(line).unwrap()))
+            .collect();
+        (gate, messages)
+    }
+
+    #[tokio::test]
+    async fn a_tool_call_that_repeats_an_argument_reaches_the_guard_marked_with_the_key() {
+        let (mut gate, messages) = gate_after(concat!(
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","arguments":{"a":{"b":1,"b":2}}}}"#,
+            "\n"
+        ))
+        .await;
+        let [message] = <[_; 1]>::try_from(messages).unwrap();
+        let Admission::Pass(ClientJsonRpcMessage::Request(request)) = gate.admit(message) else {
+            panic!("the call did not pass");
+        };
+        assert_eq!(request.id, RequestId::Number(2));
+        let ClientRequest::CallToolRequest(call) = &request.request else {
+            panic!("not the call: {request:?}");
+        };
+        assert_eq!(
+            call.extensions.get::<DuplicateKey>(),
+            Some(&DuplicateKey {
+                key: "b".to_owned(),
+                pointer: "/a/b".to_owned()
+            })
+        );
+        assert!(gate.in_flight.contains(&RequestId::Number(2)));
+        assert!(lock(&gate.put_aside).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_repeating_a_key_elsewhere_is_refused_and_a_notification_dropped() {
+        let (mut gate, messages) = gate_after(concat!(
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"a","name":"b","arguments":{}}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"requestId":4}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","id":7,"result":{"action":"decline","action":"accept"}}"#,
+            "\n",
+        ))
+        .await;
+        let mut admitted = messages.into_iter().map(|message| gate.admit(message));
+        let Some(Admission::Refuse(refusal, _)) = admitted.next() else {
+            panic!("the call with two names was not refused");
+        };
+        let refusal = serde_json::to_value(refusal).unwrap();
+        assert_eq!(refusal["id"], 3);
+        assert_eq!(refusal["error"]["code"], -32600);
+        let message = refusal["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("the request repeats the key `name` (at `/params/name`)"),
+            "{message}"
+        );
+        assert!(matches!(admitted.next(), Some(Admission::Drop(_))));
+        let Some(Admission::Pass(ClientJsonRpcMessage::Error(answer))) = admitted.next() else {
+            panic!("the response with two actions was not turned into an error");
+        };
+        assert_eq!(answer.id, Some(RequestId::Number(7)));
+        assert!(!gate.in_flight.contains(&RequestId::Number(3)));
+    }
+
+    #[tokio::test]
+    async fn a_session_goes_on_after_a_request_that_repeats_a_key() {
+        let mut client = Client::start();
+        client.initialize(1, "2025-11-25").await;
+        client
+            .send_bytes(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\",\"method\":\"ping\"}\n")
+            .await;
+        let refused = client.next().await;
+        assert_eq!(refused["id"], 2, "{refused}");
+        assert_eq!(refused["error"]["code"], -32600, "{refused}");
+        assert_eq!(client.ping(3).await["result"], json!({}));
         assert!(client.finish().await, "the session ended with an error");
     }
 }

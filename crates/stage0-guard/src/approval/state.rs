@@ -173,9 +173,10 @@ pub struct CallBinding<'a> {
     pub principal: &'a Principal,
 }
 
-/// The SHA-256, in hex, of `arguments` as RFC 8785 canonical JSON: the audit record's
-/// `arguments_sha256`, and what a state binds the arguments with. Key order and number spelling
-/// (`5` or `5.0`) do not change it; any other change does.
+/// The SHA-256, in hex, of `arguments` as canonical JSON (RFC 8785, integers written whole:
+/// `audit::chain`): the audit record's `arguments_sha256`, and what a state binds the arguments
+/// with. Key order and number spelling (`5` or `5.0`) do not change it; any other change does,
+/// an integer past 2^53 included.
 pub fn arguments_sha256(arguments: &JsonObject) -> String {
     chain::sha256_hex(&chain::canonical(arguments))
 }

@@ -4,23 +4,24 @@
 //! before it, [`GENESIS`] for the first), then `hash` = SHA-256 (lowercase hex) of the record's
 //! canonical JSON without `hash`, and writes the whole record, `hash` included, as one line of
 //! canonical JSON. Canonical JSON is the JSON Canonicalization Scheme of RFC 8785 (sorted keys, no
-//! whitespace, one spelling per number and string), so anyone can recompute a hash with any RFC
-//! 8785 library, and a line that is not in canonical form has been edited.
+//! whitespace, one spelling per number and string), with one exception (`json.rs`): an integer
+//! keeps all its digits, where RFC 8785 would round one past 2^53 to the nearest double and so
+//! record a retry count of 9007199254740993 as 9007199254740992. A record without such an
+//! integer, which is nearly every record, is plain RFC 8785, so anyone can recompute its hash with
+//! any RFC 8785 library; and a line that is not in canonical form has been edited.
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+use crate::json;
 
 /// The `prev` of the first record of a log: 64 zeros.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// `value` as RFC 8785 canonical JSON bytes.
-///
-/// # Panics
-///
-/// Never for the values this crate seals: JSON objects with string keys.
-pub fn canonical(value: &impl Serialize) -> Vec<u8> {
-    serde_json_canonicalizer::to_vec(value).expect("a JSON value with string keys canonicalises")
+/// `object` as canonical JSON bytes: RFC 8785, with integers written whole (see the module
+/// documentation).
+pub fn canonical(object: &Map<String, Value>) -> Vec<u8> {
+    json::canonical_object(object)
 }
 
 /// SHA-256 of `bytes`, as 64 lowercase hex digits.
@@ -176,9 +177,39 @@ mod tests {
     }
 
     #[test]
+    fn an_integer_past_2_pow_53_is_sealed_with_all_its_digits() {
+        let sealed = seal(
+            record(json!({"retry_count": 9_007_199_254_740_993_u64})),
+            1,
+            "t".to_owned(),
+            GENESIS,
+        );
+        let line = String::from_utf8(sealed.line.clone()).unwrap();
+        assert!(
+            line.contains(r#""retry_count":9007199254740993,"#),
+            "{line}"
+        );
+        let checked = check(&sealed.line).expect("the line checks out");
+        assert_eq!(checked.record["retry_count"], 9_007_199_254_740_993_u64);
+    }
+
+    #[test]
+    fn a_line_rfc_8785_wrote_with_a_rounded_integer_still_checks_out() {
+        // Logs written before integers were kept whole: RFC 8785 had written the nearest double.
+        for rounded in [
+            "9007199254740992",
+            "18446744073709552000",
+            "12345678901234567000",
+        ] {
+            let mut record = record(json!({"kind": "decision", "prev": GENESIS, "seq": 1}));
+            record.insert("n".to_owned(), serde_json::from_str(rounded).unwrap());
+            let old = serde_json_canonicalizer::to_vec(&record).unwrap();
+            assert_eq!(canonical(&record), old, "{rounded}");
+        }
+    }
+
+    #[test]
     fn records_with_any_numbers_and_text_check_out_after_the_round_trip() {
-        // RFC 8785 writes every number as an IEEE double: integers past 2^53 lose digits once,
-        // when sealed, and the line then reads back to the same canonical bytes.
         for value in [
             json!(u64::MAX),
             json!(9_007_199_254_740_993_u64),

@@ -44,12 +44,16 @@ pub struct DecisionRecord<'a> {
     pub call_id: &'a str,
     /// The check's id: the `X-Request-Id` sent to Stage0, or the simulator's.
     pub request_id: &'a str,
+    /// The `request_id` Stage0's answer gave, when it differs from the one sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage0_request_id: Option<&'a str>,
     /// On the check after a human approval: the `request_id` of the `DEFER` that was approved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred_request_id: Option<&'a str>,
     /// The MCP tool name, e.g. `retry-workflow`.
     pub tool: &'a str,
-    /// SHA-256 (hex) of the RFC 8785 canonical JSON of the call's arguments.
+    /// SHA-256 (hex) of the canonical JSON of the call's arguments: RFC 8785, with integers
+    /// written whole (`json.rs`).
     pub arguments_sha256: &'a str,
     /// The execution intent's goal, whole.
     pub goal: &'a str,

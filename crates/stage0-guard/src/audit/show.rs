@@ -16,7 +16,8 @@ use serde_json::{Map, Value};
 /// Which records to show.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
-    /// Only the calls whose records include this `request_id` (or `deferred_request_id`).
+    /// Only the calls whose records include this `request_id` (or `stage0_request_id`, or
+    /// `deferred_request_id`).
     pub request_id: Option<String>,
     /// Only the last this many of the records selected.
     pub last: Option<usize>,
@@ -36,6 +37,7 @@ pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Res
             for_each_record(path, |_, record| {
                 if let Some(record) = record
                     && (text(&record, "request_id") == id
+                        || text(&record, "stage0_request_id") == id
                         || text(&record, "deferred_request_id") == id)
                 {
                     calls.insert(text(&record, "call_id").to_owned());
@@ -130,6 +132,9 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
                 number("risk_score"),
                 number("check_latency_ms")
             );
+            if !field("stage0_request_id").is_empty() {
+                details.push(("stage0 request", field("stage0_request_id").to_owned()));
+            }
             details.push(("goal", field("goal").to_owned()));
             details.push(("reason", field("reason").to_owned()));
             if let Some(Value::Array(issues)) = record.get("issues")

@@ -1,9 +1,11 @@
 //! The live policy decision point: `POST {STAGE0_BASE_URL}/check` over HTTPS (`docs/contract.md`
 //! §3).
 //!
-//! Every failure is a verdict, never an error: a status other than 2xx, a network error, a body
-//! over [`MAX_BODY_BYTES`], a body that is not a JSON object, or no complete answer within the
-//! deadline all come back as `DENY` / `ERROR` with a reason that says what happened (fail closed).
+//! Every failure is a verdict, never an error: a status other than `200 OK` (another 2xx too: a
+//! verdict is only read from a 200), a network error, a body over [`MAX_BODY_BYTES`], a body that
+//! is not a JSON object or repeats a key, a verdict and decision that disagree (`wire.rs`), or no
+//! complete answer within the deadline all come back as `DENY` / `ERROR` with a reason that says
+//! what happened (fail closed).
 //! One `reqwest::Client`, and so one connection pool, serves every call. Redirects are not
 //! followed, so the `x-api-key` header is only ever sent to the configured host.
 //!
@@ -213,8 +215,19 @@ impl HttpPolicyClient {
         };
 
         let status = response.status();
-        if status.is_success() {
+        if status == StatusCode::OK {
             return Attempt::Final(read_verdict(&mut response, request_id).await);
+        }
+        if status.is_success() {
+            // `201`, `202`, `204`, `206`, ...: none of them is how the API answers a check, so
+            // whatever the body says, it is not a verdict.
+            return Attempt::Final(Ok(PolicyResponse::fail_closed(
+                format!(
+                    "Stage0 API error: {} is not 200 OK, the only status a verdict is read from",
+                    http_status(status)
+                ),
+                request_id.to_owned(),
+            )));
         }
         let retry = matches!(
             status,
@@ -269,7 +282,7 @@ fn retry_after(response: &reqwest::Response) -> RetryAfter {
     }
 }
 
-/// The verdict in a 2xx response's body.
+/// The verdict in a `200 OK` response's body.
 async fn read_verdict(
     response: &mut reqwest::Response,
     request_id: &str,

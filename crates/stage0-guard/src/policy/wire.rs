@@ -2,14 +2,25 @@
 //!
 //! The request is written exactly as the API expects. The response is read leniently field by
 //! field and strictly on the outcome: an optional field of the wrong type is dropped, never an
-//! error, but anything that is not a recognisable `ALLOW` is not an `ALLOW`. The field names and
-//! fallbacks follow the Stage0 `/check` API and the TypeScript original (`docs/contract.md` §3).
+//! error, but anything that is not a recognisable `ALLOW` is not an `ALLOW`. Recognisable means:
+//! a JSON object that repeats no key anywhere (`{"verdict":"DENY","verdict":"ALLOW"}` has no one
+//! meaning; see `json.rs`), whose `verdict` and `decision` agree (`ALLOW` with `GO`, `DEFER` with
+//! `DEFER`, `DENY` with `NO_GO` or `ERROR`). A body that repeats a key, or whose verdict and
+//! decision disagree, is `DENY` / `ERROR` with a reason saying so. The field names and fallbacks
+//! follow the Stage0 `/check` API and the TypeScript original (`docs/contract.md` §3).
+//!
+//! `request_id` is always the id this server sent (`X-Request-Id`), never the one in the answer:
+//! it names the check in the audit log and links the records of a call (a `DEFER`, its approval,
+//! the second check, the outcome), and an authority that chose it could make two checks look like
+//! one. The answer's own `request_id`, when it differs, is kept beside it as `stage0_request_id`.
 
 use std::fmt;
 
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
+
+use crate::json::{self, DuplicateKey};
 
 /// An execution intent: what a tool is about to do, asked of the policy decision point.
 ///
@@ -55,9 +66,9 @@ pub enum Verdict {
     Defer,
 }
 
-/// Stage0's decision code, reported alongside the verdict and never consulted: only the
-/// [`Verdict`] decides. `decision` in the Stage0 `/check` API; read case-insensitively, anything
-/// else is `ERROR`. (Not to be confused with the audit log's `decision` record,
+/// Stage0's decision code, reported alongside the verdict. The [`Verdict`] decides; the decision
+/// only has to agree with it ([`Verdict::agrees_with`]), or the answer is `DENY` / `ERROR`.
+/// `decision` in the Stage0 `/check` API; read case-insensitively, anything else is `ERROR`. (Not to be confused with the audit log's `decision` record,
 /// [`DecisionRecord`](crate::audit::record::DecisionRecord), which records a whole verdict.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -80,6 +91,17 @@ impl Verdict {
             Verdict::Deny => "DENY",
             Verdict::Defer => "DEFER",
         }
+    }
+
+    /// Whether `decision` is one this verdict can come with: `ALLOW` with `GO`, `DEFER` with
+    /// `DEFER`, `DENY` with `NO_GO` or `ERROR`.
+    pub fn agrees_with(self, decision: Decision) -> bool {
+        matches!(
+            (self, decision),
+            (Verdict::Allow, Decision::Go)
+                | (Verdict::Defer, Decision::Defer)
+                | (Verdict::Deny, Decision::NoGo | Decision::Error)
+        )
     }
 
     /// Case-insensitive; anything else (missing, wrong type, unknown word) is `DENY`.
@@ -167,12 +189,17 @@ pub struct CostEstimate {
 pub struct PolicyResponse {
     /// What decides whether the tool body runs.
     pub verdict: Verdict,
-    /// Stage0's decision code; reported, never consulted.
+    /// Stage0's decision code; reported, and checked to agree with `verdict`.
     pub decision: Decision,
     /// Why; never empty (falls back to the issues, the trace summary, then `No reason provided`).
     pub reason: String,
-    /// Identifies this check in Stage0's records; the one we sent when Stage0 sends none.
+    /// Identifies this check: the `X-Request-Id` this server sent (a UUID v4), or the simulator's
+    /// id. Never taken from the answer (see the module documentation).
     pub request_id: String,
+    /// The `request_id` in Stage0's answer, when it sent one that differs from `request_id`:
+    /// Stage0's own name for this check, for finding it in Stage0's records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage0_request_id: Option<String>,
     /// The policy pack version that decided; empty when unknown.
     pub policy_version: String,
     /// The version of the policy pack, when Stage0 sends it apart from `policy_version`.
@@ -238,6 +265,7 @@ impl PolicyResponse {
             decision,
             reason,
             request_id,
+            stage0_request_id: None,
             policy_version: String::new(),
             policy_pack_version: None,
             risk_score: None,
@@ -261,20 +289,28 @@ impl PolicyResponse {
         PolicyResponse::new(Verdict::Deny, Decision::Error, reason, request_id)
     }
 
-    /// Reads the bytes of a 2xx `/check` response body: JSON, then [`PolicyResponse::from_json`].
+    /// Reads the bytes of a `200 OK` `/check` response body: JSON that repeats no key, then
+    /// [`PolicyResponse::from_json`].
     ///
     /// # Errors
     ///
-    /// [`BodyError`] when `body` is not JSON or not a JSON object; the caller turns that into a
-    /// fail-closed verdict.
+    /// [`BodyError`] when `body` is not JSON, repeats a key, or is not a JSON object; the caller
+    /// turns that into a fail-closed verdict.
     pub fn from_body(body: &[u8], sent_request_id: &str) -> Result<Self, BodyError> {
         let value: Value = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
+        if let Some(duplicate) = json::first_duplicate_key(body).map_err(BodyError::NotJson)? {
+            return Err(BodyError::DuplicateKey(duplicate));
+        }
         PolicyResponse::from_json(&value, sent_request_id).map_err(BodyError::NotAnObject)
     }
 
-    /// Reads a `/check` response body leniently.
+    /// Reads a `/check` response body leniently field by field; a verdict and a decision that
+    /// disagree are `DENY` / `ERROR`, with a reason naming both.
     ///
-    /// `sent_request_id` is the `X-Request-Id` we sent, used when the body carries none.
+    /// `sent_request_id` is the `X-Request-Id` we sent: the response's `request_id`. The body's
+    /// own `request_id`, if it differs, becomes `stage0_request_id`. `value` has already been
+    /// read as JSON; a caller holding the bytes uses [`from_body`](PolicyResponse::from_body),
+    /// which also refuses a repeated key.
     ///
     /// # Errors
     ///
@@ -307,13 +343,13 @@ impl PolicyResponse {
             .unwrap_or_else(|| "No reason provided".to_owned());
         let policy_pack_version = string("policy_pack_version");
 
-        Ok(PolicyResponse {
+        let mut response = PolicyResponse {
             verdict: Verdict::parse(body.get("verdict")),
             decision: Decision::parse(body.get("decision")),
             reason,
-            request_id: string("request_id")
-                .filter(|id| !id.is_empty())
-                .unwrap_or_else(|| sent_request_id.to_owned()),
+            request_id: sent_request_id.to_owned(),
+            stage0_request_id: string("request_id")
+                .filter(|id| !id.is_empty() && id != sent_request_id),
             policy_version: string("policy_version")
                 .filter(|v| !v.is_empty())
                 .or_else(|| policy_pack_version.clone())
@@ -335,16 +371,48 @@ impl PolicyResponse {
             decision_trace_summary,
             cached: boolean("cached"),
             cost_estimate: body.get("cost_estimate").and_then(parse_cost_estimate),
-        })
+        };
+        if !response.verdict.agrees_with(response.decision) {
+            response.reason = format!(
+                "Stage0 API error: verdict {} with decision {}: the two disagree, so the answer \
+                 is not trusted",
+                shown(body.get("verdict")),
+                shown(body.get("decision"))
+            );
+            response.verdict = Verdict::Deny;
+            response.decision = Decision::Error;
+        }
+        Ok(response)
     }
 }
 
-/// Why a 2xx `/check` body carries no verdict at all.
+/// A field of the answer as a reason quotes it: a string in backticks (control characters
+/// escaped, at most 40 characters), `(missing)`, or the JSON type of anything else.
+fn shown(value: Option<&Value>) -> String {
+    match value {
+        None => "(missing)".to_owned(),
+        Some(Value::String(text)) => {
+            let cut: String = text.chars().take(40).collect();
+            let more = if cut.len() < text.len() { "…" } else { "" };
+            format!("`{}{more}`", cut.escape_debug())
+        }
+        Some(Value::Null) => "null".to_owned(),
+        Some(Value::Bool(_)) => "(a boolean)".to_owned(),
+        Some(Value::Number(_)) => "(a number)".to_owned(),
+        Some(Value::Array(_)) => "(an array)".to_owned(),
+        Some(Value::Object(_)) => "(an object)".to_owned(),
+    }
+}
+
+/// Why a `200 OK` `/check` body carries no verdict at all.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     /// The body is not one JSON text; carries the parser's error.
     #[error("response body is not JSON: {0}")]
     NotJson(serde_json::Error),
+    /// An object in the body holds one key twice, so it has no one meaning.
+    #[error("response body repeats the key {0}")]
+    DuplicateKey(DuplicateKey),
     /// The body is JSON but not an object; carries [`PolicyResponse::from_json`]'s description.
     #[error("{0}")]
     NotAnObject(&'static str),
