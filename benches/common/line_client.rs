@@ -32,8 +32,9 @@ pub fn server_binary() -> PathBuf {
                 binary.display()
             )
         });
-    let newest_source =
-        newest_modification(&root.join("src")).max(newest_modification(&root.join("Cargo.lock")));
+    let newest_source = newest_modification(&root.join("src"))
+        .max(newest_modification(&root.join("crates")))
+        .max(newest_modification(&root.join("Cargo.lock")));
     assert!(
         built >= newest_source,
         "{} is older than the sources: run `cargo build --release` first",
