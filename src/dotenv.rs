@@ -38,6 +38,7 @@ use std::path::Path;
 
 use stage0_guard::claims::ActorRole;
 use stage0_guard::config::redact_userinfo;
+use stage0_guard::escape::escaped;
 
 /// The variables of [`Config::from_lookup`](stage0_guard::config::Config::from_lookup): the only names
 /// `.env` may set.
@@ -297,22 +298,24 @@ impl Read for OneByteAtATime<'_> {
 }
 
 impl Note {
-    /// Logs the note at its level.
+    /// Logs the note at its level, escaped (`stage0_guard::escape`): a name or an error in it
+    /// comes from the file.
     pub fn log(&self) {
         match self.level {
-            Level::Info => tracing::info!("{}", self.message),
-            Level::Warn => tracing::warn!("{}", self.message),
+            Level::Info => tracing::info!("{}", escaped(&self.message)),
+            Level::Warn => tracing::warn!("{}", escaped(&self.message)),
         }
     }
 }
 
 impl fmt::Display for Note {
-    /// The message, after `warning: ` for a warning: for stderr when no logging is set up.
+    /// The message, escaped (`stage0_guard::escape`), after `warning: ` for a warning: for stderr
+    /// when no logging is set up.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.level == Level::Warn {
             f.write_str("warning: ")?;
         }
-        f.write_str(&self.message)
+        write!(f, "{}", escaped(&self.message))
     }
 }
 

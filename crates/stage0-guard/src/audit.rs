@@ -378,7 +378,12 @@ impl<'a> CallTrail<'a> {
             duration_ms: duration.map(record::millis),
         });
         if let Err(why) = log.append(&event).await {
-            tracing::error!(tool = self.tool, call_id = %self.call_id, %why, "outcome record not written");
+            tracing::error!(
+                tool = self.tool,
+                call_id = %self.call_id,
+                why = %crate::escape::escaped(&why),
+                "outcome record not written"
+            );
         }
     }
 }

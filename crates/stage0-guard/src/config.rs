@@ -13,6 +13,7 @@ use reqwest::Url;
 use crate::approval::{Approvals, DEFAULT_APPROVAL_TIMEOUT_S};
 use crate::audit::{self, AuditConfig, AuditLog};
 use crate::claims::{ActorRole, Operator};
+use crate::escape::escaped;
 use crate::guard::Guard;
 use crate::policy::PolicyClient;
 use crate::policy::http::{ApiKey, HttpPolicyClient};
@@ -227,7 +228,7 @@ fn open_audit_log(path: &std::path::Path, sync: bool) -> AuditLog {
     match AuditLog::open(&path, sync) {
         Ok((log, opened)) => {
             tracing::info!(
-                path = %path.display(),
+                path = %escaped(path.display()),
                 seq = opened.seq,
                 hash = %opened.hash,
                 recovered_torn_line = ?opened.recovered,
@@ -236,7 +237,10 @@ fn open_audit_log(path: &std::path::Path, sync: bool) -> AuditLog {
             log
         }
         Err(error) => {
-            tracing::error!(%error, "audit log unavailable: every tool call will be denied");
+            tracing::error!(
+                error = %escaped(&error),
+                "audit log unavailable: every tool call will be denied"
+            );
             AuditLog::unavailable(&path, &error)
         }
     }

@@ -28,6 +28,7 @@ use crate::approval::{self, ApprovalReport, Approvals};
 use crate::audit::record::Status;
 use crate::audit::{self, AuditLog, CallTrail};
 use crate::claims::{ApprovalStatus, Operator, Provenance};
+use crate::escape::escaped;
 use crate::ledger::AttemptLedger;
 use crate::policy::wire::{Intent, PolicyResponse, Verdict};
 use crate::policy::{Mode, PolicyClient};
@@ -210,8 +211,8 @@ impl Guard {
         tracing::info!(
             tool,
             outcome = ?asked.outcome,
-            deferred_request_id = %asked.deferred_request_id,
-            approved_by = asked.approval.as_ref().map(|h| h.approved_by.as_str()),
+            deferred_request_id = %escaped(&asked.deferred_request_id),
+            approved_by = asked.approval.as_ref().map(|h| escaped(excerpt(&h.approved_by))).map(tracing::field::display),
             "human review"
         );
         if let Err(why) = trail.approval(&asked).await {
@@ -266,13 +267,13 @@ impl Guard {
         let latency = started.elapsed();
         tracing::info!(
             tool,
-            goal = %excerpt(&intent.goal),
+            goal = %escaped(excerpt(&intent.goal)),
             verdict = %policy.verdict,
             decision = %policy.decision,
-            request_id = %policy.request_id,
-            policy_version = %policy.policy_version,
+            request_id = %escaped(excerpt(&policy.request_id)),
+            policy_version = %escaped(excerpt(&policy.policy_version)),
             mode = self.mode().as_str(),
-            reason = %excerpt(&policy.reason),
+            reason = %escaped(excerpt(&policy.reason)),
             "stage0 check"
         );
         match trail
@@ -281,7 +282,12 @@ impl Guard {
         {
             Ok(()) => policy,
             Err(why) => {
-                tracing::error!(tool, request_id = %policy.request_id, %why, "decision record not written: denied");
+                tracing::error!(
+                    tool,
+                    request_id = %escaped(excerpt(&policy.request_id)),
+                    why = %escaped(&why),
+                    "decision record not written: denied"
+                );
                 audit::fail_closed(policy, &why)
             }
         }

@@ -23,6 +23,7 @@
 //! - [`approval`]: asking a human about a `DEFER` through MCP elicitation;
 //! - [`audit`]: the hash-chained audit log of every decision and outcome;
 //! - [`render`]: what a tool result looks like (text and `structuredContent`);
+//! - [`escape`]: outside text made safe for a log line or a terminal;
 //! - [`policy`]: the policy decision points: the live `/check` API ([`policy::http`]) or the
 //!   simulator ([`policy::simulator`]), with the wire types in [`policy::wire`].
 
@@ -32,6 +33,7 @@ pub mod approval;
 pub mod audit;
 pub mod claims;
 pub mod config;
+pub mod escape;
 pub mod guard;
 pub mod ledger;
 pub mod policy;

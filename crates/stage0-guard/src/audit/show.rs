@@ -4,6 +4,11 @@
 //! records share its `call_id`), so a deferred call shows its `DEFER`, the human's answer, the
 //! second verdict and the outcome together. `--last N` keeps the last `N` records of what is
 //! left. Lines that are not records are shown as such, never skipped.
+//!
+//! Every value comes from the file, which anyone who can write it may have edited, and most of it
+//! from the agent, the client or the policy decision point in the first place (a goal, a reason,
+//! an approver's name): each is shown escaped ([`escaped`]), so no record can put a control
+//! character, an escape sequence or a bidirectional override on the terminal.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -12,6 +17,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
 
 use serde_json::{Map, Value};
+
+use crate::escape::escaped;
 
 /// Which records to show.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,10 +114,15 @@ fn text<'a>(record: &'a Map<String, Value>, field: &str) -> &'a str {
     record.get(field).and_then(Value::as_str).unwrap_or("")
 }
 
-/// A record as a head line (`#seq ts kind tool …`) and indented details.
+/// A record as a head line (`#seq ts kind tool …`) and indented details, every value escaped.
 fn paragraph(out: &mut String, record: &Map<String, Value>) {
-    let field = |name: &str| text(record, name);
-    let number = |name: &str| record.get(name).map(Value::to_string).unwrap_or_default();
+    let field = |name: &str| escaped(text(record, name)).to_string();
+    let number = |name: &str| {
+        record
+            .get(name)
+            .map(|value| escaped(value).to_string())
+            .unwrap_or_default()
+    };
     let _ = write!(
         out,
         "#{} {} {:<8} {}",
@@ -120,7 +132,7 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
         field("tool")
     );
     let mut details: Vec<(&str, String)> = Vec::new();
-    match field("kind") {
+    match text(record, "kind") {
         "decision" => {
             let _ = write!(
                 out,
@@ -130,29 +142,29 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
                 number("risk_score"),
                 number("check_latency_ms")
             );
-            details.push(("goal", field("goal").to_owned()));
-            details.push(("reason", field("reason").to_owned()));
+            details.push(("goal", field("goal")));
+            details.push(("reason", field("reason")));
             if let Some(Value::Array(issues)) = record.get("issues")
                 && !issues.is_empty()
             {
                 let codes: Vec<_> = issues.iter().filter_map(Value::as_str).collect();
-                details.push(("issues", codes.join(", ")));
+                details.push(("issues", escaped(codes.join(", ")).to_string()));
             }
             details.push(("context", number("context")));
             if !field("deferred_request_id").is_empty() {
-                details.push(("approves", field("deferred_request_id").to_owned()));
+                details.push(("approves", field("deferred_request_id")));
             }
         }
         "approval" => {
             let _ = write!(out, " {}", field("outcome"));
             if let Some(Value::Object(human)) = record.get("approval") {
-                let by = |name| text(human, name).to_owned();
+                let by = |name| escaped(text(human, name)).to_string();
                 details.push(("by", by("approved_by")));
                 details.push(("at", by("approved_at")));
                 details.push(("reason", by("approval_reason")));
             }
             if !field("detail").is_empty() {
-                details.push(("detail", field("detail").to_owned()));
+                details.push(("detail", field("detail")));
             }
         }
         "outcome" => {
@@ -161,7 +173,7 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
                 let _ = write!(out, " in {} ms", number("duration_ms"));
             }
             if !field("error").is_empty() {
-                details.push(("error", field("error").to_owned()));
+                details.push(("error", field("error")));
             }
         }
         "recovery" => {
@@ -176,12 +188,12 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
     }
     out.push('\n');
     if !field("request_id").is_empty() {
-        details.insert(0, ("request", field("request_id").to_owned()));
+        details.insert(0, ("request", field("request_id")));
     }
     if !field("call_id").is_empty() {
-        details.push(("call", field("call_id").to_owned()));
+        details.push(("call", field("call_id")));
     }
-    details.push(("hash", field("hash").to_owned()));
+    details.push(("hash", field("hash")));
     for (name, value) in details {
         let _ = writeln!(out, "    {name}: {value}");
     }

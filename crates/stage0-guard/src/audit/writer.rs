@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::chain::{self, GENESIS};
 use super::record::{Event, Recovery};
 use super::{AuditError, Unavailable};
+use crate::escape::escaped;
 use crate::ledger::AttemptLedger;
 
 /// The most records sealed and appended in one batch (one write, one fsync).
@@ -187,7 +188,7 @@ impl Writer {
             }
         }
         tracing::info!(
-            path = %self.path.display(),
+            path = %escaped(self.path.display()),
             seq = self.seq,
             hash = %self.hash,
             "audit log closed"
@@ -200,7 +201,11 @@ impl Writer {
             return Err(why.clone());
         }
         self.append(records).map(|(seqs, _)| seqs).map_err(|error| {
-            tracing::error!(path = %self.path.display(), %error, "audit log stopped: every later call is denied");
+            tracing::error!(
+                path = %escaped(self.path.display()),
+                error = %escaped(&error),
+                "audit log stopped: every later call is denied"
+            );
             let why = Unavailable::new(error.to_string());
             self.stopped = Some(why.clone());
             why
@@ -240,7 +245,7 @@ impl Writer {
             };
             self.seal_into(&mut buffer, recovery);
             tracing::warn!(
-                path = %self.path.display(),
+                path = %escaped(self.path.display()),
                 offset = torn.offset,
                 length = torn.length,
                 "the audit log ended in a torn line (a crash during a write); kept it and recorded it"
