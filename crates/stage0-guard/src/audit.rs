@@ -71,14 +71,48 @@ pub fn default_path() -> Option<PathBuf> {
     Some(folder.join(DEFAULT_FILE_NAME))
 }
 
+/// How long the writer waits for the lock on the log file before it gives up on a batch: 5 s.
+///
+/// Another server holds the lock for one batch (a write and an fsync: milliseconds) or, while it
+/// opens the log, for one read of the whole file (about a second for 100,000 records,
+/// BENCHMARKS.md). Anyone else who can open the file can also take the lock and keep it (a
+/// read-only descriptor is enough for `flock`); past this wait the records of the batch are not
+/// written and each of its calls is denied (`AUDIT_UNAVAILABLE`), instead of every call, and the
+/// server's exit, waiting on the lock forever. The next batch tries again.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Why an audit log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The file or its folder cannot be created, opened, read, written or synced.
     #[error("cannot use the audit log `{}`: {source}", path.display())]
     Io {
+        /// The log file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
+    },
+    /// Another process held the lock on the file for longer than [`LOCK_WAIT`].
+    #[error(
+        "the audit log `{}` is locked by another process: waited {} s for it",
+        path.display(),
+        LOCK_WAIT.as_secs()
+    )]
+    Locked {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// The log's path names a symbolic link, which the server does not follow: whoever made it
+    /// chose where the records go, or what file they overwrite.
+    #[error(
+        "the audit log `{}` is a symbolic link, which is not followed: set `STAGE0_AUDIT_LOG` to \
+         the file itself",
+        path.display()
+    )]
+    Symlink {
+        /// The log's path, the link.
+        path: PathBuf,
     },
     #[error(
         "the audit log `{}` cannot be continued at byte {offset}: {why}; run \

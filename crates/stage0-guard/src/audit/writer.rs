@@ -8,7 +8,8 @@
 //! file before the caller is answered, so they survive the process being killed, but not a power
 //! loss or an operating-system crash.
 //!
-//! Each batch is appended under an exclusive lock on the file (`flock` on Unix), after catching
+//! Each batch is appended under an exclusive lock on the file (`flock` on Unix), taken within
+//! [`LOCK_WAIT`] or not at all (the batch is then refused, and its calls denied), after catching
 //! up with whatever other processes appended since (two MCP clients may each start a server on
 //! the same default log): their records move the chain's head and feed the attempt ledger, so
 //! one file holds one chain. The same catch-up, from byte 0, is what opening a log does. A last
@@ -18,13 +19,17 @@
 //! shrank) makes the log unavailable, which fails every later call closed.
 //!
 //! After any failure to write or sync, the writer stops: what reached the disk is unknown, so
-//! every later record is refused until the server restarts (and recovers).
+//! every later record is refused until the server restarts (and recovers). A lock not had in
+//! time stops nothing: nothing was written, and the next batch tries again.
+//!
+//! The file is opened without following a symbolic link in the last component of its path
+//! (`O_NOFOLLOW` on Unix): a link someone else planted there would choose where the records go.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -32,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, GENESIS};
 use super::record::{Event, Recovery};
-use super::{AuditError, Unavailable};
+use super::{AuditError, LOCK_WAIT, Unavailable};
 use crate::escape::escaped;
 use crate::ledger::AttemptLedger;
 
@@ -121,8 +126,19 @@ impl Writer {
         let mut options = OpenOptions::new();
         options.read(true).append(true).create(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(path).map_err(io)?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        let file = options.open(path).map_err(|source| {
+            #[cfg(unix)]
+            if source.raw_os_error() == Some(libc::ELOOP) {
+                return AuditError::Symlink {
+                    path: path.to_owned(),
+                };
+            }
+            io(source)
+        })?;
         if !existed && sync {
             // The new file's directory entry must be durable too, or a crash can lose the file.
             sync_folder(path).map_err(io)?;
@@ -201,6 +217,13 @@ impl Writer {
             return Err(why.clone());
         }
         self.append(records).map(|(seqs, _)| seqs).map_err(|error| {
+            if let AuditError::Locked { .. } = error {
+                tracing::error!(
+                    path = %escaped(self.path.display()),
+                    "audit log locked by another process: the calls of this batch are denied"
+                );
+                return Unavailable::new(error.to_string());
+            }
             tracing::error!(
                 path = %escaped(self.path.display()),
                 error = %escaped(&error),
@@ -218,12 +241,35 @@ impl Writer {
         &mut self,
         records: Vec<Map<String, Value>>,
     ) -> Result<(Vec<u64>, Option<Torn>), AuditError> {
-        self.file.lock().map_err(|source| self.io(source))?;
+        self.lock()?;
         let appended = self.append_locked(records);
         // Closing the file or ending the process releases the lock too; an error here changes
         // nothing that was written.
         let _ = self.file.unlock();
         appended
+    }
+
+    /// Takes the exclusive lock on the file, trying again (at most every 50 ms) until
+    /// [`LOCK_WAIT`] has passed. Polling, because a blocking `flock` cannot be given a deadline,
+    /// and this thread has nothing else to do meanwhile.
+    fn lock(&self) -> Result<(), AuditError> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.file.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::Error(source)) => return Err(self.io(source)),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AuditError::Locked {
+                    path: self.path.clone(),
+                });
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 
     fn append_locked(
