@@ -582,6 +582,120 @@ mod tests {
         assert!(why.to_string().contains("audit verify"), "{why}");
     }
 
+    /// `n` lines a process that cannot compute hashes appends after the record `(seq, hash)`:
+    /// each continues `seq` and `prev`, claims a hash of its own making and counts a retry of
+    /// `workflow`.
+    fn forged(n: u64, seq: u64, hash: &str, workflow: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut prev = hash.to_owned();
+        for i in 1..=n {
+            let fake = format!("{:064x}", seq + i);
+            let line = serde_json::json!({
+                "kind": "decision", "seq": seq + i, "prev": prev, "hash": fake,
+                "ts": "2026-01-01T00:00:00Z", "tool": "retry-workflow",
+                "workflow_sha256": hex::encode(AttemptLedger::key(workflow)),
+            });
+            bytes.extend_from_slice(&chain::canonical(&line));
+            bytes.push(b'\n');
+            prev = fake;
+        }
+        bytes
+    }
+
+    #[tokio::test]
+    async fn foreign_lines_whose_hash_does_not_hold_count_nothing_and_stop_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, opened) = AuditLog::open(&path, false).unwrap();
+        append_bytes(&path, &forged(5, opened.seq, &opened.hash, "never-seen"));
+        let why = log.append(&outcome("1")).await.unwrap_err();
+        assert!(why.to_string().contains("`hash` does not match"), "{why}");
+        assert_eq!(log.ledger().observe("never-seen"), 0);
+        // Refused for good: the log does not pick up after the forged lines either.
+        assert!(log.append(&outcome("2")).await.is_err());
+        log.close();
+        // And a restart refuses them as well.
+        let error = AuditLog::open(&path, false).unwrap_err();
+        assert!(matches!(error, AuditError::Broken { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn foreign_records_that_verify_are_counted_once_the_next_line_shows_they_are_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, opened) = AuditLog::open(&path, false).unwrap();
+        // Another server's record: sealed, so it verifies, and it counts one retry of `etl`.
+        let Ok(Value::Object(mut record)) = serde_json::to_value(outcome("x")) else {
+            unreachable!()
+        };
+        let key = hex::encode(AttemptLedger::key("etl"));
+        record.insert("workflow_sha256".to_owned(), key.into());
+        let sealed = chain::seal(record, opened.seq + 1, "t".to_owned(), &opened.hash);
+        append_bytes(&path, &[sealed.line, b"\n".to_vec()].concat());
+        log.append(&outcome("1")).await.unwrap();
+        assert_eq!(log.ledger().observe("etl"), 1);
+        log.close();
+        assert_eq!(verified(&path).records, 2);
+    }
+
+    #[tokio::test]
+    async fn a_line_without_its_newline_appended_while_the_server_runs_stops_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, opened) = AuditLog::open(&path, false).unwrap();
+        // A whole record, even one that verifies, is not a crash's torn write while we run.
+        let Ok(Value::Object(record)) = serde_json::to_value(outcome("x")) else {
+            unreachable!()
+        };
+        let sealed = chain::seal(record, opened.seq + 1, "t".to_owned(), &opened.hash);
+        append_bytes(&path, &sealed.line);
+        let why = log.append(&outcome("1")).await.unwrap_err();
+        assert!(why.to_string().contains("without its newline"), "{why}");
+        log.close();
+        // A restart recovers it as a torn line, which counts for nothing.
+        let reopened = write(&path, 1).await;
+        assert!(reopened.recovered.is_some());
+        assert_eq!(verified(&path).recoveries, 1);
+    }
+
+    #[tokio::test]
+    async fn audit_show_shows_a_torn_line_by_its_place_never_as_the_record_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        write(&path, 1).await;
+        let last = verified(&path).last_hash;
+        // A whole decision, sealed so that it would verify, appended without its newline.
+        let Ok(Value::Object(mut record)) = serde_json::to_value(outcome("forged")) else {
+            unreachable!()
+        };
+        record.insert("tool".to_owned(), "publish-content".into());
+        let sealed = chain::seal(record, 2, "t".to_owned(), &last);
+        append_bytes(&path, &sealed.line);
+        let shown = |path: &Path| {
+            let mut out = Vec::new();
+            show::show(path, &show::Selection::default(), &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let before = shown(&path);
+        assert!(
+            before.contains("line 2: torn line of") && before.contains("no recovery record"),
+            "{before}"
+        );
+        // Recovered at the next start: still a torn line, now named by the recovery record.
+        write(&path, 1).await;
+        let after = shown(&path);
+        assert!(
+            after.contains("line 2: torn line of") && after.contains("kept by recovery record #2"),
+            "{after}"
+        );
+        for text in [before, after] {
+            assert!(
+                !text.contains("forged") && !text.contains("publish"),
+                "{text}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn an_unwritable_path_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,11 @@
 //! `--request-id ID` keeps every record of the tool calls that `ID` took part in (a call's
 //! records share its `call_id`), so a deferred call shows its `DEFER`, the human's answer, the
 //! second verdict and the outcome together. `--last N` keeps the last `N` records of what is
-//! left. Lines that are not records are shown as such, never skipped.
+//! left. Lines that are not records are shown as such, never skipped, and so are torn lines: a
+//! last line without its newline, or a line the next record (a `recovery` record) names by offset,
+//! length and SHA-256. A torn line is shown by its place and length only, never parsed, even when
+//! it holds a whole record: whoever appended it, a crash or anyone who can write the file, it is
+//! not part of the chain.
 //!
 //! Every value comes from the file, which anyone who can write it may have edited, and most of it
 //! from the agent, the client or the policy decision point in the first place (a goal, a reason,
@@ -40,8 +44,8 @@ pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Res
         None => None,
         Some(id) => {
             let mut calls = HashSet::new();
-            for_each_record(path, |_, record| {
-                if let Some(record) = record
+            for_each_record(path, |_, line| {
+                if let Line::Record(record) = line
                     && (text(&record, "request_id") == id
                         || text(&record, "deferred_request_id") == id)
                 {
@@ -53,23 +57,40 @@ pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Res
         }
     };
     let mut kept = VecDeque::new();
-    for_each_record(path, |number, record| {
-        let shown = match (&calls, &record) {
+    for_each_record(path, |number, line| {
+        let shown = match (&calls, &line) {
             (None, _) => true,
-            (Some(calls), Some(record)) => calls.contains(text(record, "call_id")),
-            (Some(_), None) => false,
+            (Some(calls), Line::Record(record)) => calls.contains(text(record, "call_id")),
+            (Some(_), _) => false,
         };
         if !shown {
             return Ok(());
         }
         let mut paragraph_text = String::new();
-        match &record {
-            Some(record) => paragraph(&mut paragraph_text, record),
-            None => {
+        match &line {
+            Line::Record(record) => paragraph(&mut paragraph_text, record),
+            Line::NotRecord => {
                 let _ = writeln!(
                     paragraph_text,
                     "line {number}: not an audit record (run `audit verify`)"
                 );
+            }
+            Line::Torn {
+                offset,
+                length,
+                named_by,
+            } => {
+                let _ = write!(
+                    paragraph_text,
+                    "line {number}: torn line of {length} bytes at byte {offset}, not a record: "
+                );
+                let _ = match named_by {
+                    Some(seq) => writeln!(paragraph_text, "kept by recovery record #{seq}"),
+                    None => writeln!(
+                        paragraph_text,
+                        "no recovery record names it (the next server start records it)"
+                    ),
+                };
             }
         }
         match selection.last {
@@ -89,25 +110,70 @@ pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Res
     Ok(())
 }
 
-/// Calls `each` with the number and the record (`None` when it is not JSON) of every line.
+/// What one line of the log is, for showing.
+enum Line {
+    /// A JSON object: a record (`audit verify` says whether its chain holds).
+    Record(Map<String, Value>),
+    /// Not JSON, and not a torn line either.
+    NotRecord,
+    /// A torn line, at byte `offset`, `length` bytes long (without its newline), named by the
+    /// recovery record `named_by` (`None`: the last line, without its newline).
+    Torn {
+        offset: u64,
+        length: u64,
+        named_by: Option<u64>,
+    },
+}
+
+/// Calls `each` with the number and what it is of every non-empty line, looking one line ahead
+/// for the recovery record that names a torn line.
 fn for_each_record(
     path: &Path,
-    mut each: impl FnMut(u64, Option<Map<String, Value>>) -> io::Result<()>,
+    mut each: impl FnMut(u64, Line) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut reader = BufReader::new(File::open(path)?);
-    let mut line = Vec::new();
+    let mut read_line = |offset: u64| -> io::Result<Option<(Vec<u8>, bool, u64)>> {
+        let mut bytes = Vec::new();
+        let read = reader.read_until(b'\n', &mut bytes)? as u64;
+        if read == 0 {
+            return Ok(None);
+        }
+        let whole = bytes.pop_if(|last| *last == b'\n').is_some();
+        Ok(Some((bytes, whole, offset + read)))
+    };
     let mut number = 0;
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
-        }
+    let mut offset = 0;
+    let mut next = read_line(offset)?;
+    while let Some((bytes, whole, end)) = next.take() {
         number += 1;
-        let bytes = line.strip_suffix(b"\n").unwrap_or(&line);
-        if !bytes.is_empty() {
-            each(number, serde_json::from_slice(bytes).ok())?;
+        next = read_line(end)?;
+        let record = serde_json::from_slice::<Map<String, Value>>(&bytes).ok();
+        let named_by = next.as_ref().and_then(|(next, _, _)| {
+            let next = serde_json::from_slice::<Map<String, Value>>(next).ok()?;
+            let field = |name: &str| next.get(name);
+            let names = text(&next, "kind") == "recovery"
+                && field("torn_offset").and_then(Value::as_u64) == Some(offset)
+                && field("torn_length").and_then(Value::as_u64) == Some(bytes.len() as u64)
+                && text(&next, "torn_sha256") == super::chain::sha256_hex(&bytes);
+            names
+                .then(|| field("seq").and_then(Value::as_u64))
+                .flatten()
+        });
+        let line = if !whole || named_by.is_some() {
+            Line::Torn {
+                offset,
+                length: bytes.len() as u64,
+                named_by,
+            }
+        } else {
+            record.map_or(Line::NotRecord, Line::Record)
+        };
+        if !bytes.is_empty() || !whole {
+            each(number, line)?;
         }
+        offset = end;
     }
+    Ok(())
 }
 
 fn text<'a>(record: &'a Map<String, Value>, field: &str) -> &'a str {
