@@ -336,13 +336,17 @@ impl<'a> CallTrail<'a> {
             return Ok(());
         };
         self.decisions += 1;
+        let (goal, whole_goal) = record::bounded_goal(&intent.goal);
+        let (goal_bytes, goal_sha256) = whole_goal.unzip();
         let event = Event::Decision(record::Decision {
             call_id: &self.call_id,
             request_id: &policy.request_id,
             deferred_request_id: self.deferred_request_id.as_deref(),
             tool: self.tool,
             arguments_sha256: &self.arguments_sha256,
-            goal: &intent.goal,
+            goal,
+            goal_bytes,
+            goal_sha256,
             side_effects: &intent.side_effects,
             context: &intent.context,
             provenance,
@@ -694,6 +698,55 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_decision_record_keeps_a_prefix_of_a_long_goal_and_the_digest_of_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, false).unwrap();
+        let short = "Research Rust".to_owned();
+        let long = format!("Research {}", "é".repeat(2 * 1024 * 1024));
+        let policy = PolicyResponse::fail_closed("test".to_owned(), "r".to_owned());
+        for goal in [&short, &long] {
+            let intent = Intent {
+                goal: goal.clone(),
+                success_criteria: Vec::new(),
+                constraints: Vec::new(),
+                tools: Vec::new(),
+                side_effects: Vec::new(),
+                context: serde_json::Map::new(),
+            };
+            let mut trail = CallTrail::new(Some(&log), "research-topic", &JsonObject::new());
+            trail
+                .decision(
+                    &intent,
+                    &Provenance::default(),
+                    &policy,
+                    Mode::Simulator,
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap();
+        }
+        log.close();
+        assert_eq!(verified(&path).records, 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].len() < 4096, "{} bytes", lines[1].len());
+        let records: Vec<Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records[0]["goal"], short.as_str());
+        assert!(records[0].get("goal_sha256").is_none());
+        let prefix: String = long.chars().take(record::GOAL_PREFIX_CHARS).collect();
+        assert_eq!(records[1]["goal"], prefix.as_str());
+        assert_eq!(records[1]["goal_bytes"], long.len());
+        assert_eq!(
+            records[1]["goal_sha256"],
+            chain::sha256_hex(long.as_bytes()).as_str()
+        );
     }
 
     #[tokio::test]
