@@ -14,7 +14,8 @@
 //! - a variable set in the environment always wins, even set to an empty value;
 //! - the file cannot weaken what the environment gives: `STAGE0_ACTOR_ROLE` only `viewer` (the
 //!   ceiling when the environment sets none); `off` is refused for `STAGE0_AUDIT_LOG`,
-//!   `STAGE0_AUDIT_SYNC` and `STAGE0_APPROVALS`; `STAGE0_BASE_URL` only when no API key comes
+//!   `STAGE0_AUDIT_SYNC` and `STAGE0_APPROVALS`; `STAGE0_MAX_CALLS_IN_FLIGHT` no higher than its
+//!   default; `STAGE0_BASE_URL` only when no API key comes
 //!   from the environment (the key then comes from the same file, or there is none);
 //! - a value must be written literally: one that `$VAR` substitution or a `\` escape changed is
 //!   refused, because substitution reads the process environment and would copy the operator's
@@ -39,10 +40,11 @@ use std::path::Path;
 use stage0_guard::claims::ActorRole;
 use stage0_guard::config::redact_userinfo;
 use stage0_guard::escape::escaped;
+use stage0_guard::transport::DEFAULT_MAX_CALLS_IN_FLIGHT;
 
 /// The variables of [`Config::from_lookup`](stage0_guard::config::Config::from_lookup): the only names
 /// `.env` may set.
-pub const SETTINGS: [&str; 10] = [
+pub const SETTINGS: [&str; 11] = [
     "STAGE0_API_KEY",
     "STAGE0_BASE_URL",
     "STAGE0_TIMEOUT_MS",
@@ -53,6 +55,7 @@ pub const SETTINGS: [&str; 10] = [
     "STAGE0_APPROVAL_TIMEOUT_S",
     "STAGE0_AUDIT_LOG",
     "STAGE0_AUDIT_SYNC",
+    "STAGE0_MAX_CALLS_IN_FLIGHT",
 ];
 
 /// A larger `.env` is ignored whole; a few settings take a few hundred bytes.
@@ -225,6 +228,14 @@ fn refusal(name: &str, value: &str, key_from_environment: bool) -> Option<&'stat
         "STAGE0_AUDIT_LOG" if value.trim() == "off" => Some("it may not turn the audit log off"),
         "STAGE0_AUDIT_SYNC" if value.trim() == "off" => Some("it may not turn fsync off"),
         "STAGE0_APPROVALS" if value.trim() == "off" => Some("it may not turn approvals off"),
+        "STAGE0_MAX_CALLS_IN_FLIGHT"
+            if value
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|calls| calls > DEFAULT_MAX_CALLS_IN_FLIGHT) =>
+        {
+            Some("it may only lower the limit of calls in flight, never raise it above the default")
+        }
         "STAGE0_BASE_URL" if key_from_environment => {
             Some("the API key comes from the environment, and .env may not choose where it is sent")
         }

@@ -180,6 +180,7 @@ async fn run() -> anyhow::Result<()> {
         approvals = ?config.approvals,
         audit_log = %escaped(config.audit.path.as_deref().map_or("off".into(), Path::to_string_lossy)),
         audit_sync = config.audit.sync,
+        max_calls_in_flight = config.max_calls_in_flight,
         from_dotenv = %from_dotenv(&dotenv),
         "starting {SERVER_NAME} {} with the {mode} as policy decision point",
         env!("CARGO_PKG_VERSION"),

@@ -44,6 +44,11 @@ pub struct Config {
     pub approvals: Approvals,
     /// `STAGE0_AUDIT_LOG` and `STAGE0_AUDIT_SYNC`: where and how durably to keep the audit log.
     pub audit: AuditConfig,
+    /// `STAGE0_MAX_CALLS_IN_FLIGHT` (a whole number from 1, default
+    /// [`DEFAULT_MAX_CALLS_IN_FLIGHT`](crate::transport::DEFAULT_MAX_CALLS_IN_FLIGHT)): how many
+    /// requests the stdio transport takes at once; one more is refused at once
+    /// ([`Guard::with_max_calls_in_flight`]).
+    pub max_calls_in_flight: usize,
 }
 
 /// Why the configuration cannot be used; the server refuses to start with it.
@@ -62,6 +67,9 @@ pub enum ConfigError {
     InvalidApprovalTimeout(String),
     #[error("`STAGE0_AUDIT_SYNC` must be `on` or `off`, got `{0}`")]
     InvalidAuditSync(String),
+    /// The value of `STAGE0_MAX_CALLS_IN_FLIGHT`, which is not a whole number from 1.
+    #[error("`STAGE0_MAX_CALLS_IN_FLIGHT` must be a whole number of calls from 1, got `{0}`")]
+    InvalidMaxCallsInFlight(String),
     #[error(
         "`STAGE0_AUDIT_LOG` is not set and this user has no home folder for the default audit \
          log; set it to a file path, or to `off`"
@@ -101,9 +109,9 @@ impl Config {
     /// # Errors
     ///
     /// [`ConfigError`] naming the variable when `STAGE0_TIMEOUT_MS`, `STAGE0_BASE_URL`,
-    /// `STAGE0_ACTOR_ROLE`, `STAGE0_APPROVALS`, `STAGE0_APPROVAL_TIMEOUT_S` or
-    /// `STAGE0_AUDIT_SYNC` is set to something unusable, or when `STAGE0_AUDIT_LOG` is not set
-    /// and there is no default folder for it.
+    /// `STAGE0_ACTOR_ROLE`, `STAGE0_APPROVALS`, `STAGE0_APPROVAL_TIMEOUT_S`, `STAGE0_AUDIT_SYNC`
+    /// or `STAGE0_MAX_CALLS_IN_FLIGHT` is set to something unusable, or when `STAGE0_AUDIT_LOG`
+    /// is not set and there is no default folder for it.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let set = |name: &str| {
             lookup(name)
@@ -159,6 +167,14 @@ impl Config {
             Some(path) => Some(PathBuf::from(path)),
             None => Some(audit::default_path().ok_or(ConfigError::NoAuditLogPath)?),
         };
+        let max_calls_in_flight = match set("STAGE0_MAX_CALLS_IN_FLIGHT") {
+            None => crate::transport::DEFAULT_MAX_CALLS_IN_FLIGHT,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|calls| *calls >= 1)
+                .ok_or(ConfigError::InvalidMaxCallsInFlight(raw))?,
+        };
         let sync = match set("STAGE0_AUDIT_SYNC").as_deref() {
             None | Some("on") => true,
             Some("off") => false,
@@ -176,6 +192,7 @@ impl Config {
             },
             approvals,
             audit: AuditConfig { path, sync },
+            max_calls_in_flight,
         })
     }
 }
@@ -213,7 +230,8 @@ impl Config {
     ///
     /// The `reqwest` error when the HTTP client for Stage0 cannot be built.
     pub fn guard(&self) -> Result<Guard, reqwest::Error> {
-        let guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals);
+        let guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals)
+            .with_max_calls_in_flight(self.max_calls_in_flight);
         Ok(match &self.audit.path {
             Some(path) => guard.with_audit(open_audit_log(path, self.audit.sync)),
             None => guard,
@@ -277,6 +295,7 @@ mod tests {
         assert_eq!(config.audit.path, audit::default_path());
         assert!(config.audit.path.unwrap().ends_with("audit.jsonl"));
         assert!(config.audit.sync);
+        assert_eq!(config.max_calls_in_flight, 64);
     }
 
     #[test]
@@ -301,8 +320,10 @@ mod tests {
             ("STAGE0_APPROVAL_TIMEOUT_S", "30"),
             ("STAGE0_AUDIT_LOG", "/var/log/stage0/audit.jsonl"),
             ("STAGE0_AUDIT_SYNC", "off"),
+            ("STAGE0_MAX_CALLS_IN_FLIGHT", "8"),
         ])
         .unwrap();
+        assert_eq!(config.max_calls_in_flight, 8);
         assert_eq!(config.api_key.unwrap().expose(), "sk-test");
         assert_eq!(config.base_url.as_str(), "http://127.0.0.1:9999/v1");
         assert_eq!(config.timeout, Duration::from_millis(250));
@@ -359,6 +380,8 @@ mod tests {
             ("STAGE0_APPROVAL_TIMEOUT_S", "0"),
             ("STAGE0_APPROVAL_TIMEOUT_S", "5m"),
             ("STAGE0_AUDIT_SYNC", "sometimes"),
+            ("STAGE0_MAX_CALLS_IN_FLIGHT", "0"),
+            ("STAGE0_MAX_CALLS_IN_FLIGHT", "many"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             let message = error.to_string();

@@ -33,6 +33,7 @@ use crate::ledger::AttemptLedger;
 use crate::policy::wire::{Intent, PolicyResponse, Verdict};
 use crate::policy::{Mode, PolicyClient};
 use crate::render::{self, Checked};
+use crate::transport::{self, DEFAULT_MAX_CALLS_IN_FLIGHT};
 
 pub use crate::render::ToolOutput;
 pub use tool::{GuardedTool, ToolIntent};
@@ -69,12 +70,16 @@ pub struct Guard {
     approvals: Approvals,
     ledger: Arc<AttemptLedger>,
     audit: Option<AuditLog>,
+    /// How many requests the guarded stdio transport takes at once.
+    max_calls_in_flight: usize,
 }
 
 impl Guard {
     /// A guard that asks `policy` before every call, vouches for claims with what `operator`
     /// configured, and asks a human about a `DEFER` as `approvals` says. It keeps no audit log
-    /// until [`with_audit`](Guard::with_audit).
+    /// until [`with_audit`](Guard::with_audit), and is served
+    /// [`DEFAULT_MAX_CALLS_IN_FLIGHT`] requests at once until
+    /// [`with_max_calls_in_flight`](Guard::with_max_calls_in_flight).
     pub fn new(policy: PolicyClient, operator: Operator, approvals: Approvals) -> Self {
         Guard {
             policy,
@@ -82,7 +87,24 @@ impl Guard {
             approvals,
             ledger: Arc::new(AttemptLedger::default()),
             audit: None,
+            max_calls_in_flight: DEFAULT_MAX_CALLS_IN_FLIGHT,
         }
+    }
+
+    /// The same guard, served at most `limit` requests at once (at least one) by
+    /// [`GuardedServer::serve_stdio`](crate::GuardedServer::serve_stdio): its transport refuses
+    /// one more at once, never queues it ([`LifecycleGate`](transport::LifecycleGate)).
+    pub fn with_max_calls_in_flight(self, limit: usize) -> Self {
+        Guard {
+            max_calls_in_flight: limit.max(1),
+            ..self
+        }
+    }
+
+    /// How many requests at once the stdio transport serving this guard takes
+    /// (`STAGE0_MAX_CALLS_IN_FLIGHT`).
+    pub fn max_calls_in_flight(&self) -> usize {
+        self.max_calls_in_flight
     }
 
     /// The same guard, recording every call in `audit` and counting retries in the attempt
@@ -130,12 +152,13 @@ impl Guard {
         let peer = request.map(|request| &request.peer);
         let decision =
             self.decide_and_review(&mut trail, T::NAME, &mut intent, &mut provenance, peer);
-        // rmcp marks a cancelled request on its token but lets the handler run on, so the guard
-        // itself stops waiting: a verdict that arrives after the cancellation runs nothing.
+        // A cancelled request (`notifications/cancelled`, or the session's end) is only marked,
+        // and the handler runs on, so the guard itself stops waiting: a verdict that arrives after
+        // the cancellation runs nothing.
         let decided = match request {
             Some(request) => tokio::select! {
                 biased;
-                () = request.ct.cancelled() => None,
+                () = transport::cancelled(request) => None,
                 decided = decision => Some(decided),
             },
             None => Some(decision.await),

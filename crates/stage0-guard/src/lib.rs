@@ -14,7 +14,8 @@
 //! Read the modules top-down, in the order dependencies point:
 //!
 //! - [`server`]: the MCP server, a list of tool types each routed through the guard;
-//! - [`transport`]: stdio with a maximum message size and the MCP lifecycle enforced;
+//! - [`transport`]: stdio with a maximum message size, the MCP lifecycle enforced, a bound on the
+//!   requests in flight, and the client's cancellations (which the guard waits on);
 //! - [`config`]: the `STAGE0_*` variables, and the one place a guard is built from them;
 //! - [`guard`]: the one enforcement point, where a verdict decides whether a tool body runs,
 //!   and the traits a tool implements;
