@@ -6,7 +6,10 @@
 //! `/proc/<pid>/status`) is under [`MEMORY_BOUND_KIB`], and a `tools/call` gets its `ALLOW`.
 //! The bound is generous (a debug build idles at about 14 MiB) but far below what an unbounded
 //! reader reaches: before the 4 MiB message cap, one 16 MiB line made the server peak at about
-//! 200 MiB. Memory is asserted, never time; every wait is bounded (see `common::BOUND`).
+//! 200 MiB. A flood of 3.9 MiB calls sent without waiting for answers is held to the limit of
+//! requests in flight instead (`STAGE0_MAX_CALLS_IN_FLIGHT`): each is answered, run or refused,
+//! and memory stays under a bound derived from the limit. Memory is asserted, never time; every
+//! wait is bounded (see `common::BOUND`).
 
 #![cfg(target_os = "linux")]
 
