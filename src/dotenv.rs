@@ -14,7 +14,8 @@
 //! - a variable set in the environment always wins, even set to an empty value;
 //! - the file cannot weaken what the environment gives: `STAGE0_ACTOR_ROLE` only `viewer` (the
 //!   ceiling when the environment sets none); `off` is refused for `STAGE0_AUDIT_LOG`,
-//!   `STAGE0_AUDIT_SYNC` and `STAGE0_APPROVALS`; `STAGE0_BASE_URL` only when no API key comes
+//!   `STAGE0_AUDIT_SYNC` and `STAGE0_APPROVALS`; `STAGE0_MAX_CALLS_IN_FLIGHT` no higher than its
+//!   default; `STAGE0_BASE_URL` only when no API key comes
 //!   from the environment (the key then comes from the same file, or there is none);
 //! - a value must be written literally: one that `$VAR` substitution or a `\` escape changed is
 //!   refused, because substitution reads the process environment and would copy the operator's
@@ -38,10 +39,12 @@ use std::path::Path;
 
 use stage0_guard::claims::ActorRole;
 use stage0_guard::config::redact_userinfo;
+use stage0_guard::escape::escaped;
+use stage0_guard::transport::DEFAULT_MAX_CALLS_IN_FLIGHT;
 
 /// The variables of [`Config::from_lookup`](stage0_guard::config::Config::from_lookup): the only names
 /// `.env` may set.
-pub const SETTINGS: [&str; 10] = [
+pub const SETTINGS: [&str; 11] = [
     "STAGE0_API_KEY",
     "STAGE0_BASE_URL",
     "STAGE0_TIMEOUT_MS",
@@ -52,6 +55,7 @@ pub const SETTINGS: [&str; 10] = [
     "STAGE0_APPROVAL_TIMEOUT_S",
     "STAGE0_AUDIT_LOG",
     "STAGE0_AUDIT_SYNC",
+    "STAGE0_MAX_CALLS_IN_FLIGHT",
 ];
 
 /// A larger `.env` is ignored whole; a few settings take a few hundred bytes.
@@ -224,6 +228,14 @@ fn refusal(name: &str, value: &str, key_from_environment: bool) -> Option<&'stat
         "STAGE0_AUDIT_LOG" if value.trim() == "off" => Some("it may not turn the audit log off"),
         "STAGE0_AUDIT_SYNC" if value.trim() == "off" => Some("it may not turn fsync off"),
         "STAGE0_APPROVALS" if value.trim() == "off" => Some("it may not turn approvals off"),
+        "STAGE0_MAX_CALLS_IN_FLIGHT"
+            if value
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|calls| calls > DEFAULT_MAX_CALLS_IN_FLIGHT) =>
+        {
+            Some("it may only lower the limit of calls in flight, never raise it above the default")
+        }
         "STAGE0_BASE_URL" if key_from_environment => {
             Some("the API key comes from the environment, and .env may not choose where it is sent")
         }
@@ -297,22 +309,24 @@ impl Read for OneByteAtATime<'_> {
 }
 
 impl Note {
-    /// Logs the note at its level.
+    /// Logs the note at its level, escaped (`stage0_guard::escape`): a name or an error in it
+    /// comes from the file.
     pub fn log(&self) {
         match self.level {
-            Level::Info => tracing::info!("{}", self.message),
-            Level::Warn => tracing::warn!("{}", self.message),
+            Level::Info => tracing::info!("{}", escaped(&self.message)),
+            Level::Warn => tracing::warn!("{}", escaped(&self.message)),
         }
     }
 }
 
 impl fmt::Display for Note {
-    /// The message, after `warning: ` for a warning: for stderr when no logging is set up.
+    /// The message, escaped (`stage0_guard::escape`), after `warning: ` for a warning: for stderr
+    /// when no logging is set up.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.level == Level::Warn {
             f.write_str("warning: ")?;
         }
-        f.write_str(&self.message)
+        write!(f, "{}", escaped(&self.message))
     }
 }
 

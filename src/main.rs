@@ -14,6 +14,7 @@ use mcp_server_stage0::server::{SERVER_NAME, stage0_server};
 use stage0_guard::audit;
 use stage0_guard::audit::show::Selection;
 use stage0_guard::config::{Config, redact_userinfo};
+use stage0_guard::escape::escaped;
 use stage0_guard::policy::Mode;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
         return match audit_command(command) {
             Ok(code) => code,
             Err(error) => {
-                eprintln!("mcp-server-stage0: {error:#}");
+                eprintln!("mcp-server-stage0: {}", escaped(format_args!("{error:#}")));
                 ExitCode::from(2)
             }
         };
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("mcp-server-stage0: {error:#}");
+            eprintln!("mcp-server-stage0: {}", escaped(format_args!("{error:#}")));
             ExitCode::from(2)
         }
     }
@@ -106,7 +107,7 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
         anyhow::Error::new(error).context(format!("cannot read the audit log `{}`", path.display()))
     };
     if let Some(selection) = selection {
-        eprintln!("reading the audit log {}", path.display());
+        eprintln!("reading the audit log {}", escaped(path.display()));
         return match audit::show::show(&path, &selection, &mut std::io::stdout().lock()) {
             // `audit show | head` closes the pipe early; that is not a failure.
             Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(read(error)),
@@ -117,7 +118,7 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
         Ok(verified) => {
             println!(
                 "ok: {}: {} records, {} torn line(s) recovered, last hash {}",
-                path.display(),
+                escaped(path.display()),
                 verified.records,
                 verified.recoveries,
                 verified.last_hash
@@ -125,7 +126,11 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Err(broken) => {
-            println!("BROKEN at {}: {broken}", path.display());
+            println!(
+                "BROKEN at {}: {}",
+                escaped(path.display()),
+                escaped(&broken)
+            );
             ExitCode::from(1)
         }
     })
@@ -171,10 +176,11 @@ async fn run() -> anyhow::Result<()> {
         timeout_ms = config.timeout.as_millis() as u64,
         api_key_set = config.api_key.is_some(),
         actor_role = %config.operator.actor_role,
-        actor_id = config.operator.actor_id.as_deref().unwrap_or("(unset)"),
+        actor_id = %escaped(config.operator.actor_id.as_deref().unwrap_or("(unset)")),
         approvals = ?config.approvals,
-        audit_log = %config.audit.path.as_deref().map_or("off".into(), Path::to_string_lossy),
+        audit_log = %escaped(config.audit.path.as_deref().map_or("off".into(), Path::to_string_lossy)),
         audit_sync = config.audit.sync,
+        max_calls_in_flight = config.max_calls_in_flight,
         from_dotenv = %from_dotenv(&dotenv),
         "starting {SERVER_NAME} {} with the {mode} as policy decision point",
         env!("CARGO_PKG_VERSION"),

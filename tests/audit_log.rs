@@ -152,7 +152,11 @@ async fn first_break(path: &Path) -> (usize, Option<u64>) {
 async fn two_hundred_concurrent_calls_leave_one_whole_contiguous_chain_that_verifies() {
     const CALLS: u64 = 200;
     let (_dir, path) = temp_log();
-    let mut server = RawServer::spawn_with(&[("STAGE0_AUDIT_LOG", text(&path))]);
+    // All 200 in flight at once: over the default limit (64), which would refuse some.
+    let mut server = RawServer::spawn_with(&[
+        ("STAGE0_AUDIT_LOG", text(&path)),
+        ("STAGE0_MAX_CALLS_IN_FLIGHT", "200"),
+    ]);
     server.initialize(0).await;
     for n in 1..=CALLS {
         server.send(mixed_call(n)).await;
@@ -642,6 +646,8 @@ async fn a_flood_of_new_workflow_ids_does_not_reset_a_deferred_workflow_not_even
         ("STAGE0_APPROVALS", "off"),
         ("STAGE0_AUDIT_LOG", text(&path)),
         ("STAGE0_AUDIT_SYNC", "off"),
+        // The flood is sent 100 calls at a time, more than the default limit in flight.
+        ("STAGE0_MAX_CALLS_IN_FLIGHT", "100"),
     ];
     let retry = |workflow: &str| json!({"workflowId": workflow, "retryCount": 0});
     let mut server = RawServer::spawn_with(&env);

@@ -6,7 +6,10 @@
 //! `/proc/<pid>/status`) is under [`MEMORY_BOUND_KIB`], and a `tools/call` gets its `ALLOW`.
 //! The bound is generous (a debug build idles at about 14 MiB) but far below what an unbounded
 //! reader reaches: before the 4 MiB message cap, one 16 MiB line made the server peak at about
-//! 200 MiB. Memory is asserted, never time; every wait is bounded (see `common::BOUND`).
+//! 200 MiB. A flood of 3.9 MiB calls sent without waiting for answers is held to the limit of
+//! requests in flight instead (`STAGE0_MAX_CALLS_IN_FLIGHT`): each is answered, run or refused,
+//! and memory stays under a bound derived from the limit. Memory is asserted, never time; every
+//! wait is bounded (see `common::BOUND`).
 
 #![cfg(target_os = "linux")]
 
@@ -305,4 +308,81 @@ async fn a_tools_call_with_a_1_mib_topic_is_answered() {
         .expect("the 1 MiB call's check line");
     assert!(check.len() < 1024, "{} bytes", check.len());
     assert!(exit.stderr.len() < 64 * 1024, "{} bytes", exit.stderr.len());
+}
+
+/// How many 3.9 MiB calls the bounded-work test pipelines.
+const PIPELINED_CALLS: u64 = 40;
+
+/// The limit of requests in flight the bounded-work test sets (`STAGE0_MAX_CALLS_IN_FLIGHT`).
+const PIPELINED_LIMIT: u64 = 4;
+
+/// The most resident memory the server may reach while it is sent [`PIPELINED_CALLS`] calls of
+/// 3.9 MiB without waiting for answers, in KiB: 48 MiB for each of the [`PIPELINED_LIMIT`]
+/// requests it may hold at once (the message, its parsed arguments and intent, and a result that
+/// repeats the topic four times, serialised) plus 64 MiB for the rest of the process. Measured in
+/// a debug build: about 140 MiB; before the limit, the same flood peaked at 330 to 600 MiB.
+const PIPELINED_MEMORY_BOUND_KIB: u64 = (PIPELINED_LIMIT * 48 + 64) * 1024;
+
+/// The most bytes of audit log one call of a 3.9 MiB goal may add: its decision keeps a 1,024
+/// character prefix of the goal and the whole goal's digest, its outcome no goal at all.
+const AUDIT_BYTES_PER_CALL: u64 = 8 * 1024;
+
+#[tokio::test]
+async fn forty_pipelined_calls_of_3_9_mib_are_each_answered_in_bounded_memory() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::TempDir::new().expect("a temporary folder");
+    let log = dir.path().join("audit.jsonl");
+    let limit = PIPELINED_LIMIT.to_string();
+    let mut server = RawServer::spawn_with(&[
+        ("STAGE0_MAX_CALLS_IN_FLIGHT", &limit),
+        ("STAGE0_AUDIT_LOG", log.to_str().expect("a UTF-8 path")),
+    ]);
+    server.initialize(1).await;
+    let length = MAX_MESSAGE_BYTES - 100 * 1024;
+    let calls: Vec<Vec<u8>> = (0..PIPELINED_CALLS)
+        .map(|n| padded_call(100 + n, length))
+        .collect();
+    // Written while the answers are read: a client that does not wait for them.
+    let mut stdin = server.take_stdin();
+    let writer = tokio::spawn(async move {
+        for call in calls {
+            stdin.write_all(&call).await.expect("the server reads");
+        }
+        stdin
+    });
+    let mut answered = std::collections::HashSet::new();
+    let mut executed = 0;
+    while answered.len() < PIPELINED_CALLS as usize {
+        let message = server.message().await.expect("an answer to each call");
+        let id = message["id"].as_u64().expect("a response to a call");
+        assert!(answered.insert(id), "{id} answered twice");
+        // Each call runs, or is refused at once as one too many: none waits in a queue.
+        if message["error"]["code"] != -32000 {
+            let report = &message["result"]["structuredContent"];
+            assert_eq!(
+                report["executed"], true,
+                "call {id} neither ran nor was refused"
+            );
+            executed += 1;
+        }
+        // The test keeps ids, not 16 MiB results.
+        server.lines.clear();
+    }
+    let (peak, now) = server.memory_kib();
+    assert!(
+        peak < PIPELINED_MEMORY_BOUND_KIB,
+        "peak resident memory {peak} KiB (now {now} KiB) is over {PIPELINED_MEMORY_BOUND_KIB} KiB"
+    );
+    assert!(executed >= 1, "no call ran");
+    let stdin = common::bounded("the writer", writer)
+        .await
+        .expect("the writer finishes");
+    drop(stdin);
+    let exit = server.exit().await;
+    assert!(exit.status.success(), "{:?}\n{}", exit.status, exit.stderr);
+    let logged = std::fs::metadata(&log).expect("the audit log").len();
+    assert!(
+        logged < executed * AUDIT_BYTES_PER_CALL,
+        "{executed} calls of a 3.9 MiB goal added {logged} bytes of audit log"
+    );
 }

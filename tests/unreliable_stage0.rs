@@ -9,6 +9,8 @@
 //! - Cancellation: a call waiting on a hung Stage0 and cancelled by the client
 //!   (`notifications/cancelled`) is dropped at once: its `/check` connection is closed, it gets no
 //!   answer, no verdict is ever reached for it (so no tool body can run), and later calls work.
+//!   Its id stays reserved until its handler has ended: a request reusing it meanwhile is refused
+//!   (`-32600`), and no answer ever goes to the wrong call.
 //!
 //! The fake Stage0 listens on 127.0.0.1 only. Every wait is bounded.
 
@@ -81,6 +83,18 @@ impl LiveServer {
         let stdin = self.stdin.as_mut().expect("stdin is open");
         let line = format!("{message}\n");
         bounded("writing to stdin", stdin.write_all(line.as_bytes()))
+            .await
+            .expect("the server reads its stdin");
+    }
+
+    /// Sends `messages` in one write, so the server reads them back to back.
+    async fn send_together(&mut self, messages: &[Value]) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        let lines: String = messages
+            .iter()
+            .map(|message| format!("{message}\n"))
+            .collect();
+        bounded("writing to stdin", stdin.write_all(lines.as_bytes()))
             .await
             .expect("the server reads its stdin");
     }
@@ -503,4 +517,57 @@ async fn a_cancelled_call_is_dropped_at_once_and_never_reaches_a_verdict_or_its_
             .all(|r| r["goal"].as_str().unwrap().contains("after-"))
     );
     assert_eq!(decisions.count(), CANCELLED_CALLS as usize);
+}
+
+#[tokio::test]
+async fn a_cancelled_calls_id_stays_reserved_until_the_call_ends_and_no_answer_crosses_calls() {
+    // Stage0 hangs on calls about "held" and allows every other call.
+    let fake = FakeStage0::start(|received| {
+        if received.goal.contains("held") {
+            Reply::Hang
+        } else {
+            Kind::Allow.reply()
+        }
+    })
+    .await;
+    let mut server = LiveServer::start(fake.base_url(), "600000").await;
+    let id = 7;
+    server.call(id, "held").await;
+    let arrived = |exchanges: &[Exchange]| exchanges.iter().any(|e| e.goal.contains("held"));
+    bounded("the held check to reach Stage0", fake.wait_until(arrived)).await;
+
+    // The cancellation and a `publish-content` reusing the id, read back to back: the cancelled
+    // call has not ended yet (it still writes its `cancelled` outcome), so the id is in use.
+    let cancel = json!({
+        "jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": id, "reason": "the user changed their mind"}
+    });
+    let publish = json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "publish-content",
+                   "arguments": {"content": "the launch post", "channel": "blog"}}
+    });
+    server.send_together(&[cancel, publish.clone()]).await;
+    let refused = server.response(id, &HashSet::new()).await;
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+
+    // Once the cancelled call has ended, its answer dropped, the id is free: the publish is
+    // sent again until it is taken, each try waiting for its own answer.
+    let mut tries = 0;
+    let answer = loop {
+        server.send(publish.clone()).await;
+        let answer = server.response(id, &HashSet::new()).await;
+        if answer["error"]["code"] != -32600 {
+            break answer;
+        }
+        tries += 1;
+        assert!(tries < 1000, "the id was never freed: {answer}");
+    };
+    // Every answer to the id so far was a refusal or the publish's own result, never the
+    // cancelled research call's.
+    assert_eq!(report(&answer)["tool"], "publish-content", "{answer}");
+    assert_eq!(report(&answer)["executed"], true, "{answer}");
+    // And nothing more answers it, not even at shutdown.
+    let (stderr, _) = server.stop(&HashSet::from([id])).await;
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

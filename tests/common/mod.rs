@@ -376,6 +376,12 @@ impl RawServer {
         response
     }
 
+    /// The server's stdin, for a test that writes while it reads stdout (a pipelined flood that
+    /// would fill both pipes otherwise); dropping it closes stdin.
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().expect("stdin is still open")
+    }
+
     /// Closes the server's stdin (EOF), as a client does when it is done.
     pub fn close_stdin(&mut self) {
         self.stdin = None;

@@ -73,6 +73,16 @@ pub fn default_path() -> Option<PathBuf> {
     Some(folder.join(DEFAULT_FILE_NAME))
 }
 
+/// How long the writer waits for the lock on the log file before it gives up on a batch: 5 s.
+///
+/// Another server holds the lock for one batch (a write and an fsync: milliseconds) or, while it
+/// opens the log, for one read of the whole file (about a second for 100,000 records,
+/// BENCHMARKS.md). Anyone else who can open the file can also take the lock and keep it (a
+/// read-only descriptor is enough for `flock`); past this wait the records of the batch are not
+/// written and each of its calls is denied (`AUDIT_UNAVAILABLE`), instead of every call, and the
+/// server's exit, waiting on the lock forever. The next batch tries again.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Why an audit log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -85,6 +95,27 @@ pub enum AuditError {
         /// The operating system's error.
         #[source]
         source: std::io::Error,
+    },
+    /// Another process held the lock on the file for longer than [`LOCK_WAIT`].
+    #[error(
+        "the audit log `{}` is locked by another process: waited {} s for it",
+        path.display(),
+        LOCK_WAIT.as_secs()
+    )]
+    Locked {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// The log's path names a symbolic link, which the server does not follow: whoever made it
+    /// chose where the records go, or what file they overwrite.
+    #[error(
+        "the audit log `{}` is a symbolic link, which is not followed: set `STAGE0_AUDIT_LOG` to \
+         the file itself",
+        path.display()
+    )]
+    Symlink {
+        /// The log's path, the link.
+        path: PathBuf,
     },
     #[error(
         "the audit log `{}` cannot be continued at byte {offset}: {why}; run \
@@ -333,6 +364,8 @@ impl<'a> CallTrail<'a> {
             return Ok(());
         };
         self.decisions += 1;
+        let (goal, whole_goal) = record::bounded_goal(&intent.goal);
+        let (goal_bytes, goal_sha256) = whole_goal.unzip();
         let event = Event::Decision(record::DecisionRecord {
             call_id: &self.call_id,
             request_id: &policy.request_id,
@@ -340,7 +373,9 @@ impl<'a> CallTrail<'a> {
             deferred_request_id: self.deferred_request_id.as_deref(),
             tool: self.tool,
             arguments_sha256: &self.arguments_sha256,
-            goal: &intent.goal,
+            goal,
+            goal_bytes,
+            goal_sha256,
             side_effects: &intent.side_effects,
             context: &intent.context,
             provenance,
@@ -419,7 +454,12 @@ impl<'a> CallTrail<'a> {
             duration_ms: duration.map(record::millis),
         });
         if let Err(why) = log.append(&event).await {
-            tracing::error!(tool = self.tool, call_id = %self.call_id, %why, "outcome record not written");
+            tracing::error!(
+                tool = self.tool,
+                call_id = %self.call_id,
+                why = %crate::escape::escaped(&why),
+                "outcome record not written"
+            );
         }
     }
 }
@@ -583,6 +623,176 @@ mod tests {
         let log = AuditLog::unavailable(&path, &error);
         let why = log.append(&outcome("1")).await.unwrap_err();
         assert!(why.to_string().contains("audit verify"), "{why}");
+    }
+
+    /// `n` lines a process that cannot compute hashes appends after the record `(seq, hash)`:
+    /// each continues `seq` and `prev`, claims a hash of its own making and counts a retry of
+    /// `workflow`.
+    fn forged(n: u64, seq: u64, hash: &str, workflow: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut prev = hash.to_owned();
+        for i in 1..=n {
+            let fake = format!("{:064x}", seq + i);
+            let line = serde_json::json!({
+                "kind": "decision", "seq": seq + i, "prev": prev, "hash": fake,
+                "ts": "2026-01-01T00:00:00Z", "tool": "retry-workflow",
+                "workflow_sha256": hex::encode(AttemptLedger::key(&WorkflowId::new(workflow).unwrap())),
+            });
+            let serde_json::Value::Object(line) = line else {
+                unreachable!("an object literal")
+            };
+            bytes.extend_from_slice(&chain::canonical(&line));
+            bytes.push(b'\n');
+            prev = fake;
+        }
+        bytes
+    }
+
+    #[tokio::test]
+    async fn foreign_lines_whose_hash_does_not_hold_count_nothing_and_stop_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, opened) = AuditLog::open(&path, false).unwrap();
+        append_bytes(&path, &forged(5, opened.seq, &opened.hash, "never-seen"));
+        let why = log.append(&outcome("1")).await.unwrap_err();
+        assert!(why.to_string().contains("`hash` does not match"), "{why}");
+        assert_eq!(
+            log.ledger()
+                .observe(&WorkflowId::new("never-seen").unwrap()),
+            0
+        );
+        // Refused for good: the log does not pick up after the forged lines either.
+        assert!(log.append(&outcome("2")).await.is_err());
+        log.close();
+        // And a restart refuses them as well.
+        let error = AuditLog::open(&path, false).unwrap_err();
+        assert!(matches!(error, AuditError::Broken { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn foreign_records_that_verify_are_counted_once_the_next_line_shows_they_are_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, opened) = AuditLog::open(&path, false).unwrap();
+        // Another server's record: sealed, so it verifies, and it counts one retry of `etl`.
+        let Ok(Value::Object(mut record)) = serde_json::to_value(outcome("x")) else {
+            unreachable!()
+        };
+        let key = hex::encode(AttemptLedger::key(&WorkflowId::new("etl").unwrap()));
+        record.insert("workflow_sha256".to_owned(), key.into());
+        let sealed = chain::seal(record, opened.seq + 1, "t".to_owned(), &opened.hash);
+        append_bytes(&path, &[sealed.line, b"\n".to_vec()].concat());
+        log.append(&outcome("1")).await.unwrap();
+        assert_eq!(log.ledger().observe(&WorkflowId::new("etl").unwrap()), 1);
+        log.close();
+        assert_eq!(verified(&path).records, 2);
+    }
+
+    #[tokio::test]
+    async fn a_line_without_its_newline_appended_while_the_server_runs_stops_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, opened) = AuditLog::open(&path, false).unwrap();
+        // A whole record, even one that verifies, is not a crash's torn write while we run.
+        let Ok(Value::Object(record)) = serde_json::to_value(outcome("x")) else {
+            unreachable!()
+        };
+        let sealed = chain::seal(record, opened.seq + 1, "t".to_owned(), &opened.hash);
+        append_bytes(&path, &sealed.line);
+        let why = log.append(&outcome("1")).await.unwrap_err();
+        assert!(why.to_string().contains("without its newline"), "{why}");
+        log.close();
+        // A restart recovers it as a torn line, which counts for nothing.
+        let reopened = write(&path, 1).await;
+        assert!(reopened.recovered.is_some());
+        assert_eq!(verified(&path).recoveries, 1);
+    }
+
+    #[tokio::test]
+    async fn audit_show_shows_a_torn_line_by_its_place_never_as_the_record_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        write(&path, 1).await;
+        let last = verified(&path).last_hash;
+        // A whole decision, sealed so that it would verify, appended without its newline.
+        let Ok(Value::Object(mut record)) = serde_json::to_value(outcome("forged")) else {
+            unreachable!()
+        };
+        record.insert("tool".to_owned(), "publish-content".into());
+        let sealed = chain::seal(record, 2, "t".to_owned(), &last);
+        append_bytes(&path, &sealed.line);
+        let shown = |path: &Path| {
+            let mut out = Vec::new();
+            show::show(path, &show::Selection::default(), &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let before = shown(&path);
+        assert!(
+            before.contains("line 2: torn line of") && before.contains("no recovery record"),
+            "{before}"
+        );
+        // Recovered at the next start: still a torn line, now named by the recovery record.
+        write(&path, 1).await;
+        let after = shown(&path);
+        assert!(
+            after.contains("line 2: torn line of") && after.contains("kept by recovery record #2"),
+            "{after}"
+        );
+        for text in [before, after] {
+            assert!(
+                !text.contains("forged") && !text.contains("publish"),
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decision_record_keeps_a_prefix_of_a_long_goal_and_the_digest_of_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, false).unwrap();
+        let short = "Research Rust".to_owned();
+        let long = format!("Research {}", "é".repeat(2 * 1024 * 1024));
+        let policy = PolicyResponse::fail_closed("test".to_owned(), "r".to_owned());
+        for goal in [&short, &long] {
+            let intent = Intent {
+                goal: goal.clone(),
+                success_criteria: Vec::new(),
+                constraints: Vec::new(),
+                tools: Vec::new(),
+                side_effects: Vec::new(),
+                context: serde_json::Map::new(),
+            };
+            let mut trail = CallTrail::new(Some(&log), "research-topic", &JsonObject::new());
+            trail
+                .decision(
+                    &intent,
+                    &Provenance::default(),
+                    &policy,
+                    Mode::Simulator,
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap();
+        }
+        log.close();
+        assert_eq!(verified(&path).records, 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].len() < 4096, "{} bytes", lines[1].len());
+        let records: Vec<Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records[0]["goal"], short.as_str());
+        assert!(records[0].get("goal_sha256").is_none());
+        let prefix: String = long.chars().take(record::GOAL_PREFIX_CHARS).collect();
+        assert_eq!(records[1]["goal"], prefix.as_str());
+        assert_eq!(records[1]["goal_bytes"], long.len());
+        assert_eq!(
+            records[1]["goal_sha256"],
+            chain::sha256_hex(long.as_bytes()).as_str()
+        );
     }
 
     #[tokio::test]

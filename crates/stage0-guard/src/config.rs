@@ -15,6 +15,7 @@ use crate::approval::state::{self, KeyError, StateKey};
 use crate::approval::{Approvals, DEFAULT_APPROVAL_TIMEOUT_S};
 use crate::audit::{self, AuditConfig, AuditLog};
 use crate::claims::{ActorRole, Operator};
+use crate::escape::escaped;
 use crate::guard::Guard;
 use crate::policy::PolicyClient;
 use crate::policy::http::{ApiKey, HttpPolicyClient};
@@ -49,6 +50,11 @@ pub struct Config {
     /// approval states, so that servers sharing it accept each other's states and a restart
     /// keeps them; `None` (the default) for a random key per process. Never shown by `Debug`.
     pub request_state_key: Option<StateKey>,
+    /// `STAGE0_MAX_CALLS_IN_FLIGHT` (a whole number from 1, default
+    /// [`DEFAULT_MAX_CALLS_IN_FLIGHT`](crate::transport::DEFAULT_MAX_CALLS_IN_FLIGHT)): how many
+    /// requests the stdio transport takes at once; one more is refused at once
+    /// ([`Guard::with_max_calls_in_flight`]).
+    pub max_calls_in_flight: usize,
 }
 
 /// Why the configuration cannot be used; the server refuses to start with it.
@@ -74,6 +80,9 @@ pub enum ConfigError {
     /// `STAGE0_AUDIT_SYNC` is not `on` or `off`; carries the value.
     #[error("`STAGE0_AUDIT_SYNC` must be `on` or `off`, got `{0}`")]
     InvalidAuditSync(String),
+    /// The value of `STAGE0_MAX_CALLS_IN_FLIGHT`, which is not a whole number from 1.
+    #[error("`STAGE0_MAX_CALLS_IN_FLIGHT` must be a whole number of calls from 1, got `{0}`")]
+    InvalidMaxCallsInFlight(String),
     /// `STAGE0_AUDIT_LOG` is not set and the platform has no per-user folder for the default log
     /// ([`audit::default_path`] is `None`).
     #[error(
@@ -119,9 +128,9 @@ impl Config {
     /// # Errors
     ///
     /// [`ConfigError`] naming the variable when `STAGE0_TIMEOUT_MS`, `STAGE0_BASE_URL`,
-    /// `STAGE0_ACTOR_ROLE`, `STAGE0_APPROVALS`, `STAGE0_APPROVAL_TIMEOUT_S` or
-    /// `STAGE0_AUDIT_SYNC` is set to something unusable, or when `STAGE0_AUDIT_LOG` is not set
-    /// and there is no default folder for it.
+    /// `STAGE0_ACTOR_ROLE`, `STAGE0_APPROVALS`, `STAGE0_APPROVAL_TIMEOUT_S`, `STAGE0_AUDIT_SYNC`
+    /// or `STAGE0_MAX_CALLS_IN_FLIGHT` is set to something unusable, or when `STAGE0_AUDIT_LOG`
+    /// is not set and there is no default folder for it.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let set = |name: &str| {
             lookup(name)
@@ -177,6 +186,14 @@ impl Config {
             Some(path) => Some(PathBuf::from(path)),
             None => Some(audit::default_path().ok_or(ConfigError::NoAuditLogPath)?),
         };
+        let max_calls_in_flight = match set("STAGE0_MAX_CALLS_IN_FLIGHT") {
+            None => crate::transport::DEFAULT_MAX_CALLS_IN_FLIGHT,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|calls| *calls >= 1)
+                .ok_or(ConfigError::InvalidMaxCallsInFlight(raw))?,
+        };
         let sync = match set("STAGE0_AUDIT_SYNC").as_deref() {
             None | Some("on") => true,
             Some("off") => false,
@@ -198,6 +215,7 @@ impl Config {
                 .map(|key| StateKey::parse(&key))
                 .transpose()
                 .map_err(ConfigError::InvalidRequestStateKey)?,
+            max_calls_in_flight,
         })
     }
 }
@@ -235,7 +253,8 @@ impl Config {
     ///
     /// The `reqwest` error when the HTTP client for Stage0 cannot be built.
     pub fn guard(&self) -> Result<Guard, reqwest::Error> {
-        let mut guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals);
+        let mut guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals)
+            .with_max_calls_in_flight(self.max_calls_in_flight);
         if let Some(key) = &self.request_state_key {
             guard = guard.with_state_key(key.clone());
         }
@@ -253,7 +272,7 @@ fn open_audit_log(path: &std::path::Path, sync: bool) -> AuditLog {
     match AuditLog::open(&path, sync) {
         Ok((log, opened)) => {
             tracing::info!(
-                path = %path.display(),
+                path = %escaped(path.display()),
                 seq = opened.seq,
                 hash = %opened.hash,
                 recovered_torn_line = ?opened.recovered,
@@ -262,7 +281,10 @@ fn open_audit_log(path: &std::path::Path, sync: bool) -> AuditLog {
             log
         }
         Err(error) => {
-            tracing::error!(%error, "audit log unavailable: every tool call will be denied");
+            tracing::error!(
+                error = %escaped(&error),
+                "audit log unavailable: every tool call will be denied"
+            );
             AuditLog::unavailable(&path, &error)
         }
     }
@@ -299,6 +321,7 @@ mod tests {
         assert_eq!(config.audit.path, audit::default_path());
         assert!(config.audit.path.unwrap().ends_with("audit.jsonl"));
         assert!(config.audit.sync);
+        assert_eq!(config.max_calls_in_flight, 64);
     }
 
     #[test]
@@ -323,8 +346,10 @@ mod tests {
             ("STAGE0_APPROVAL_TIMEOUT_S", "30"),
             ("STAGE0_AUDIT_LOG", "/var/log/stage0/audit.jsonl"),
             ("STAGE0_AUDIT_SYNC", "off"),
+            ("STAGE0_MAX_CALLS_IN_FLIGHT", "8"),
         ])
         .unwrap();
+        assert_eq!(config.max_calls_in_flight, 8);
         assert_eq!(config.api_key.unwrap().expose(), "sk-test");
         assert_eq!(config.base_url.as_str(), "http://127.0.0.1:9999/v1");
         assert_eq!(config.timeout, Duration::from_millis(250));
@@ -381,6 +406,8 @@ mod tests {
             ("STAGE0_APPROVAL_TIMEOUT_S", "0"),
             ("STAGE0_APPROVAL_TIMEOUT_S", "5m"),
             ("STAGE0_AUDIT_SYNC", "sometimes"),
+            ("STAGE0_MAX_CALLS_IN_FLIGHT", "0"),
+            ("STAGE0_MAX_CALLS_IN_FLIGHT", "many"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             let message = error.to_string();

@@ -38,11 +38,13 @@ use crate::approval::{self, ApprovalOutcome, ApprovalPath, ApprovalReport, Appro
 use crate::audit::record::Status;
 use crate::audit::{self, AuditLog, CallTrail};
 use crate::claims::{ApprovalStatus, Operator, Provenance};
+use crate::escape::escaped;
 use crate::json::DuplicateKey;
 use crate::ledger::AttemptLedger;
 use crate::policy::wire::{Intent, PolicyResponse, Verdict};
 use crate::policy::{Mode, PolicyClient};
 use crate::render::{self, Checked};
+use crate::transport::{self, DEFAULT_MAX_CALLS_IN_FLIGHT};
 
 pub use crate::render::ToolOutput;
 pub use tool::{GuardedTool, ToolIntent};
@@ -80,12 +82,16 @@ pub struct Guard {
     ledger: Arc<AttemptLedger>,
     audit: Option<AuditLog>,
     states: ApprovalStates,
+    /// How many requests the guarded stdio transport takes at once.
+    max_calls_in_flight: usize,
 }
 
 impl Guard {
     /// A guard that asks `policy` before every call, vouches for claims with what `operator`
     /// configured, and asks a human about a `DEFER` as `approvals` says. It keeps no audit log
-    /// until [`with_audit`](Guard::with_audit).
+    /// until [`with_audit`](Guard::with_audit), and is served
+    /// [`DEFAULT_MAX_CALLS_IN_FLIGHT`] requests at once until
+    /// [`with_max_calls_in_flight`](Guard::with_max_calls_in_flight).
     pub fn new(policy: PolicyClient, operator: Operator, approvals: Approvals) -> Self {
         Guard {
             policy,
@@ -93,6 +99,7 @@ impl Guard {
             approvals,
             ledger: Arc::new(AttemptLedger::default()),
             audit: None,
+            max_calls_in_flight: DEFAULT_MAX_CALLS_IN_FLIGHT,
             states: ApprovalStates::new(StateKey::random(), approvals.timeout()),
         }
     }
@@ -106,6 +113,22 @@ impl Guard {
             states: ApprovalStates::new(key, self.approvals.timeout()).sharing(spent),
             ..self
         }
+    }
+
+    /// The same guard, served at most `limit` requests at once (at least one) by
+    /// [`GuardedServer::serve_stdio`](crate::GuardedServer::serve_stdio): its transport refuses
+    /// one more at once, never queues it ([`LifecycleGate`](transport::LifecycleGate)).
+    pub fn with_max_calls_in_flight(self, limit: usize) -> Self {
+        Guard {
+            max_calls_in_flight: limit.max(1),
+            ..self
+        }
+    }
+
+    /// How many requests at once the stdio transport serving this guard takes
+    /// (`STAGE0_MAX_CALLS_IN_FLIGHT`).
+    pub fn max_calls_in_flight(&self) -> usize {
+        self.max_calls_in_flight
     }
 
     /// The same guard, recording every call in `audit` and counting retries in the attempt
@@ -500,13 +523,13 @@ impl Guard {
         let latency = started.elapsed();
         tracing::info!(
             tool,
-            goal = %excerpt(&intent.goal),
+            goal = %escaped(excerpt(&intent.goal)),
             verdict = %policy.verdict,
             decision = %policy.decision,
-            request_id = %policy.request_id,
-            policy_version = %policy.policy_version,
+            request_id = %escaped(excerpt(&policy.request_id)),
+            policy_version = %escaped(excerpt(&policy.policy_version)),
             mode = self.mode().as_str(),
-            reason = %excerpt(&policy.reason),
+            reason = %escaped(excerpt(&policy.reason)),
             "stage0 check"
         );
         match trail
@@ -515,7 +538,12 @@ impl Guard {
         {
             Ok(()) => policy,
             Err(why) => {
-                tracing::error!(tool, request_id = %policy.request_id, %why, "decision record not written: denied");
+                tracing::error!(
+                    tool,
+                    request_id = %escaped(excerpt(&policy.request_id)),
+                    why = %escaped(&why),
+                    "decision record not written: denied"
+                );
                 audit::fail_closed(policy, &why)
             }
         }
@@ -589,7 +617,7 @@ async fn until_cancelled<F: Future>(
     match context {
         Some(context) => tokio::select! {
             biased;
-            () = context.ct.cancelled() => None,
+            () = transport::cancelled(context) => None,
             done = work => Some(done),
         },
         None => Some(work.await),
@@ -602,8 +630,12 @@ fn log_review(tool: &str, asked: &ApprovalReport) {
         tool,
         outcome = ?asked.outcome,
         via = ?asked.via,
-        deferred_request_id = %asked.deferred_request_id,
-        approved_by = asked.approval.as_ref().map(|h| h.approved_by.as_str()),
+        deferred_request_id = %escaped(&asked.deferred_request_id),
+        approved_by = asked
+            .approval
+            .as_ref()
+            .map(|h| escaped(excerpt(&h.approved_by)))
+            .map(tracing::field::display),
         "human review"
     );
 }

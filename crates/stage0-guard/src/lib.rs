@@ -15,7 +15,8 @@
 //!
 //! - [`server`]: the MCP server, a list of tool types each routed through the guard, with the
 //!   tools' schemas from [`schema`];
-//! - [`transport`]: stdio with a maximum message size and the MCP lifecycle enforced;
+//! - [`transport`]: stdio with a maximum message size, the MCP lifecycle enforced, a bound on the
+//!   requests in flight, and the client's cancellations (which the guard waits on);
 //! - [`config`]: the `STAGE0_*` variables, and the one place a guard is built from them;
 //! - [`guard`]: the one enforcement point, where a verdict decides whether a tool body runs,
 //!   and the traits a tool implements;
@@ -24,6 +25,7 @@
 //! - [`approval`]: asking a human about a `DEFER` through MCP elicitation;
 //! - [`audit`]: the hash-chained audit log of every decision and outcome;
 //! - [`render`]: what a tool result looks like (text and `structuredContent`);
+//! - [`escape`]: outside text made safe for a log line or a terminal;
 //! - [`policy`]: the policy decision points: the live `/check` API ([`policy::http`]) or the
 //!   simulator ([`policy::simulator`]), with the wire types in [`policy::wire`];
 //! - [`json`]: what `serde_json` forgets (repeated keys) where it could change a verdict.
@@ -34,6 +36,7 @@ pub mod approval;
 pub mod audit;
 pub mod claims;
 pub mod config;
+pub mod escape;
 pub mod guard;
 pub mod json;
 pub mod ledger;

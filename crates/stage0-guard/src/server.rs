@@ -62,7 +62,8 @@ impl GuardedServer {
     }
 
     /// Serves one MCP session on stdin and stdout through the guarded transport
-    /// ([`transport::stdio`]: 4 MiB message cap, lifecycle gate) until the client closes stdin
+    /// ([`transport::stdio`]: 4 MiB message cap, lifecycle gate, at most
+    /// [`Guard::max_calls_in_flight`] requests at once) until the client closes stdin
     /// or `stop` completes (a signal, for instance; `std::future::pending()` for never), then
     /// closes the audit log, so every record is written before it returns.
     ///
@@ -86,7 +87,8 @@ impl GuardedServer {
             }
         });
         let guard = Arc::clone(&self.guard);
-        let served = match self.serve_with_ct(transport::stdio(), shutdown).await {
+        let transport = transport::stdio().with_max_calls_in_flight(guard.max_calls_in_flight());
+        let served = match self.serve_with_ct(transport, shutdown).await {
             Ok(service) => match service.waiting().await {
                 Ok(reason) => {
                     tracing::info!(?reason, "stopped");

@@ -16,12 +16,18 @@
 //!   second `initialize` with JSON-RPC error `-32600` (Invalid Request).
 //!
 //!   It also refuses, with `-32600`, a request whose id is the id of a request still in flight.
-//!   rmcp keys its in-flight requests by id, so the second request took over the first one's slot:
-//!   the first answer then cancelled the second call and the second was never answered (the client
-//!   waited forever). MCP forbids reusing an id within a session (MCP 2025-11-25, base protocol: a
-//!   request id must not have been used before by the same requestor); the gate only remembers the
-//!   ids not yet answered (or cancelled), so what it holds is bounded by the requests in flight.
-//!   Everything else passes through untouched.
+//!   rmcp keys its in-flight requests by id, so the second request took over the first one's
+//!   slot: the first answer then went out as the answer to the second, and the second was never
+//!   answered. MCP forbids reusing an id within a session; the gate remembers each id until the
+//!   response to its request has gone out (or been dropped, see below), so what it holds is
+//!   bounded by the requests in flight.
+//! - **A bound on the requests in flight**, [`DEFAULT_MAX_CALLS_IN_FLIGHT`] unless
+//!   [`LifecycleGate::with_max_calls_in_flight`] says otherwise (`STAGE0_MAX_CALLS_IN_FLIGHT`).
+//!   A request holds its place from the moment the gate lets it through until its response has
+//!   been written to stdout, so the requests read, the calls running and the answers waiting for
+//!   a slow reader are bounded together. One request more is refused at once with JSON-RPC error
+//!   [`BUSY`] (`-32000`, "too many requests in flight"), never queued: a client that pipelines a
+//!   flood gets an answer to each request, and the server holds at most the limit.
 //!
 //! - **No repeated keys**, [`DuplicateKeyReader`]. rmcp parses each line into a
 //!   `serde_json::Value`, which keeps only the last of a repeated key: `{"topic":"a","topic":"b"}`
@@ -43,16 +49,25 @@
 //!   unread, for rmcp to drop. Only this crate's stdio transport does this; a server that serves
 //!   the guard over another transport gets `serde_json`'s reading.
 //!
+//! **Cancellation.** `notifications/cancelled` for a request in flight does not reach rmcp: the
+//! gate marks the request cancelled through a token in its extensions ([`cancelled`] waits on it,
+//! and on rmcp's own token), and drops the response when the handler produces it, so the
+//! client gets no answer (as MCP asks) and the id stays reserved until then. rmcp, told of the
+//! cancellation, would forget the id at once and drop the response itself, out of the gate's
+//! sight; a request reusing the id could then take the id's slot in rmcp, and the cancelled
+//! call's answer, still on its way, went out as the answer to the new request (a `publish-content`
+//! got the cancelled `research-topic`'s `ALLOW`). Everything else passes through untouched.
+//!
 //! rmcp also serves clients that never send `initialize` (the stateless 2026-07-28 style, with
-//! the protocol version in each request's `_meta`). Their requests pass the gate as before; their
-//! notifications are dropped, which at worst lets a call they cancel run to its end.
+//! the protocol version in each request's `_meta`). Their requests pass the gate as before, and
+//! their cancellations are carried out by the gate; their other notifications are dropped.
 //!
 //! What rmcp already does, and this module relies on: a line that is not JSON is dropped
 //! silently; JSON that is not a JSON-RPC message (a batch array, for instance) is answered with
 //! `-32600`; requests before `initialize` other than `ping` get an error and leave the session
 //! waiting for `initialize`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -60,14 +75,16 @@ use std::task::{Context, Poll, ready};
 
 use rmcp::RoleServer;
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData, JsonRpcMessage, RequestId,
-    ServerJsonRpcMessage,
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorCode, ErrorData, GetExtensions,
+    JsonRpcMessage, RequestId, ServerJsonRpcMessage,
 };
-use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::service::{RequestContext, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::io::{StdioReader, StdioWriter, stdio_pipes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::json::{self, DuplicateKey};
@@ -83,6 +100,36 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// The transport rmcp's reading ends up behind: its line transport over a [`DuplicateKeyReader`],
 /// behind a [`LifecycleGate`].
 pub type Guarded<R, W> = LifecycleGate<AsyncRwTransport<RoleServer, DuplicateKeyReader<R>, W>>;
+
+/// How many requests the gate lets be in flight at once when it is not told otherwise
+/// (`STAGE0_MAX_CALLS_IN_FLIGHT`): 64.
+///
+/// A request holds its message (up to [`MAX_MESSAGE_BYTES`]), what its handler makes of it and,
+/// until stdout has taken it, its answer, which may repeat its arguments: tens of MiB for the
+/// largest message, a few KiB for a real tool call. 64 is twice the 32 in flight the soak runs
+/// (`docs/robustness.md`); a client that needs more in flight at once sets the variable.
+pub const DEFAULT_MAX_CALLS_IN_FLIGHT: usize = 64;
+
+/// The JSON-RPC error code of a request refused because the limit of requests in flight was
+/// reached: `-32000`, the first of the codes JSON-RPC 2.0 leaves to the server.
+pub const BUSY: ErrorCode = ErrorCode(-32000);
+
+/// Waits until the client has cancelled `request` (`notifications/cancelled`, marked by the
+/// [`LifecycleGate`]) or rmcp has (the session ended): what a handler that stops early waits on.
+pub async fn cancelled(request: &RequestContext<RoleServer>) {
+    match request.extensions.get::<ClientCancellation>() {
+        Some(client) => tokio::select! {
+            () = client.0.cancelled() => {}
+            () = request.ct.cancelled() => {}
+        },
+        None => request.ct.cancelled().await,
+    }
+}
+
+/// The token the gate cancels when the client cancels a request, put in the request's
+/// extensions (and so in its handler's `RequestContext`).
+#[derive(Debug, Clone)]
+struct ClientCancellation(CancellationToken);
 
 /// The transport the server binary serves: stdin and stdout through [`bounded`].
 ///
@@ -248,17 +295,29 @@ fn lock(put_aside: &PutAside) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Rep
 }
 
 /// Holds the messages from the client to the MCP lifecycle: nothing but requests before
-/// `initialize`, only one `initialize`, and no id shared by two requests in flight.
+/// `initialize`, only one `initialize`, no id shared by two requests in flight, at most so many
+/// requests in flight, and no answer to a cancelled request.
 ///
-/// Wraps any server-side rmcp [`Transport`]; what the server sends passes through unchanged
-/// (the gate notes which requests it answers).
+/// Wraps any server-side rmcp [`Transport`]; what the server sends passes through unchanged,
+/// except the answer to a request the client cancelled, which is dropped.
 pub struct LifecycleGate<T> {
     inner: T,
     initialized: bool,
-    /// The ids of the client's requests passed on and not yet answered or cancelled.
-    in_flight: HashSet<RequestId>,
+    /// The client's requests passed on whose response has not gone out yet.
+    in_flight: HashMap<RequestId, InFlight>,
+    /// One permit per request that may be in flight.
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
     /// The messages a [`DuplicateKeyReader`] in front of `inner` put aside.
     put_aside: PutAside,
+}
+
+/// A request the gate let through.
+struct InFlight {
+    /// Cancelled when the client cancels the request.
+    cancellation: CancellationToken,
+    /// Its place among the requests in flight, given back once its response is written.
+    slot: OwnedSemaphorePermit,
 }
 
 /// What the gate does with one incoming message.
@@ -267,18 +326,23 @@ enum Admission {
     /// A notification, response or error before `initialize`, or a notification that repeats a
     /// key: nothing to answer. Says what was dropped, for the log.
     Drop(&'static str),
-    /// A second `initialize`, or a request reusing an id in flight: answered with this error,
-    /// not passed on.
-    Refuse(ServerJsonRpcMessage, &'static str),
+    /// A cancellation the gate carried out itself.
+    Done,
+    /// A second `initialize`, a request reusing an id in flight, or one over the limit of
+    /// requests in flight: answered with this error, not passed on.
+    Refuse(ServerJsonRpcMessage, String),
 }
 
 impl<T> LifecycleGate<T> {
-    /// A gate in front of `inner`, waiting for `initialize`.
+    /// A gate in front of `inner`, waiting for `initialize`, letting
+    /// [`DEFAULT_MAX_CALLS_IN_FLIGHT`] requests be in flight at once.
     pub fn new(inner: T) -> Self {
         LifecycleGate {
             inner,
             initialized: false,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
+            slots: Arc::new(Semaphore::new(DEFAULT_MAX_CALLS_IN_FLIGHT)),
+            max_in_flight: DEFAULT_MAX_CALLS_IN_FLIGHT,
             put_aside: PutAside::default(),
         }
     }
@@ -318,7 +382,7 @@ impl<T> LifecycleGate<T> {
                 let answer = ErrorData::invalid_request(why, None);
                 Admission::Refuse(
                     ServerJsonRpcMessage::error(answer, Some(request.id)),
-                    "a request repeats a key",
+                    "a request repeats a key".to_owned(),
                 )
             }
             ClientJsonRpcMessage::Notification(_) => {
@@ -334,68 +398,119 @@ impl<T> LifecycleGate<T> {
         }
     }
 
-    /// Decides about `message`, and records the `initialize` and the request ids it lets through
-    /// (and the ids a `notifications/cancelled` frees).
+    /// The same gate, letting at most `limit` requests (at least one) be in flight at once.
+    pub fn with_max_calls_in_flight(self, limit: usize) -> Self {
+        let limit = limit.max(1);
+        LifecycleGate {
+            slots: Arc::new(Semaphore::new(limit)),
+            max_in_flight: limit,
+            ..self
+        }
+    }
+
+    /// Decides about `message`, and records the `initialize` and the requests it lets through
+    /// (and the cancellations of those).
     fn admit(&mut self, message: ClientJsonRpcMessage) -> Admission {
         let message = match self.put_back(message) {
             Admission::Pass(message) => message,
             instead => return instead,
         };
         match message {
-            ClientJsonRpcMessage::Request(request) => {
+            ClientJsonRpcMessage::Request(mut request) => {
                 let initialize = matches!(request.request, ClientRequest::InitializeRequest(_));
                 let refusal = if initialize && self.initialized {
-                    Some("the session is already initialized")
-                } else if self.in_flight.contains(&request.id) {
-                    Some("a request with this id is still in flight")
+                    Some(ErrorData::invalid_request(
+                        "the session is already initialized",
+                        None,
+                    ))
+                } else if self.in_flight.contains_key(&request.id) {
+                    Some(ErrorData::invalid_request(
+                        "a request with this id is still in flight",
+                        None,
+                    ))
                 } else {
                     None
                 };
-                if let Some(why) = refusal {
-                    let answer = ErrorData::invalid_request(why, None);
-                    return Admission::Refuse(
-                        ServerJsonRpcMessage::error(answer, Some(request.id)),
-                        why,
-                    );
-                }
+                let slot = match refusal {
+                    Some(refusal) => Err(refusal),
+                    None => Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
+                        ErrorData::new(
+                            BUSY,
+                            format!(
+                                "too many requests in flight: this server takes {} at once \
+                                 (STAGE0_MAX_CALLS_IN_FLIGHT); nothing was done, retry once one \
+                                 has been answered",
+                                self.max_in_flight
+                            ),
+                            Some(serde_json::json!({"max_in_flight": self.max_in_flight})),
+                        )
+                    }),
+                };
+                let slot = match slot {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        let why = refusal.message.to_string();
+                        let answer = ServerJsonRpcMessage::error(refusal, Some(request.id));
+                        return Admission::Refuse(answer, why);
+                    }
+                };
                 self.initialized |= initialize;
-                self.in_flight.insert(request.id.clone());
+                let cancellation = CancellationToken::new();
+                request
+                    .request
+                    .extensions_mut()
+                    .insert(ClientCancellation(cancellation.clone()));
+                self.in_flight
+                    .insert(request.id.clone(), InFlight { cancellation, slot });
                 Admission::Pass(ClientJsonRpcMessage::Request(request))
             }
-            ClientJsonRpcMessage::Notification(notification) if self.initialized => {
+            ClientJsonRpcMessage::Notification(notification) => {
                 if let ClientNotification::CancelledNotification(cancelled) =
                     &notification.notification
                     && let Some(id) = &cancelled.params.request_id
+                    && let Some(request) = self.in_flight.get(id)
                 {
-                    // rmcp sends no answer to a cancelled request.
-                    self.in_flight.remove(id);
+                    // Kept from rmcp, which would forget the id and drop the answer out of
+                    // sight: the handler stops on the token, and `note_sent` drops the answer.
+                    // Before `initialize` too, since rmcp never sees it.
+                    request.cancellation.cancel();
+                    return Admission::Done;
                 }
-                Admission::Pass(ClientJsonRpcMessage::Notification(notification))
+                if self.initialized {
+                    Admission::Pass(ClientJsonRpcMessage::Notification(notification))
+                } else {
+                    Admission::Drop("a notification")
+                }
             }
             other if self.initialized => Admission::Pass(other),
-            ClientJsonRpcMessage::Notification(_) => {
-                Admission::Drop("a notification that arrived before initialize")
-            }
-            ClientJsonRpcMessage::Response(_) => {
-                Admission::Drop("a response that arrived before initialize")
-            }
-            ClientJsonRpcMessage::Error(_) => {
-                Admission::Drop("an error response that arrived before initialize")
-            }
+            ClientJsonRpcMessage::Response(_) => Admission::Drop("a response"),
+            ClientJsonRpcMessage::Error(_) => Admission::Drop("an error response"),
         }
     }
 
-    /// Forgets the request that `message`, on its way to the client, answers (if it does).
-    fn note_sent(&mut self, message: &ServerJsonRpcMessage) {
+    /// Forgets the request that `message`, on its way to the client, answers (if it does): its
+    /// place among the requests in flight (to give back once the message is written), and
+    /// whether the client cancelled it, in which case the message is not sent.
+    fn note_sent(&mut self, message: &ServerJsonRpcMessage) -> Sent {
         let answered = match message {
             JsonRpcMessage::Response(response) => Some(&response.id),
             JsonRpcMessage::Error(error) => error.id.as_ref(),
             JsonRpcMessage::Request(_) | JsonRpcMessage::Notification(_) => None,
         };
-        if let Some(id) = answered {
-            self.in_flight.remove(id);
+        match answered.and_then(|id| self.in_flight.remove(id)) {
+            None => Sent::Pass(None),
+            Some(request) if request.cancellation.is_cancelled() => Sent::Cancelled,
+            Some(request) => Sent::Pass(Some(request.slot)),
         }
     }
+}
+
+/// What the gate does with a message the server sends.
+enum Sent {
+    /// Send it; the place of the request it answers (if any) is given back once it is written.
+    Pass(Option<OwnedSemaphorePermit>),
+    /// Drop it: it answers a request the client cancelled.
+    Cancelled,
 }
 
 impl<T: Transport<RoleServer>> Transport<RoleServer> for LifecycleGate<T> {
@@ -405,8 +520,16 @@ impl<T: Transport<RoleServer>> Transport<RoleServer> for LifecycleGate<T> {
         &mut self,
         item: TxJsonRpcMessage<RoleServer>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
-        self.note_sent(&item);
-        self.inner.send(item)
+        let sent = match self.note_sent(&item) {
+            Sent::Pass(slot) => Some((slot, self.inner.send(item))),
+            Sent::Cancelled => None,
+        };
+        async move {
+            let Some((_slot, sending)) = sent else {
+                return Ok(());
+            };
+            sending.await
+        }
     }
 
     /// The next message that passes the gate; `None` when the inner transport is closed.
@@ -422,6 +545,7 @@ impl<T: Transport<RoleServer>> Transport<RoleServer> for LifecycleGate<T> {
                 Admission::Drop(what) => {
                     tracing::warn!("dropped {what}");
                 }
+                Admission::Done => {}
                 Admission::Refuse(answer, why) => {
                     tracing::warn!("refused a request: {why}");
                     // Not through `self.send`: the id refused belongs to a request in flight.
@@ -576,8 +700,16 @@ mod tests {
         serde_json::from_value(message).expect("a client message")
     }
 
+    /// The answer to request `id`, as the server would send it.
+    fn answer(id: i64) -> ServerJsonRpcMessage {
+        ServerJsonRpcMessage::response(
+            rmcp::model::ServerResult::EmptyResult(().into()),
+            RequestId::Number(id),
+        )
+    }
+
     #[test]
-    fn a_request_reusing_an_id_in_flight_is_refused_until_it_is_answered_or_cancelled() {
+    fn a_request_reusing_an_id_in_flight_is_refused_until_its_answer_goes_out_or_is_dropped() {
         let mut gate = LifecycleGate::new(());
         let call = || {
             from_client(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
@@ -596,22 +728,58 @@ mod tests {
         assert_eq!(refusal["error"]["code"], -32600);
 
         // Answered: the id may be used again.
-        let answer = ServerJsonRpcMessage::response(
-            rmcp::model::ServerResult::EmptyResult(().into()),
-            RequestId::Number(7),
-        );
-        gate.note_sent(&answer);
-        assert!(matches!(gate.admit(call()), Admission::Pass(_)));
-        // Cancelled by the client (rmcp then sends no answer): the id may be used again.
+        assert!(matches!(gate.note_sent(&answer(7)), Sent::Pass(Some(_))));
+        let Admission::Pass(passed) = gate.admit(call()) else {
+            panic!("an answered id was refused");
+        };
+        // Cancelled by the client: the gate keeps the cancellation from rmcp, marks the request,
+        // and the id stays reserved while the cancelled call is still in flight...
+        let ClientJsonRpcMessage::Request(passed) = passed else {
+            panic!("a request passed as something else");
+        };
+        let token = passed
+            .request
+            .extensions()
+            .get::<ClientCancellation>()
+            .expect("the gate's cancellation token")
+            .0
+            .clone();
         let cancelled = from_client(
             json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                                            "params": {"requestId": 7}}),
         );
-        assert!(matches!(gate.admit(cancelled), Admission::Pass(_)));
+        assert!(matches!(gate.admit(cancelled), Admission::Done));
+        assert!(token.is_cancelled());
+        assert!(matches!(gate.admit(call()), Admission::Refuse(..)));
+        // ...until its answer comes by, which is dropped, not sent.
+        assert!(matches!(gate.note_sent(&answer(7)), Sent::Cancelled));
         assert!(matches!(gate.admit(call()), Admission::Pass(_)));
         // In flight now: `initialize` (never answered here) and the last call.
-        let expected = HashSet::from([RequestId::Number(1), RequestId::Number(7)]);
-        assert_eq!(gate.in_flight, expected);
+        let mut ids: Vec<_> = gate.in_flight.keys().cloned().collect();
+        ids.sort_by_key(|id| format!("{id}"));
+        assert_eq!(ids, [RequestId::Number(1), RequestId::Number(7)]);
+    }
+
+    #[test]
+    fn a_request_over_the_limit_is_refused_at_once_and_its_place_comes_back_when_one_is_answered() {
+        let mut gate = LifecycleGate::new(()).with_max_calls_in_flight(2);
+        let ping = |id: u64| from_client(json!({"jsonrpc": "2.0", "id": id, "method": "ping"}));
+        assert!(matches!(gate.admit(ping(1)), Admission::Pass(_)));
+        assert!(matches!(gate.admit(ping(2)), Admission::Pass(_)));
+        let Admission::Refuse(refusal, _) = gate.admit(ping(3)) else {
+            panic!("a third request in flight passed");
+        };
+        let refusal = serde_json::to_value(refusal).expect("the refusal serialises");
+        assert_eq!(refusal["id"], 3);
+        assert_eq!(refusal["error"]["code"], BUSY.0);
+        assert_eq!(refusal["error"]["data"]["max_in_flight"], 2);
+        // The place comes back once the answer has been written, not before.
+        let Sent::Pass(Some(slot)) = gate.note_sent(&answer(1)) else {
+            panic!("no place given back");
+        };
+        assert!(matches!(gate.admit(ping(3)), Admission::Refuse(..)));
+        drop(slot);
+        assert!(matches!(gate.admit(ping(3)), Admission::Pass(_)));
     }
 
     /// A `ping` with id 2, padded to exactly `len` bytes, newline included.
@@ -755,7 +923,7 @@ mod tests {
                 pointer: "/a/b".to_owned()
             })
         );
-        assert!(gate.in_flight.contains(&RequestId::Number(2)));
+        assert!(gate.in_flight.contains_key(&RequestId::Number(2)));
         assert!(lock(&gate.put_aside).is_empty());
     }
 
@@ -787,7 +955,7 @@ mod tests {
             panic!("the response with two actions was not turned into an error");
         };
         assert_eq!(answer.id, Some(RequestId::Number(7)));
-        assert!(!gate.in_flight.contains(&RequestId::Number(3)));
+        assert!(!gate.in_flight.contains_key(&RequestId::Number(3)));
     }
 
     #[tokio::test]

@@ -55,8 +55,15 @@ pub struct DecisionRecord<'a> {
     /// SHA-256 (hex) of the canonical JSON of the call's arguments: RFC 8785, with integers
     /// written whole (`json.rs`).
     pub arguments_sha256: &'a str,
-    /// The execution intent's goal, whole.
+    /// The execution intent's goal: whole up to [`GOAL_PREFIX_CHARS`] characters, else its first
+    /// [`GOAL_PREFIX_CHARS`] characters, with `goal_bytes` and `goal_sha256` naming the whole.
     pub goal: &'a str,
+    /// The whole goal's length in bytes (UTF-8); only when `goal` holds a prefix of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goal_bytes: Option<usize>,
+    /// SHA-256 (hex) of the whole goal's UTF-8 bytes; only when `goal` holds a prefix of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goal_sha256: Option<String>,
     /// The execution intent's side effects (`publish`, `deploy`, `loop`, ...).
     pub side_effects: &'a [String],
     /// The authorization context sent to the policy decision point: the effective values and,
@@ -173,6 +180,27 @@ pub struct RecoveryRecord {
     pub torn_length: u64,
     /// SHA-256 (hex) of its bytes, so they cannot be changed unseen either.
     pub torn_sha256: String,
+}
+
+/// The most characters of a goal a `decision` record holds: 1,024.
+///
+/// A goal is the agent's text (a topic, a goal of `check-authorization`), as long as a message
+/// allows (4 MiB); stored whole, 40 calls in flight added 156 MiB to the log and held each goal
+/// several times over in the writer's batch. The policy decision point still gets the whole goal;
+/// the record keeps a prefix a human can read and the digest and length that identify the rest.
+pub const GOAL_PREFIX_CHARS: usize = 1024;
+
+/// `goal` as a `decision` record stores it: the goal itself when it has at most
+/// [`GOAL_PREFIX_CHARS`] characters, else its first [`GOAL_PREFIX_CHARS`] characters with the
+/// whole goal's length in bytes and SHA-256 (hex).
+pub fn bounded_goal(goal: &str) -> (&str, Option<(usize, String)>) {
+    match goal.char_indices().nth(GOAL_PREFIX_CHARS) {
+        None => (goal, None),
+        Some((cut, _)) => (
+            &goal[..cut],
+            Some((goal.len(), super::chain::sha256_hex(goal.as_bytes()))),
+        ),
+    }
 }
 
 /// `duration` in milliseconds with microsecond precision, as records write durations.

@@ -3,7 +3,16 @@
 //! `--request-id ID` keeps every record of the tool calls that `ID` took part in (a call's
 //! records share its `call_id`), so a deferred call shows its `DEFER`, the human's answer, the
 //! second verdict and the outcome together. `--last N` keeps the last `N` records of what is
-//! left. Lines that are not records are shown as such, never skipped.
+//! left. Lines that are not records are shown as such, never skipped, and so are torn lines: a
+//! last line without its newline, or a line the next record (a `recovery` record) names by offset,
+//! length and SHA-256. A torn line is shown by its place and length only, never parsed, even when
+//! it holds a whole record: whoever appended it, a crash or anyone who can write the file, it is
+//! not part of the chain.
+//!
+//! Every value comes from the file, which anyone who can write it may have edited, and most of it
+//! from the agent, the client or the policy decision point in the first place (a goal, a reason,
+//! an approver's name): each is shown escaped ([`escaped`]), so no record can put a control
+//! character, an escape sequence or a bidirectional override on the terminal.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -12,6 +21,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
 
 use serde_json::{Map, Value};
+
+use crate::escape::escaped;
 
 /// Which records to show.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,8 +45,8 @@ pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Res
         None => None,
         Some(id) => {
             let mut calls = HashSet::new();
-            for_each_record(path, |_, record| {
-                if let Some(record) = record
+            for_each_record(path, |_, line| {
+                if let Line::Record(record) = line
                     && (text(&record, "request_id") == id
                         || text(&record, "stage0_request_id") == id
                         || text(&record, "deferred_request_id") == id)
@@ -48,23 +59,40 @@ pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Res
         }
     };
     let mut kept = VecDeque::new();
-    for_each_record(path, |number, record| {
-        let shown = match (&calls, &record) {
+    for_each_record(path, |number, line| {
+        let shown = match (&calls, &line) {
             (None, _) => true,
-            (Some(calls), Some(record)) => calls.contains(text(record, "call_id")),
-            (Some(_), None) => false,
+            (Some(calls), Line::Record(record)) => calls.contains(text(record, "call_id")),
+            (Some(_), _) => false,
         };
         if !shown {
             return Ok(());
         }
         let mut paragraph_text = String::new();
-        match &record {
-            Some(record) => paragraph(&mut paragraph_text, record),
-            None => {
+        match &line {
+            Line::Record(record) => paragraph(&mut paragraph_text, record),
+            Line::NotRecord => {
                 let _ = writeln!(
                     paragraph_text,
                     "line {number}: not an audit record (run `audit verify`)"
                 );
+            }
+            Line::Torn {
+                offset,
+                length,
+                named_by,
+            } => {
+                let _ = write!(
+                    paragraph_text,
+                    "line {number}: torn line of {length} bytes at byte {offset}, not a record: "
+                );
+                let _ = match named_by {
+                    Some(seq) => writeln!(paragraph_text, "kept by recovery record #{seq}"),
+                    None => writeln!(
+                        paragraph_text,
+                        "no recovery record names it (the next server start records it)"
+                    ),
+                };
             }
         }
         match selection.last {
@@ -84,35 +112,85 @@ pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Res
     Ok(())
 }
 
-/// Calls `each` with the number and the record (`None` when it is not JSON) of every line.
+/// What one line of the log is, for showing.
+enum Line {
+    /// A JSON object: a record (`audit verify` says whether its chain holds).
+    Record(Map<String, Value>),
+    /// Not JSON, and not a torn line either.
+    NotRecord,
+    /// A torn line, at byte `offset`, `length` bytes long (without its newline), named by the
+    /// recovery record `named_by` (`None`: the last line, without its newline).
+    Torn {
+        offset: u64,
+        length: u64,
+        named_by: Option<u64>,
+    },
+}
+
+/// Calls `each` with the number and what it is of every non-empty line, looking one line ahead
+/// for the recovery record that names a torn line.
 fn for_each_record(
     path: &Path,
-    mut each: impl FnMut(u64, Option<Map<String, Value>>) -> io::Result<()>,
+    mut each: impl FnMut(u64, Line) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut reader = BufReader::new(File::open(path)?);
-    let mut line = Vec::new();
+    let mut read_line = |offset: u64| -> io::Result<Option<(Vec<u8>, bool, u64)>> {
+        let mut bytes = Vec::new();
+        let read = reader.read_until(b'\n', &mut bytes)? as u64;
+        if read == 0 {
+            return Ok(None);
+        }
+        let whole = bytes.pop_if(|last| *last == b'\n').is_some();
+        Ok(Some((bytes, whole, offset + read)))
+    };
     let mut number = 0;
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
-        }
+    let mut offset = 0;
+    let mut next = read_line(offset)?;
+    while let Some((bytes, whole, end)) = next.take() {
         number += 1;
-        let bytes = line.strip_suffix(b"\n").unwrap_or(&line);
-        if !bytes.is_empty() {
-            each(number, serde_json::from_slice(bytes).ok())?;
+        next = read_line(end)?;
+        let record = serde_json::from_slice::<Map<String, Value>>(&bytes).ok();
+        let named_by = next.as_ref().and_then(|(next, _, _)| {
+            let next = serde_json::from_slice::<Map<String, Value>>(next).ok()?;
+            let field = |name: &str| next.get(name);
+            let names = text(&next, "kind") == "recovery"
+                && field("torn_offset").and_then(Value::as_u64) == Some(offset)
+                && field("torn_length").and_then(Value::as_u64) == Some(bytes.len() as u64)
+                && text(&next, "torn_sha256") == super::chain::sha256_hex(&bytes);
+            names
+                .then(|| field("seq").and_then(Value::as_u64))
+                .flatten()
+        });
+        let line = if !whole || named_by.is_some() {
+            Line::Torn {
+                offset,
+                length: bytes.len() as u64,
+                named_by,
+            }
+        } else {
+            record.map_or(Line::NotRecord, Line::Record)
+        };
+        if !bytes.is_empty() || !whole {
+            each(number, line)?;
         }
+        offset = end;
     }
+    Ok(())
 }
 
 fn text<'a>(record: &'a Map<String, Value>, field: &str) -> &'a str {
     record.get(field).and_then(Value::as_str).unwrap_or("")
 }
 
-/// A record as a head line (`#seq ts kind tool …`) and indented details.
+/// A record as a head line (`#seq ts kind tool …`) and indented details, every value escaped.
 fn paragraph(out: &mut String, record: &Map<String, Value>) {
-    let field = |name: &str| text(record, name);
-    let number = |name: &str| record.get(name).map(Value::to_string).unwrap_or_default();
+    let field = |name: &str| escaped(text(record, name)).to_string();
+    let number = |name: &str| {
+        record
+            .get(name)
+            .map(|value| escaped(value).to_string())
+            .unwrap_or_default()
+    };
     let _ = write!(
         out,
         "#{} {} {:<8} {}",
@@ -122,7 +200,7 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
         field("tool")
     );
     let mut details: Vec<(&str, String)> = Vec::new();
-    match field("kind") {
+    match text(record, "kind") {
         "decision" => {
             let _ = write!(
                 out,
@@ -133,31 +211,31 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
                 number("check_latency_ms")
             );
             if !field("stage0_request_id").is_empty() {
-                details.push(("stage0 request", field("stage0_request_id").to_owned()));
+                details.push(("stage0 request", field("stage0_request_id")));
             }
-            details.push(("goal", field("goal").to_owned()));
-            details.push(("reason", field("reason").to_owned()));
+            details.push(("goal", field("goal")));
+            details.push(("reason", field("reason")));
             if let Some(Value::Array(issues)) = record.get("issues")
                 && !issues.is_empty()
             {
                 let codes: Vec<_> = issues.iter().filter_map(Value::as_str).collect();
-                details.push(("issues", codes.join(", ")));
+                details.push(("issues", escaped(codes.join(", ")).to_string()));
             }
             details.push(("context", number("context")));
             if !field("deferred_request_id").is_empty() {
-                details.push(("approves", field("deferred_request_id").to_owned()));
+                details.push(("approves", field("deferred_request_id")));
             }
         }
         "approval" => {
             let _ = write!(out, " {}", field("outcome"));
             if let Some(Value::Object(human)) = record.get("approval") {
-                let by = |name| text(human, name).to_owned();
+                let by = |name| escaped(text(human, name)).to_string();
                 details.push(("by", by("approved_by")));
                 details.push(("at", by("approved_at")));
                 details.push(("reason", by("approval_reason")));
             }
             if !field("detail").is_empty() {
-                details.push(("detail", field("detail").to_owned()));
+                details.push(("detail", field("detail")));
             }
         }
         "outcome" => {
@@ -166,7 +244,7 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
                 let _ = write!(out, " in {} ms", number("duration_ms"));
             }
             if !field("error").is_empty() {
-                details.push(("error", field("error").to_owned()));
+                details.push(("error", field("error")));
             }
         }
         "recovery" => {
@@ -181,12 +259,12 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
     }
     out.push('\n');
     if !field("request_id").is_empty() {
-        details.insert(0, ("request", field("request_id").to_owned()));
+        details.insert(0, ("request", field("request_id")));
     }
     if !field("call_id").is_empty() {
-        details.push(("call", field("call_id").to_owned()));
+        details.push(("call", field("call_id")));
     }
-    details.push(("hash", field("hash").to_owned()));
+    details.push(("hash", field("hash")));
     for (name, value) in details {
         let _ = writeln!(out, "    {name}: {value}");
     }

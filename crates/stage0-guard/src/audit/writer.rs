@@ -8,32 +8,40 @@
 //! file before the caller is answered, so they survive the process being killed, but not a power
 //! loss or an operating-system crash.
 //!
-//! Each batch is appended under an exclusive lock on the file (`flock` on Unix), after catching
+//! Each batch is appended under an exclusive lock on the file (`flock` on Unix), taken within
+//! [`LOCK_WAIT`] or not at all (the batch is then refused, and its calls denied), after catching
 //! up with whatever other processes appended since (two MCP clients may each start a server on
-//! the same default log): their records move the chain's head and feed the attempt ledger, so
-//! one file holds one chain. The same catch-up, from byte 0, is what opening a log does. A last
-//! line without its newline is a torn write left by a crash: it is kept, ended with a newline,
-//! and named by a `recovery` record, and the chain continues from the last whole record. Any
-//! other break (a line that is not a record, a `seq` or `prev` that does not follow, a file that
-//! shrank) makes the log unavailable, which fails every later call closed.
+//! the same default log): each of their lines is checked as `audit verify` checks it (canonical
+//! form, `hash`, `seq`, `prev`) before it moves the chain's head or feeds the attempt ledger, so
+//! one file holds one chain and nothing unverified is counted. The same catch-up, from byte 0, is
+//! what opening a log does. A last line without its newline found at open is a torn write left by
+//! a crash: it is kept, ended with a newline, and named by a `recovery` record, and the chain
+//! continues from the last whole record; nothing in it is used. Found while the server runs, it
+//! was appended by someone else, and is refused. Any other break (a line that is not a sealed
+//! record, a `seq` or `prev` that does not follow, a file that shrank) makes the log unavailable,
+//! which fails every later call closed.
 //!
 //! After any failure to write or sync, the writer stops: what reached the disk is unknown, so
-//! every later record is refused until the server restarts (and recovers).
+//! every later record is refused until the server restarts (and recovers). A lock not had in
+//! time stops nothing: nothing was written, and the next batch tries again.
+//!
+//! The file is opened without following a symbolic link in the last component of its path
+//! (`O_NOFOLLOW` on Unix): a link someone else planted there would choose where the records go.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, GENESIS};
 use super::record::{Event, RecoveryRecord};
-use super::{AuditError, Unavailable};
+use super::{AuditError, LOCK_WAIT, Unavailable};
 use crate::approval::state::SpentNonceSet;
+use crate::escape::escaped;
 use crate::ledger::AttemptLedger;
 
 /// The most records sealed and appended in one batch (one write, one fsync).
@@ -74,25 +82,8 @@ pub(super) struct Writer {
     spent: SpentNonceSet,
     /// Set after a failed write or sync: every later record is refused with this.
     stopped: Option<Unavailable>,
-}
-
-/// The fields of a record that catching up reads; the rest of the line is skipped.
-#[derive(Deserialize)]
-struct Link {
-    seq: u64,
-    prev: String,
-    hash: String,
-    kind: String,
-    #[serde(default)]
-    workflow_sha256: Option<String>,
-    #[serde(default)]
-    nonce_sha256: Option<String>,
-    #[serde(default)]
-    nonce_expires_at_ms: Option<u64>,
-    #[serde(default)]
-    torn_offset: Option<u64>,
-    #[serde(default)]
-    torn_length: Option<u64>,
+    /// Whether the first catch-up (at open) is done: a torn last line found after it is refused.
+    opened: bool,
 }
 
 /// A whole line's place in the file.
@@ -130,8 +121,19 @@ impl Writer {
         let mut options = OpenOptions::new();
         options.read(true).append(true).create(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(path).map_err(io)?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        let file = options.open(path).map_err(|source| {
+            #[cfg(unix)]
+            if source.raw_os_error() == Some(libc::ELOOP) {
+                return AuditError::Symlink {
+                    path: path.to_owned(),
+                };
+            }
+            io(source)
+        })?;
         if !existed && sync {
             // The new file's directory entry must be durable too, or a crash can lose the file.
             sync_folder(path).map_err(io)?;
@@ -146,6 +148,7 @@ impl Writer {
             ledger,
             spent,
             stopped: None,
+            opened: false,
         };
         let (_, torn) = writer.append(Vec::new())?;
         Ok((writer, torn))
@@ -198,7 +201,7 @@ impl Writer {
             }
         }
         tracing::info!(
-            path = %self.path.display(),
+            path = %escaped(self.path.display()),
             seq = self.seq,
             hash = %self.hash,
             "audit log closed"
@@ -211,7 +214,18 @@ impl Writer {
             return Err(why.clone());
         }
         self.append(records).map(|(seqs, _)| seqs).map_err(|error| {
-            tracing::error!(path = %self.path.display(), %error, "audit log stopped: every later call is denied");
+            if let AuditError::Locked { .. } = error {
+                tracing::error!(
+                    path = %escaped(self.path.display()),
+                    "audit log locked by another process: the calls of this batch are denied"
+                );
+                return Unavailable::new(error.to_string());
+            }
+            tracing::error!(
+                path = %escaped(self.path.display()),
+                error = %escaped(&error),
+                "audit log stopped: every later call is denied"
+            );
             let why = Unavailable::new(error.to_string());
             self.stopped = Some(why.clone());
             why
@@ -224,12 +238,35 @@ impl Writer {
         &mut self,
         records: Vec<Map<String, Value>>,
     ) -> Result<(Vec<u64>, Option<Torn>), AuditError> {
-        self.file.lock().map_err(|source| self.io(source))?;
+        self.lock()?;
         let appended = self.append_locked(records);
         // Closing the file or ending the process releases the lock too; an error here changes
         // nothing that was written.
         let _ = self.file.unlock();
         appended
+    }
+
+    /// Takes the exclusive lock on the file, trying again (at most every 50 ms) until
+    /// [`LOCK_WAIT`] has passed. Polling, because a blocking `flock` cannot be given a deadline,
+    /// and this thread has nothing else to do meanwhile.
+    fn lock(&self) -> Result<(), AuditError> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.file.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::Error(source)) => return Err(self.io(source)),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AuditError::Locked {
+                    path: self.path.clone(),
+                });
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 
     fn append_locked(
@@ -251,7 +288,7 @@ impl Writer {
             };
             self.seal_into(&mut buffer, recovery);
             tracing::warn!(
-                path = %self.path.display(),
+                path = %escaped(self.path.display()),
                 offset = torn.offset,
                 length = torn.length,
                 "the audit log ended in a torn line (a crash during a write); kept it and recorded it"
@@ -287,6 +324,15 @@ impl Writer {
 
     /// Reads what was appended since this writer last looked (everything, at open): moves the
     /// head, counts retries in the ledger, and returns the torn last line if there is one.
+    ///
+    /// Every line is checked as `audit verify` checks it before anything in it is used: canonical
+    /// form, `hash`, `seq` and `prev` ([`chain::check`]). A line that fails is accepted only as a
+    /// torn line named by the very next record (a `recovery` record giving its offset, length and
+    /// SHA-256), and then nothing in it is used. A record's `workflow_sha256` goes to the ledger
+    /// only once the next line has shown it is not such a torn line. A last line without its
+    /// newline is a torn write a crash left, recovered at open; found later, while this server
+    /// runs, it was appended by someone else (a server that crashed mid-write, or anyone who can
+    /// write the file), and the log is refused instead.
     fn catch_up(&mut self) -> Result<Option<Torn>, AuditError> {
         let length = self
             .file
@@ -304,6 +350,7 @@ impl Writer {
             });
         }
         if length == self.end {
+            self.opened = true;
             return Ok(None);
         }
         let mut file = &self.file;
@@ -312,11 +359,14 @@ impl Writer {
         let mut reader = BufReader::new(file.take(length - self.end));
         let mut offset = self.end;
         let mut line = Vec::new();
-        // The last whole line, the head before it, and a line that is not a record and so must
-        // be the torn line named by the next (recovery) record.
+        // The last whole line (its bytes in `previous`), the head before it, the line that is not
+        // a record and so must be the torn line named by the next (recovery) record, and the
+        // ledger key of the last record, counted once the next line does not name it.
+        let mut previous = Vec::new();
         let mut last: Option<LineAt> = None;
         let mut head_before_last = (self.seq, self.hash.clone());
-        let mut unparsed: Option<LineAt> = None;
+        let mut unparsed: Option<(LineAt, chain::LineProblem)> = None;
+        let mut pending_key: Option<[u8; 32]> = None;
         let mut torn = None;
         loop {
             line.clear();
@@ -327,6 +377,13 @@ impl Writer {
                 break;
             }
             if line.last() != Some(&b'\n') {
+                if self.opened {
+                    return Err(self.broken(
+                        offset,
+                        "a line without its newline was appended by another process while this \
+                         server was running; only a crash leaves one, and a restart recovers it",
+                    ));
+                }
                 torn = Some(Torn {
                     offset,
                     length: read,
@@ -334,55 +391,99 @@ impl Writer {
                 offset += read;
                 break;
             }
+            line.pop();
             let at = LineAt {
                 offset,
                 length: read - 1,
             };
             offset += read;
-            let Ok(link) = serde_json::from_slice::<Link>(&line[..line.len() - 1]) else {
-                if let Some(earlier) = unparsed {
-                    return Err(self.broken(earlier.offset, "the line is not an audit record"));
+            let checked = match chain::check(&line) {
+                Ok(checked) => checked,
+                Err(problem) => {
+                    if let Some((earlier, problem)) = unparsed.take() {
+                        return Err(self.not_a_record(earlier, &problem));
+                    }
+                    if let Some(key) = pending_key.take() {
+                        self.ledger.observe_key(key);
+                    }
+                    unparsed = Some((at, problem));
+                    head_before_last = (self.seq, self.hash.clone());
+                    last = Some(at);
+                    std::mem::swap(&mut line, &mut previous);
+                    continue;
                 }
-                unparsed = Some(at);
-                head_before_last = (self.seq, self.hash.clone());
-                last = Some(at);
-                continue;
             };
-            let names_last = link.kind == "recovery"
+            let recovery = checked.record.get("kind").and_then(Value::as_str) == Some("recovery");
+            let names_last = recovery
                 && last.is_some_and(|last| {
-                    link.torn_offset == Some(last.offset) && link.torn_length == Some(last.length)
+                    let field = |name: &str| checked.record.get(name);
+                    field("torn_offset").and_then(Value::as_u64) == Some(last.offset)
+                        && field("torn_length").and_then(Value::as_u64) == Some(last.length)
+                        && field("torn_sha256").and_then(Value::as_str)
+                            == Some(chain::sha256_hex(&previous).as_str())
                 });
             if names_last {
+                // The line before was torn: the chain goes on from the record before it, and
+                // nothing in it counts (its key, still pending, is replaced below uncounted).
                 (self.seq, self.hash) = head_before_last.clone();
                 unparsed = None;
-            } else if let Some(earlier) = unparsed {
-                return Err(self.broken(earlier.offset, "the line is not an audit record"));
+            } else if let Some((earlier, problem)) = unparsed.take() {
+                return Err(self.not_a_record(earlier, &problem));
+            } else if recovery {
+                return Err(self.broken(
+                    at.offset,
+                    "a recovery record that does not name the torn line just before it",
+                ));
+            } else if let Some(key) = pending_key.take() {
+                self.ledger.observe_key(key);
             }
-            if link.seq != self.seq + 1 || link.prev != self.hash {
+            if checked.seq != self.seq + 1 || checked.prev != self.hash {
                 return Err(self.broken(
                     at.offset,
                     &format!(
                         "record seq {} does not continue the chain after seq {}",
-                        link.seq, self.seq
+                        checked.seq, self.seq
                     ),
                 ));
             }
-            if let Some(key) = link.workflow_sha256.as_deref().and_then(ledger_key) {
-                self.ledger.observe_key(key);
-            }
-            if let (Some(nonce), Some(ms)) = (&link.nonce_sha256, link.nonce_expires_at_ms) {
+            pending_key = checked
+                .record
+                .get("workflow_sha256")
+                .and_then(Value::as_str)
+                .and_then(ledger_key);
+            head_before_last = (self.seq, std::mem::replace(&mut self.hash, checked.hash));
+            self.seq = checked.seq;
+            // A spent nonce counts at once, even in a line a recovery record later names as torn:
+            // remembering one too many only refuses an answer, never accepts one.
+            let nonce = checked.record.get("nonce_sha256").and_then(Value::as_str);
+            let expiry = checked
+                .record
+                .get("nonce_expires_at_ms")
+                .and_then(Value::as_u64);
+            if let (Some(nonce), Some(ms)) = (nonce, expiry) {
                 self.spent
                     .record(nonce, UNIX_EPOCH + Duration::from_millis(ms));
             }
-            head_before_last = (self.seq, std::mem::replace(&mut self.hash, link.hash));
-            self.seq = link.seq;
             last = Some(at);
+            std::mem::swap(&mut line, &mut previous);
         }
-        if let Some(earlier) = unparsed {
-            return Err(self.broken(earlier.offset, "the line is not an audit record"));
+        if let Some((earlier, problem)) = unparsed {
+            return Err(self.not_a_record(earlier, &problem));
+        }
+        if let Some(key) = pending_key {
+            self.ledger.observe_key(key);
         }
         self.end = offset;
+        self.opened = true;
         Ok(torn)
+    }
+
+    /// The error for the line at `at`, which is not a sealed record and no recovery record names.
+    fn not_a_record(&self, at: LineAt, problem: &chain::LineProblem) -> AuditError {
+        self.broken(
+            at.offset,
+            &format!("the line is not an audit record ({problem})"),
+        )
     }
 
     /// SHA-256 (hex) of the torn line's bytes.
