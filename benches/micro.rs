@@ -22,10 +22,8 @@ use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use serde_json::{Map, Value, json};
 use stage0_guard::approval::Approvals;
-use stage0_guard::approval::state::{
-    ApprovalStates, CallBinding, Principal, StateKey, arguments_sha256,
-};
-use stage0_guard::claims::{ActorRole, Operator, Provenance};
+use stage0_guard::approval::state::{ApprovalStates, CallBinding, StateKey, arguments_sha256};
+use stage0_guard::claims::{ActorRole, Operator, Principal, Provenance};
 use stage0_guard::guard::Guard;
 use stage0_guard::policy::wire::{Intent, PolicyResponse};
 use stage0_guard::policy::{Mode, PolicyClient, simulator};

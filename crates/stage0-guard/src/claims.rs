@@ -23,7 +23,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::approval::state::Principal;
 use crate::ledger::{AttemptLedger, WorkflowId};
 
 /// Who acts, from least to most privileged: viewer < developer < admin. Spelled in lowercase in
@@ -232,6 +231,15 @@ impl Operator {
         }
         provenance
     }
+}
+
+/// Who a call acts for: the actor id (`STAGE0_ACTOR_ID`, when set) and the role in effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// `STAGE0_ACTOR_ID`, when set.
+    pub actor_id: Option<String>,
+    /// The role the call acts with.
+    pub actor_role: ActorRole,
 }
 
 /// Where the authorization context of a call came from: the `provenance` of a tool result.

@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::audit::chain;
-use crate::claims::ActorRole;
+use crate::claims::{ActorRole, Principal};
+use crate::json;
 
 /// The environment variable that gives the key, in hex or base64 (at least 32 bytes).
 pub const KEY_ENV: &str = "STAGE0_REQUEST_STATE_KEY";
@@ -153,15 +153,6 @@ pub enum KeyError {
     },
 }
 
-/// Who a call acts for: the actor id (`STAGE0_ACTOR_ID`, when set) and the role in effect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// `STAGE0_ACTOR_ID`, when set.
-    pub actor_id: Option<String>,
-    /// The role the call acts with.
-    pub actor_role: ActorRole,
-}
-
 /// The call a state is sealed for, or that a retry presents: what a state binds to.
 #[derive(Debug, Clone, Copy)]
 pub struct CallBinding<'a> {
@@ -178,7 +169,7 @@ pub struct CallBinding<'a> {
 /// with. Key order and number spelling (`5` or `5.0`) do not change it; any other change does,
 /// an integer past 2^53 included.
 pub fn arguments_sha256(arguments: &JsonObject) -> String {
-    chain::sha256_hex(&chain::canonical(arguments))
+    sha256_hex(&json::canonical_object(arguments))
 }
 
 /// A state just sealed: what goes into `requestState`, and what the audit record may say of it.
