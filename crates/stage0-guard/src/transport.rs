@@ -147,15 +147,7 @@ where
     W: AsyncWrite + Send + Unpin + 'static,
 {
     let put_aside = PutAside::default();
-    let read = DuplicateKeyReader {
-        inner: read,
-        line: Vec::new(),
-        ready: Vec::new(),
-        ready_at: 0,
-        passing: false,
-        eof: false,
-        put_aside: Arc::clone(&put_aside),
-    };
+    let read = DuplicateKeyReader::new(read, &put_aside);
     let mut gate = LifecycleGate::new(
         AsyncRwTransport::new_server(read, write).with_max_line_length(MAX_MESSAGE_BYTES),
     );
@@ -189,6 +181,19 @@ pub struct DuplicateKeyReader<R> {
 }
 
 impl<R> DuplicateKeyReader<R> {
+    /// A reader of `inner` that puts lines repeating a key aside into `put_aside`.
+    fn new(inner: R, put_aside: &PutAside) -> Self {
+        DuplicateKeyReader {
+            inner,
+            line: Vec::new(),
+            ready: Vec::new(),
+            ready_at: 0,
+            passing: false,
+            eof: false,
+            put_aside: Arc::clone(put_aside),
+        }
+    }
+
     /// Takes in `data`, the next bytes from the client, and moves whatever rmcp may read now to
     /// `ready`.
     fn take_in(&mut self, mut data: &[u8]) {
@@ -830,15 +835,7 @@ mod tests {
     async fn read_through(input: &[u8]) -> (Vec<u8>, PutAside) {
         use tokio::io::AsyncReadExt;
         let put_aside = PutAside::default();
-        let mut reader = DuplicateKeyReader {
-            inner: input,
-            line: Vec::new(),
-            ready: Vec::new(),
-            ready_at: 0,
-            passing: false,
-            eof: false,
-            put_aside: Arc::clone(&put_aside),
-        };
+        let mut reader = DuplicateKeyReader::new(input, &put_aside);
         let mut out = Vec::new();
         timeout(BOUND, reader.read_to_end(&mut out))
             .await
