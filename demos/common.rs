@@ -6,8 +6,9 @@
 //! result's `structuredContent`, as a client that acts on verdicts would, prints it in the shape of
 //! the TypeScript original's demos, and checks it saw the verdict it demonstrates.
 //!
-//! The client has a [`ScriptedHuman`] behind it: it declares the elicitation capability, so the
-//! server can ask for a human review of a `DEFER` inside the call, and answers from a script that
+//! The client speaks MCP 2026-07-28 ([`PROTOCOL_REVISION`]) and has a [`ScriptedHuman`] behind
+//! it: it declares the elicitation capability, so the server can ask for a human review of a
+//! `DEFER` (over MRTR, which rmcp's client drives), and answers from a script that
 //! the demo sets before the call, printing what the human was shown.
 //!
 //! Exit status (see [`run`]): 0 when the demo saw what it demonstrates, 1 otherwise (wrong verdict,
@@ -22,11 +23,14 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, bail};
 use mcp_server_stage0::dotenv::{self, DotEnv};
 use mcp_server_stage0::server::stage0_server;
+use rmcp::model::ProtocolVersion;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ContentBlock, ElicitRequestParams,
     ElicitResult, ElicitationAction, Implementation,
 };
-use rmcp::service::{RequestContext, RoleClient, RunningService};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, RequestContext, RoleClient, RunningService,
+};
 use rmcp::{ClientHandler, RoleServer, ServiceExt};
 use serde::Deserialize;
 use serde_json::{Number, Value};
@@ -35,6 +39,9 @@ use stage0_guard::config::Config;
 use stage0_guard::policy::Mode;
 use stage0_guard::policy::wire::{Decision, Verdict};
 use tokio::task::JoinHandle;
+
+/// The MCP revision the demos speak (see [`Session::start`]); approvals go through MRTR.
+pub const PROTOCOL_REVISION: ProtocolVersion = ProtocolVersion::V_2026_07_28;
 
 /// Bytes buffered in each direction of the in-process pipe between client and server.
 const PIPE_BYTES: usize = 64 * 1024;
@@ -112,11 +119,17 @@ impl Session {
             Ok(())
         });
         let human = ScriptedHuman::default();
+        // The current revision, as the official SDKs' default clients speak it: no `initialize`,
+        // each request says its protocol version and capabilities, and a human is asked through
+        // MRTR (an `input_required` result and a retry), which rmcp's client drives.
+        let lifecycle = ClientLifecycleMode::Discover {
+            preferred_versions: vec![PROTOCOL_REVISION],
+        };
         let client = human
             .clone()
-            .serve(client_transport)
+            .serve_with_lifecycle(client_transport, lifecycle)
             .await
-            .context("the client did not initialise")?;
+            .context("the client did not start its session")?;
         Ok(Session {
             client,
             server,
@@ -202,7 +215,11 @@ impl ClientHandler for ScriptedHuman {
         _context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, rmcp::ErrorData> {
         if let ElicitRequestParams::FormElicitationParams { message, .. } = &request {
-            println!("👤 The server asks the human at the client (elicitation/create):");
+            println!(
+                "👤 The server asks the human at the client (MCP {}: an input request of an \
+                 input_required result, answered in a retry):",
+                PROTOCOL_REVISION.as_str()
+            );
             for line in message.lines() {
                 println!("{}", format!("   │ {line}").trim_end());
             }

@@ -6,9 +6,14 @@
 //! clarifying questions (`UNCLEAR_VALUE_SIGNAL`);
 //! (b) an agent in a retry loop that claims `retryCount: 0` on every call: the server counts the
 //! attempts itself, so the sixth is deferred anyway (`LOOP_THRESHOLD_EXCEEDED`); the human, asked
-//! through MCP elicitation within that call, says no, and nothing runs;
+//! through MCP elicitation, says no, and nothing runs;
 //! (c) once the root cause is fixed, the next retry is deferred again, the human approves it, the
 //! policy checks again with the approval and the retry runs.
+//! The client speaks MCP 2026-07-28 (`common::PROTOCOL_REVISION`), so the human is asked through
+//! MRTR: the deferred call returns `input_required` with the approval form and a sealed
+//! `requestState`, and rmcp's client retries it with the answer. (At 2025-11-25 the same answer
+//! travels as `elicitation/create` within the call; `tests/human_approval.rs` and the Python SDK
+//! tests cover that path.)
 //! Exits 0 only if it saw all of that (see `common.rs`); the first five retries are shown, not
 //! required, because a live policy may treat them otherwise.
 

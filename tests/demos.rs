@@ -86,7 +86,7 @@ fn demo_defer_shows_a_vague_request_a_lying_retry_loop_and_a_human_approval_and_
             "Reason: LOOP_THRESHOLD_EXCEEDED",
             "Questions for the reviewer:
   ? ",
-            "👤 The server asks the human at the client (elicitation/create):",
+            "👤 The server asks the human at the client (MCP 2026-07-28: an input request of an input_required result, answered in a retry):",
             "Human review: rejected (Dana (on call): ",
             "Tool: retry-workflow (executed: false)",
             // Approved by the human, checked again, allowed and run.

@@ -166,8 +166,8 @@ impl Operator {
     }
 
     /// As [`vouch`](Operator::vouch), for the continuation of a call whose attempt was already
-    /// counted (the MRTR retry of a deferred call): `observed` is the attempts seen so far, the
-    /// deferred call's included, and nothing is counted (`workflow_key` stays unset).
+    /// counted (the MRTR retry of a deferred call): `observed` is the attempts seen before the
+    /// deferred call, as it saw them, and nothing is counted (`workflow_key` stays unset).
     pub fn vouch_again(&self, claims: Vec<Claim<'_>>, ledger: &AttemptLedger) -> Provenance {
         self.vouch_counting(claims, ledger, false)
     }
@@ -198,7 +198,9 @@ impl Operator {
                         provenance.workflow_key = Some(key);
                         ledger.observe_key(key)
                     } else {
-                        ledger.seen_key(key)
+                        // The deferred call counted its own attempt; what it saw was one less
+                        // (or more, if calls came in between: over-counting is the safe side).
+                        ledger.seen_key(key).saturating_sub(1)
                     };
                     let claimed = *count;
                     *count = claimed.max(observed);
