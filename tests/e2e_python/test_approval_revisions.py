@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -96,9 +97,24 @@ async def test_an_approved_defer_is_asked_once_and_runs_once(mode: str, revision
         assert report["approval"]["via"] == ("mrtr" if mode == "auto" else "elicitation")
         assert len(human.asked) == 1
         assert "retry-workflow" in human.asked[0].message
-        kinds = [(r["kind"], r.get("verdict") or r.get("outcome") or r.get("status")) for r in records(folder)]
-        assert [k for k in kinds if k[0] == "outcome"][-1] == ("outcome", "ok")
         assert sum(1 for r in records(folder) if r["kind"] == "outcome" and r["executed"]) == 1
+        # `audit show --request-id` of the deferring check tells the whole story, in order.
+        shown = subprocess.run(
+            [str(server_bin()), "audit", "show", "--request-id",
+             report["approval"]["deferred_request_id"], str(Path(folder) / "audit.jsonl")],
+            capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=True,
+        ).stdout
+        heads = [line.split()[2:5] for line in shown.splitlines() if line.startswith("#")]
+        story = [" ".join(head) for head in heads]
+        expected_first = "outcome retry-workflow input_required" if mode == "auto" else None
+        assert story[0] == "decision retry-workflow DEFER", story
+        if expected_first:
+            assert story[1] == expected_first, story
+        assert story[-3:] == [
+            "approval retry-workflow approved",
+            "decision retry-workflow ALLOW",
+            "outcome retry-workflow ok",
+        ], story
 
 
 @pytest.mark.parametrize(("mode", "revision"), REVISIONS)
