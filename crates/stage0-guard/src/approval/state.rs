@@ -19,7 +19,7 @@
 //! has expired, one issued for another tool, other arguments or another principal, and one whose
 //! nonce was already spent. A nonce is spent ([`ApprovalStates::spend`]) when the server accepts
 //! the answer that came with it; it is remembered in memory until the state's expiry, after which
-//! the state is refused as expired anyway. [`ApprovalStates::spend_recorded`] puts back the nonces
+//! the state is refused as expired anyway. [`SpentNonceSet::record`], fed by the audit log, puts back the nonces
 //! an audit log recorded, so a restart cannot replay them either.
 //!
 //! The state is signed, not encrypted: the client can read it (tool, argument hash, request id,
@@ -486,13 +486,6 @@ impl ApprovalStates {
         } else {
             Err(StateError::AlreadyUsed)
         }
-    }
-
-    /// Marks as spent a nonce an earlier process spent, as its audit record says (`nonce_sha256`
-    /// in hex, and the state's expiry): for the audit log to replay at start. A nonce whose state
-    /// has already expired is not kept.
-    pub fn spend_recorded(&self, nonce_sha256: &str, expires_at: SystemTime) {
-        self.spent.record(nonce_sha256, expires_at);
     }
 
     /// How many spent nonces are remembered (expired ones may linger until the next pruning).
@@ -977,13 +970,17 @@ mod tests {
         // A restart with the same key: the audit log gives back the nonce's hash and expiry.
         let after = ApprovalStates::new(StateKey::parse(&key).expect("a key"), TTL);
         open(&after, &sealed.state, &hash).expect("without the record, the state would open");
-        after.spend_recorded(opened.nonce_sha256(), opened.expires_at());
+        after
+            .spent_nonces()
+            .record(opened.nonce_sha256(), opened.expires_at());
         assert!(matches!(
             open(&after, &sealed.state, &hash),
             Err(StateError::AlreadyUsed)
         ));
         // An expired record is not kept.
-        after.spend_recorded(&"ee".repeat(32), SystemTime::now() - Duration::from_secs(1));
+        after
+            .spent_nonces()
+            .record(&"ee".repeat(32), SystemTime::now() - Duration::from_secs(1));
         assert_eq!(after.spent_len(), 1);
     }
 
