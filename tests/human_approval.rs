@@ -443,6 +443,14 @@ async fn the_prompt_shows_the_call_s_own_arguments_and_agent_text_cannot_forge_i
             "{message}"
         );
     }
+    let call_id = |message: &str| {
+        message
+            .lines()
+            .find_map(|line| line.strip_prefix("Call id (audit log): "))
+            .map(str::to_owned)
+            .expect("the audit log's call id is shown")
+    };
+    assert_ne!(call_id(harmless), call_id(leak), "each call its own id");
 
     let lines: Vec<&str> = forged.lines().collect();
     let reason = lines

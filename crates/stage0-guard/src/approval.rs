@@ -3,12 +3,12 @@
 //!
 //! `DEFER` means "a human must review this". When the client declared the elicitation capability
 //! (form mode), the guard asks the human with `elicitation/create`: the message ([`message`])
-//! shows the server's facts first (tool, verdict, reason, attempts, the deferring check's id, the
-//! arguments' SHA-256, the questions), then the agent's goal and each argument of the call in
-//! labelled, escaped, bounded fields; the form asks `approve` (boolean), `name` (string,
-//! prefilled from `STAGE0_ACTOR_ID` when set) and `reason` (string). Only an accepted form with
-//! `approve: true` and a usable `name` ([`read_answer`]) is an approval ([`HumanApproval`]); the guard then
-//! checks again with the approval in the context and runs the tool only if that verdict is
+//! shows the server's facts first (tool, verdict, reason, attempts, the call's and the deferring
+//! check's ids, the arguments' SHA-256, the questions), then the agent's goal and each argument
+//! of the call in labelled, escaped, bounded fields; the form asks `approve` (boolean), `name`
+//! (string, prefilled from `STAGE0_ACTOR_ID` when set) and `reason` (string). Only an accepted
+//! form with `approve: true` and a usable `name` ([`read_answer`]) is an approval
+//! ([`HumanApproval`]); the guard then checks again with the approval in the context and runs the tool only if that verdict is
 //! `ALLOW`. Every other ending (declined, cancelled, `approve: false`, an unusable answer, no
 //! answer within the timeout, a client without elicitation, asking turned off) leaves the call
 //! blocked, and the result says which ([`ApprovalOutcome`]).
@@ -371,6 +371,8 @@ pub struct Prompt<'a> {
     pub arguments: &'a CallArguments,
     /// The attempts the server counted for the call's workflow, when the tool counts them.
     pub attempts: Option<u64>,
+    /// The audit log's `call_id` of the call, when there is an audit log.
+    pub call_id: Option<&'a str>,
 }
 
 /// The form elicitation that asks the human about the deferred call: the message (server facts
@@ -492,6 +494,7 @@ pub fn message(call: &Prompt<'_>) -> String {
         deferred,
         arguments,
         attempts,
+        call_id,
     } = *call;
     let mut message = format!(
         "Stage0 deferred a call of `{tool}` for human review.\n\n\
@@ -504,6 +507,9 @@ pub fn message(call: &Prompt<'_>) -> String {
     );
     if let Some(attempts) = attempts {
         message.push_str(&format!("Attempts counted by the server: {attempts}\n"));
+    }
+    if let Some(call_id) = call_id {
+        message.push_str(&format!("Call id (audit log): {call_id}\n"));
     }
     message.push_str(&format!(
         "Call (id of the deferring check): {}\nArguments SHA-256: {}\n",
@@ -612,6 +618,7 @@ mod tests {
             deferred: &deferred,
             arguments: &shown,
             attempts,
+            call_id: Some("call-1"),
         })
     }
 
@@ -640,6 +647,7 @@ mod tests {
             "cut at {PROMPT_EXCERPT_CHARS} characters: {second}"
         );
         assert!(first.contains("Call (id of the deferring check): req-defer-1"));
+        assert!(first.contains("Call id (audit log): call-1\n"));
     }
 
     #[test]

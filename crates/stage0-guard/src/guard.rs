@@ -420,6 +420,7 @@ impl Guard {
                 deferred: &policy,
                 arguments,
                 attempts,
+                call_id: trail.call_id(),
             };
             return match self.ask_through_mrtr(&prompt) {
                 Ok(input_required) => Reviewed::Ask(policy, input_required),
@@ -439,6 +440,7 @@ impl Guard {
                     deferred: &policy,
                     arguments,
                     attempts,
+                    call_id: trail.call_id(),
                 };
                 approval::ask(review.peer, self.approvals, &self.operator, &prompt).await
             }
