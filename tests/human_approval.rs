@@ -143,6 +143,10 @@ async fn an_approved_deferral_is_checked_again_and_runs_once() {
     let approval = &outcome.structured["approval"];
     assert_eq!(approval["outcome"], "approved");
     assert_eq!(approval["approval"]["approved_by"], "Dana");
+    assert_eq!(
+        approval["approval"]["operator_actor_id"], "dana@example.test",
+        "the operator's actor id is recorded beside the name the client asserted"
+    );
     assert_eq!(approval["approval"]["approval_reason"], "root cause fixed");
     let approved_at = approval["approval"]["approved_at"]
         .as_str()
@@ -357,5 +361,120 @@ async fn a_deny_and_a_report_only_check_never_ask_a_human() {
     assert_eq!(vague.field("verdict"), "DEFER");
     assert!(vague.structured.get("approval").is_none(), "{vague:#?}");
     assert!(reviewer.asked().is_empty(), "{:?}", reviewer.asked());
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_outside_the_limits_is_an_invalid_answer_and_nothing_runs() {
+    let huge = "x".repeat(3 * 1024 * 1024);
+    for name in [
+        huge.as_str(),
+        "\u{200b}",
+        "Dana\u{200b}",
+        "Dana\nApproved by: security",
+    ] {
+        let reviewer = Reviewer::answering(Answer::Accept(
+            json!({"approve": true, "name": name, "reason": "ok"}),
+        ));
+        let session = Session::start_with(&[], reviewer.clone()).await;
+        let outcome = session.call("retry-workflow", looping()).await;
+        assert_still_deferred(&outcome, "invalid_answer");
+        assert!(
+            outcome.raw.len() < 64 * 1024,
+            "the name is not echoed back: {} bytes",
+            outcome.raw.len()
+        );
+        session.stop().await;
+    }
+}
+
+/// A fake Stage0 that defers every check, saying `reason`.
+async fn always_deferring(reason: &str) -> MockServer {
+    let reason = reason.to_owned();
+    bounded("the fake Stage0 to start", async move {
+        let fake = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/check"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "verdict": "DEFER", "decision": "DEFER", "reason": reason,
+                "request_id": "fake-defer", "policy_version": "fake-1"
+            })))
+            .mount(&fake)
+            .await;
+        fake
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_prompt_shows_the_call_s_own_arguments_and_agent_text_cannot_forge_it() {
+    let fake = always_deferring("REAL_REASON: publishing needs review").await;
+    let reviewer = Reviewer::answering(Answer::Decline);
+    let session = Session::start_with(&live_env(&fake.uri(), "5000"), reviewer.clone()).await;
+    let hostile = format!(
+        "harmless\nReason: pre-approved by security{}\u{1b}[2J",
+        "\n".repeat(60)
+    );
+    for content in ["a harmless post", "THE LEAKED PAYROLL", hostile.as_str()] {
+        let outcome = session
+            .call(
+                "publish-content",
+                json!({"content": content, "channel": "blog"}),
+            )
+            .await;
+        assert_still_deferred(&outcome, "declined");
+    }
+    let asked = reviewer.asked();
+    assert_eq!(asked.len(), 3);
+    let (harmless, leak, forged) = (&asked[0].0, &asked[1].0, &asked[2].0);
+    assert_ne!(harmless, leak, "two contents, two prompts");
+    assert!(
+        harmless.contains("[argument content] a harmless post\n"),
+        "{harmless}"
+    );
+    assert!(
+        leak.contains("[argument content] THE LEAKED PAYROLL\n"),
+        "{leak}"
+    );
+    for message in [harmless, leak, forged] {
+        assert!(message.contains("Arguments SHA-256: "), "{message}");
+        assert!(
+            message.contains("Call (id of the deferring check): "),
+            "{message}"
+        );
+    }
+    let call_id = |message: &str| {
+        message
+            .lines()
+            .find_map(|line| line.strip_prefix("Call id (audit log): "))
+            .map(str::to_owned)
+            .expect("the audit log's call id is shown")
+    };
+    assert_ne!(call_id(harmless), call_id(leak), "each call its own id");
+
+    let lines: Vec<&str> = forged.lines().collect();
+    let reason = lines
+        .iter()
+        .position(|line| *line == "Reason: REAL_REASON: publishing needs review")
+        .expect("the real reason has its own line");
+    let agent = lines
+        .iter()
+        .position(|line| line.contains("harmless"))
+        .expect("the agent's content is shown");
+    assert!(reason < agent, "{forged}");
+    assert!(
+        lines[agent].starts_with("[argument content] harmless\\nReason: pre-approved"),
+        "the content stays in its field, newlines escaped: {}",
+        lines[agent]
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line.starts_with("Reason:"))
+            .count(),
+        1,
+        "{forged}"
+    );
+    assert!(!forged.contains('\u{1b}'), "{forged}");
     session.stop().await;
 }

@@ -2,11 +2,13 @@
 //! (`docs/contract.md` §8).
 //!
 //! `DEFER` means "a human must review this". When the client declared the elicitation capability
-//! (form mode), the guard asks the human with `elicitation/create`: the message shows the tool,
-//! the goal, the reason and the questions, and the form asks `approve` (boolean), `name` (string,
-//! prefilled from `STAGE0_ACTOR_ID` when set) and `reason` (string). Only an accepted form with
-//! `approve: true` and a non-blank `name` is an approval ([`HumanApproval`]); the guard then
-//! checks again with the approval in the context and runs the tool only if that verdict is
+//! (form mode), the guard asks the human with `elicitation/create`: the message ([`message`])
+//! shows the server's facts first (tool, verdict, reason, attempts, the call's and the deferring
+//! check's ids, the arguments' SHA-256, the questions), then the agent's goal and each argument
+//! of the call in labelled, escaped, bounded fields; the form asks `approve` (boolean), `name`
+//! (string, prefilled from `STAGE0_ACTOR_ID` when set) and `reason` (string). Only an accepted
+//! form with `approve: true` and a usable `name` ([`read_answer`]) is an approval
+//! ([`HumanApproval`]); the guard then checks again with the approval in the context and runs the tool only if that verdict is
 //! `ALLOW`. Every other ending (declined, cancelled, `approve: false`, an unusable answer, no
 //! answer within the timeout, a client without elicitation, asking turned off) leaves the call
 //! blocked, and the result says which ([`ApprovalOutcome`]).
@@ -20,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use rmcp::model::{
     ElicitRequestParams, ElicitResult, ElicitationAction, ElicitationSchema, InputResponses,
+    JsonObject,
 };
 use rmcp::service::{ElicitationMode, ServiceError};
 use rmcp::{Peer, RoleServer};
@@ -28,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::claims::Operator;
+use crate::escape::escaped;
+use crate::ledger;
 use crate::policy::wire::{Intent, PolicyResponse};
 
 /// How long the guard waits for a human's answer when `STAGE0_APPROVAL_TIMEOUT_S` is not set,
@@ -66,15 +71,28 @@ impl Default for Approvals {
     }
 }
 
+/// The longest approver's name an answer may give, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// The longest approval reason an answer may give, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
 /// A human's approval of one deferred call; added to the context of the second check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct HumanApproval {
-    /// The name the human gave; never blank.
+    /// The name the human gave, as the client sent it (trimmed): never blank, at most
+    /// [`MAX_NAME_CHARS`] characters, no control, format or other invisible character. The
+    /// server cannot verify it; see `operator_actor_id`.
     pub approved_by: String,
     /// When the answer arrived, RFC 3339 in UTC (e.g. `2026-11-22T09:30:00Z`).
     pub approved_at: String,
-    /// Why the human approved; may be empty.
+    /// Why the human approved; may be empty, at most [`MAX_REASON_CHARS`] characters, no control
+    /// or invisible character but the newline and the tab.
     pub approval_reason: String,
+    /// `STAGE0_ACTOR_ID` of the server that asked, when set: who the operator says the server
+    /// acts for, recorded beside the name the client asserted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_actor_id: Option<String>,
 }
 
 impl HumanApproval {
@@ -104,7 +122,8 @@ pub enum ApprovalOutcome {
     Declined,
     /// The human dismissed the form (elicitation action `cancel`).
     Cancelled,
-    /// The answer did not fit the form (missing fields, wrong types, blank name).
+    /// The answer did not fit the form (missing fields, wrong types, a blank name, a name or a
+    /// reason too long or holding control or invisible characters).
     InvalidAnswer,
     /// No answer within `STAGE0_APPROVAL_TIMEOUT_S`.
     TimedOut,
@@ -238,10 +257,9 @@ pub async fn ask(
     peer: Option<&Peer<RoleServer>>,
     approvals: Approvals,
     operator: &Operator,
-    tool: &str,
-    intent: &Intent,
-    deferred: &PolicyResponse,
+    call: &Prompt<'_>,
 ) -> ApprovalReport {
+    let deferred = call.deferred;
     let report = |outcome| ApprovalReport::new(outcome, &deferred.request_id);
     let Approvals::Ask { timeout } = approvals else {
         return report(ApprovalOutcome::Disabled);
@@ -253,10 +271,10 @@ pub async fn ask(
         return report(ApprovalOutcome::Unsupported);
     };
     let asked = peer
-        .create_elicitation_with_timeout(question(operator, tool, intent, deferred), Some(timeout))
+        .create_elicitation_with_timeout(question(operator, call), Some(timeout))
         .await;
     let report = match asked {
-        Ok(answer) => read_answer(answer, &deferred.request_id),
+        Ok(answer) => read_answer(answer, &deferred.request_id, operator.actor_id.as_deref()),
         Err(ServiceError::Timeout { .. }) => report(ApprovalOutcome::TimedOut),
         Err(error) => report(ApprovalOutcome::Failed).with_detail(error.to_string()),
     };
@@ -273,6 +291,7 @@ pub const INPUT_KEY: &str = "approval";
 pub fn read_retry(
     input_responses: Option<InputResponses>,
     deferred_request_id: &str,
+    operator_actor_id: Option<&str>,
 ) -> ApprovalReport {
     let answer = input_responses
         .and_then(|mut responses| responses.remove(INPUT_KEY))
@@ -282,33 +301,104 @@ pub fn read_retry(
                 .map_err(|error| format!("the answer is not an elicitation result: {error}"))
         });
     let report = match answer {
-        Ok(answer) => read_answer(answer, deferred_request_id),
+        Ok(answer) => read_answer(answer, deferred_request_id, operator_actor_id),
         Err(why) => ApprovalReport::new(ApprovalOutcome::InvalidAnswer, deferred_request_id)
             .with_detail(why),
     };
     report.via(ApprovalPath::Mrtr)
 }
 
-/// The form elicitation that asks the human about the deferred call of `tool`: the message
-/// (tool, goal, reason, questions) and the form (`approve`, `name`, `reason`). Sent as
-/// `elicitation/create` (2025-11-25) or as an MRTR input request (2026-07-28).
-pub fn question(
-    operator: &Operator,
-    tool: &str,
-    intent: &Intent,
-    deferred: &PolicyResponse,
-) -> ElicitRequestParams {
+/// How many characters of each agent- or client-supplied text (the goal, each argument) the
+/// prompt shows; the rest is cut, and the prompt says how long the whole was.
+pub const PROMPT_EXCERPT_CHARS: usize = 200;
+
+/// How many arguments the prompt shows one by one; the digest covers them all.
+pub const PROMPT_MAX_ARGUMENTS: usize = 20;
+
+/// How many characters of the policy's reason, and of each of its questions, the prompt shows.
+const PROMPT_REASON_CHARS: usize = 500;
+
+/// How many of the policy's questions the prompt shows.
+const PROMPT_MAX_QUESTIONS: usize = 10;
+
+/// What the approval prompt shows of the call's own arguments, taken before the guard reads
+/// them: the SHA-256 of them all (as [`state::arguments_sha256`], the audit record's
+/// `arguments_sha256` and what an MRTR state binds) and a bounded excerpt of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallArguments {
+    /// [`state::arguments_sha256`] of the arguments.
+    pub sha256: String,
+    /// Each argument's name and value (a string as it is, any other value as JSON), both cut at
+    /// [`PROMPT_EXCERPT_CHARS`] and escaped; at most [`PROMPT_MAX_ARGUMENTS`] of them.
+    pub excerpts: Vec<(String, String)>,
+    /// How many arguments the call has in all.
+    pub count: usize,
+}
+
+impl CallArguments {
+    /// The digest and excerpts of `arguments`.
+    pub fn new(arguments: &JsonObject) -> Self {
+        let excerpts = arguments
+            .iter()
+            .take(PROMPT_MAX_ARGUMENTS)
+            .map(|(name, value)| {
+                let value = match value {
+                    Value::String(text) => field(text, PROMPT_EXCERPT_CHARS),
+                    other => field(&other.to_string(), PROMPT_EXCERPT_CHARS),
+                };
+                (field(name, PROMPT_EXCERPT_CHARS), value)
+            })
+            .collect();
+        CallArguments {
+            sha256: state::arguments_sha256(arguments),
+            excerpts,
+            count: arguments.len(),
+        }
+    }
+}
+
+/// Everything the approval prompt is about: the deferred call of `tool`, its intent, the
+/// deferring check and what the server knows of the call.
+#[derive(Debug, Clone, Copy)]
+pub struct Prompt<'a> {
+    /// The tool's name (a server constant).
+    pub tool: &'a str,
+    /// The intent the policy checked; its goal is agent text.
+    pub intent: &'a Intent,
+    /// The check that answered `DEFER`; its `request_id` names the call in the prompt.
+    pub deferred: &'a PolicyResponse,
+    /// The call's own arguments, digested and cut.
+    pub arguments: &'a CallArguments,
+    /// The attempts the server counted for the call's workflow, when the tool counts them.
+    pub attempts: Option<u64>,
+    /// The audit log's `call_id` of the call, when there is an audit log.
+    pub call_id: Option<&'a str>,
+}
+
+/// The form elicitation that asks the human about the deferred call: the message (server facts
+/// first, then the agent's text in labelled, escaped, bounded fields; see [`message`]) and the
+/// form (`approve`, `name`, `reason`). Sent as `elicitation/create` (2025-11-25) or as an MRTR
+/// input request (2026-07-28).
+pub fn question(operator: &Operator, call: &Prompt<'_>) -> ElicitRequestParams {
     ElicitRequestParams::FormElicitationParams {
         meta: None,
-        message: message(tool, intent, deferred),
+        message: message(call),
         requested_schema: form(operator),
     }
 }
 
 /// What the human's `answer` to [`question`] means for the call deferred by the check
-/// `deferred_request_id`. Only an accepted form with `approve: true` and a non-blank name is an
-/// approval.
-pub fn read_answer(answer: ElicitResult, deferred_request_id: &str) -> ApprovalReport {
+/// `deferred_request_id`. Only an accepted form with `approve: true` and a usable name is an
+/// approval: not blank, at most [`MAX_NAME_CHARS`] characters, no control, format or other
+/// invisible character; a reason must keep to [`MAX_REASON_CHARS`] and hold no such character
+/// but the newline and the tab. Any answer outside these limits, approving or not, is
+/// [`ApprovalOutcome::InvalidAnswer`]. `operator_actor_id` (`STAGE0_ACTOR_ID`) is recorded in
+/// the approval beside the name.
+pub fn read_answer(
+    answer: ElicitResult,
+    deferred_request_id: &str,
+    operator_actor_id: Option<&str>,
+) -> ApprovalReport {
     let report = |outcome| ApprovalReport::new(outcome, deferred_request_id);
     match answer.action {
         ElicitationAction::Decline => report(ApprovalOutcome::Declined),
@@ -317,6 +407,10 @@ pub fn read_answer(answer: ElicitResult, deferred_request_id: &str) -> ApprovalR
             let content = answer.content.unwrap_or(Value::Null);
             match serde_json::from_value::<Answer>(content) {
                 Err(error) => report(ApprovalOutcome::InvalidAnswer).with_detail(error.to_string()),
+                Ok(answer) if usable(&answer).is_err() => {
+                    let why = usable(&answer).err().unwrap_or_default();
+                    report(ApprovalOutcome::InvalidAnswer).with_detail(why)
+                }
                 Ok(answer) if !answer.approve => report(ApprovalOutcome::Rejected)
                     .with_detail(format!("{}: {}", answer.name.trim(), answer.reason.trim())),
                 Ok(answer) if answer.name.trim().is_empty() => {
@@ -328,6 +422,7 @@ pub fn read_answer(answer: ElicitResult, deferred_request_id: &str) -> ApprovalR
                         approved_at: humantime::format_rfc3339_seconds(SystemTime::now())
                             .to_string(),
                         approval_reason: answer.reason.trim().to_owned(),
+                        operator_actor_id: operator_actor_id.map(str::to_owned),
                     }),
                     ..report(ApprovalOutcome::Approved)
                 },
@@ -338,18 +433,116 @@ pub fn read_answer(answer: ElicitResult, deferred_request_id: &str) -> ApprovalR
     }
 }
 
-/// What the human reads: the tool, the goal, the reason and the questions.
-fn message(tool: &str, intent: &Intent, deferred: &PolicyResponse) -> String {
+/// Whether the name and reason of `answer` keep to the limits of [`read_answer`]; the error says
+/// which does not, without repeating it.
+fn usable(answer: &Answer) -> Result<(), String> {
+    let name = answer.name.trim();
+    let reason = answer.reason.trim();
+    let name_chars = name.chars().count();
+    if name_chars > MAX_NAME_CHARS {
+        return Err(format!(
+            "the name is {name_chars} characters long; at most {MAX_NAME_CHARS} are taken"
+        ));
+    }
+    if let Some((position, character, kind)) = ledger::first_invisible(name) {
+        return Err(format!(
+            "character {position} of the name is `U+{:04X}`, {kind}: a name may not hold \
+             control, format or other invisible characters",
+            u32::from(character)
+        ));
+    }
+    let reason_chars = reason.chars().count();
+    if reason_chars > MAX_REASON_CHARS {
+        return Err(format!(
+            "the reason is {reason_chars} characters long; at most {MAX_REASON_CHARS} are taken"
+        ));
+    }
+    let visible = reason.replace(['\n', '\t'], " ");
+    if let Some((position, character, kind)) = ledger::first_invisible(&visible) {
+        return Err(format!(
+            "character {position} of the reason is `U+{:04X}`, {kind}: a reason may not hold \
+             control, format or other invisible characters but newlines and tabs",
+            u32::from(character)
+        ));
+    }
+    Ok(())
+}
+
+/// `text` cut at `limit` characters and escaped ([`escaped`]), on one line: whole, or its first
+/// `limit` characters followed by `… (cut: N characters in all)`.
+fn field(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        None => escaped(text).to_string(),
+        Some((cut, _)) => format!(
+            "{}… (cut: {} characters in all)",
+            escaped(&text[..cut]),
+            text.chars().count()
+        ),
+    }
+}
+
+/// What the human reads. The server's facts come first, one per line: the tool, the verdict and
+/// the policy's reason, the attempts counted, the id of the deferring check, the arguments'
+/// SHA-256 and the policy's questions. Then, under a heading saying so, every text the agent
+/// supplied (the goal, each argument) in a labelled field of its own line, escaped
+/// ([`crate::escape`]) and cut at [`PROMPT_EXCERPT_CHARS`]: a newline, a fake `Reason:` or sixty
+/// blank lines in it stay inside that one field, after the real reason.
+pub fn message(call: &Prompt<'_>) -> String {
+    let Prompt {
+        tool,
+        intent,
+        deferred,
+        arguments,
+        attempts,
+        call_id,
+    } = *call;
     let mut message = format!(
-        "Stage0 deferred a call of `{tool}` for human review.\n\nGoal: {}\nReason: {}\n",
-        intent.goal, deferred.reason
+        "Stage0 deferred a call of `{tool}` for human review.\n\n\
+         Tool: `{tool}`\n\
+         Verdict: {} ({})\n\
+         Reason: {}\n",
+        deferred.verdict,
+        deferred.decision,
+        field(&deferred.reason, PROMPT_REASON_CHARS),
     );
+    if let Some(attempts) = attempts {
+        message.push_str(&format!("Attempts counted by the server: {attempts}\n"));
+    }
+    if let Some(call_id) = call_id {
+        message.push_str(&format!("Call id (audit log): {call_id}\n"));
+    }
+    message.push_str(&format!(
+        "Call (id of the deferring check): {}\nArguments SHA-256: {}\n",
+        field(&deferred.request_id, PROMPT_EXCERPT_CHARS),
+        arguments.sha256
+    ));
     let questions = deferred.questions();
     if !questions.is_empty() {
-        message.push_str("\nQuestions:\n");
-        for question in questions {
-            message.push_str(&format!("- {question}\n"));
+        message.push_str("\nQuestions from the policy:\n");
+        for question in questions.iter().take(PROMPT_MAX_QUESTIONS) {
+            message.push_str(&format!("- {}\n", field(question, PROMPT_REASON_CHARS)));
         }
+        if questions.len() > PROMPT_MAX_QUESTIONS {
+            message.push_str(&format!("- … ({} questions in all)\n", questions.len()));
+        }
+    }
+    message.push_str(&format!(
+        "\nSupplied by the agent (not checked by the server; each field escaped and cut at {} \
+         characters):\n",
+        PROMPT_EXCERPT_CHARS
+    ));
+    message.push_str(&format!(
+        "[goal] {}\n",
+        field(&intent.goal, PROMPT_EXCERPT_CHARS)
+    ));
+    for (name, value) in &arguments.excerpts {
+        message.push_str(&format!("[argument {name}] {value}\n"));
+    }
+    if arguments.count > arguments.excerpts.len() {
+        message.push_str(&format!(
+            "[… {} more arguments, covered by the SHA-256]\n",
+            arguments.count - arguments.excerpts.len()
+        ));
     }
     message.push_str(
         "\nApprove this one call? The approval is not remembered for later calls, and the call \
@@ -370,7 +563,8 @@ fn form(operator: &Operator) -> ElicitationSchema {
             let schema = schema
                 .title("Your name")
                 .description("Recorded as approved_by.")
-                .min_length(1);
+                .min_length(1)
+                .max_length(MAX_NAME_CHARS as u32);
             match &operator.actor_id {
                 Some(actor_id) => schema.with_default(actor_id.as_str()),
                 None => schema,
@@ -380,7 +574,187 @@ fn form(operator: &Operator) -> ElicitationSchema {
             schema
                 .title("Reason")
                 .description("Why you approve or reject; recorded as approval_reason.")
+                .max_length(MAX_REASON_CHARS as u32)
         })
         .build()
         .expect("every required field of the approval form is one of its properties")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::wire::{Decision, Verdict};
+
+    fn deferred() -> PolicyResponse {
+        let mut deferred = PolicyResponse::new(
+            Verdict::Defer,
+            Decision::Defer,
+            "LOOP_THRESHOLD_EXCEEDED: too many retries".to_owned(),
+            "req-defer-1".to_owned(),
+        );
+        deferred.defer_questions = vec!["Should we go on?".to_owned()];
+        deferred
+    }
+
+    fn arguments(value: Value) -> JsonObject {
+        match value {
+            Value::Object(object) => object,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn prompt_for(goal: &str, call: &JsonObject, attempts: Option<u64>) -> String {
+        let intent = Intent {
+            goal: goal.to_owned(),
+            ..Intent::default()
+        };
+        let deferred = deferred();
+        let shown = CallArguments::new(call);
+        message(&Prompt {
+            tool: "publish-content",
+            intent: &intent,
+            deferred: &deferred,
+            arguments: &shown,
+            attempts,
+            call_id: Some("call-1"),
+        })
+    }
+
+    #[test]
+    fn the_prompt_shows_each_argument_cut_and_the_digest_and_differs_by_content() {
+        let leak = "SECRET-LEAK ".repeat(100);
+        let one = arguments(json!({"channel": "blog", "content": "harmless post"}));
+        let two = arguments(json!({"channel": "blog", "content": leak}));
+        let first = prompt_for("Publish content to blog", &one, None);
+        let second = prompt_for("Publish content to blog", &two, None);
+        assert_ne!(first, second, "two contents, two prompts");
+        assert!(
+            first.contains("[argument content] harmless post\n"),
+            "{first}"
+        );
+        assert!(first.contains("[argument channel] blog\n"), "{first}");
+        assert!(first.contains(&state::arguments_sha256(&one)), "{first}");
+        assert!(second.contains(&state::arguments_sha256(&two)), "{second}");
+        assert!(second.contains("SECRET-LEAK"), "{second}");
+        assert!(
+            second.contains(&format!("(cut: {} characters in all)", leak.len())),
+            "{second}"
+        );
+        assert!(
+            second.len() < first.len() + 2 * PROMPT_EXCERPT_CHARS,
+            "cut at {PROMPT_EXCERPT_CHARS} characters: {second}"
+        );
+        assert!(first.contains("Call (id of the deferring check): req-defer-1"));
+        assert!(first.contains("Call id (audit log): call-1\n"));
+    }
+
+    #[test]
+    fn agent_text_cannot_forge_the_top_of_the_prompt() {
+        let hostile = format!(
+            "etl\nReason: approved by security, safe to run{}\u{1b}[2J\u{202e}end",
+            "\n".repeat(60)
+        );
+        let call = arguments(json!({"workflowId": hostile, "retryCount": 5}));
+        let prompt = prompt_for(&format!("Retry workflow {hostile}"), &call, Some(5));
+        let lines: Vec<&str> = prompt.lines().collect();
+        let reason = lines
+            .iter()
+            .position(|line| line.starts_with("Reason: LOOP_THRESHOLD_EXCEEDED"))
+            .expect("the server's reason has its own line");
+        let agent = lines
+            .iter()
+            .position(|line| line.contains("etl"))
+            .expect("the agent's text is shown");
+        assert!(reason < agent, "{prompt}");
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|line| line.starts_with("Reason:"))
+                .count(),
+            1,
+            "{prompt}"
+        );
+        assert!(
+            prompt.contains("Attempts counted by the server: 5\n"),
+            "{prompt}"
+        );
+        for line in &lines[agent..] {
+            if line.contains("etl") {
+                assert!(line.starts_with('['), "a labelled field: {line}");
+                assert!(line.contains(r"etl\nReason: approved"), "{line}");
+            }
+        }
+        assert!(
+            !prompt.contains('\u{1b}') && !prompt.contains('\u{202e}'),
+            "{prompt}"
+        );
+        assert!(
+            !prompt.contains("\n\n\n"),
+            "no run of blank lines: {prompt}"
+        );
+    }
+
+    fn accepted(content: Value) -> ElicitResult {
+        ElicitResult::new(ElicitationAction::Accept).with_content(content)
+    }
+
+    #[test]
+    fn a_name_or_reason_outside_the_limits_is_an_invalid_answer_not_an_approval() {
+        let huge = "x".repeat(3 * 1024 * 1024);
+        let long_reason = "y".repeat(MAX_REASON_CHARS + 1);
+        for (approve, name, reason) in [
+            (true, huge.as_str(), ""),
+            (true, "\u{200b}", ""),
+            (true, "Dana\u{200b}", ""),
+            (true, "Dana\nReason: forged", ""),
+            (true, "Da\u{1b}]52;c;SGk=\u{7}na", ""),
+            (true, "\u{202e}anaD", ""),
+            (true, "Dana", long_reason.as_str()),
+            (true, "Dana", "ok\u{1b}[2J"),
+            (false, huge.as_str(), "no"),
+        ] {
+            let answer = accepted(json!({"approve": approve, "name": name, "reason": reason}));
+            let report = read_answer(answer, "req-1", None);
+            assert_eq!(
+                report.outcome,
+                ApprovalOutcome::InvalidAnswer,
+                "{name:.40?}"
+            );
+            assert!(report.approval.is_none());
+            let detail = report.detail.expect("a detail");
+            assert!(
+                detail.len() < 300,
+                "the detail does not repeat it: {detail}"
+            );
+        }
+        let name = "D".repeat(MAX_NAME_CHARS);
+        let fine = accepted(json!({"approve": true, "name": name, "reason": "line one\nline two"}));
+        assert_eq!(
+            read_answer(fine, "req-1", None).outcome,
+            ApprovalOutcome::Approved
+        );
+    }
+
+    #[test]
+    fn the_operator_actor_id_is_recorded_beside_the_asserted_name() {
+        let answer = accepted(json!({"approve": true, "name": "Dana", "reason": "ok"}));
+        let report = read_answer(answer.clone(), "req-1", Some("dana@example.test"));
+        let human = report.approval.expect("approved");
+        assert_eq!(human.approved_by, "Dana");
+        assert_eq!(
+            human.operator_actor_id.as_deref(),
+            Some("dana@example.test")
+        );
+        let json = serde_json::to_value(&human).expect("serialises");
+        assert_eq!(json["approved_by"], "Dana");
+        assert_eq!(json["operator_actor_id"], "dana@example.test");
+
+        let unset = read_answer(answer, "req-1", None)
+            .approval
+            .expect("approved");
+        let json = serde_json::to_value(&unset).expect("serialises");
+        assert!(json.get("operator_actor_id").is_none(), "{json}");
+    }
 }

@@ -346,6 +346,11 @@ impl<'a> CallTrail<'a> {
         }
     }
 
+    /// The `call_id` every record of this call carries; `None` without an audit log.
+    pub fn call_id(&self) -> Option<&str> {
+        self.log.map(|_| self.call_id.as_str())
+    }
+
     /// Writes the `decision` record of `policy`, the verdict on `intent`, and waits until it is
     /// durable.
     ///

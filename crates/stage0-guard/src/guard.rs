@@ -194,9 +194,11 @@ impl Guard {
                 .await
                 .into();
         }
-        // Only a call that may go to a human over MRTR needs the arguments' digest, to seal it.
-        let mrtr = (context.is_some_and(asks_through_mrtr) && self.approvals != Approvals::Off)
-            .then(|| state::arguments_sha256(&arguments));
+        // Only a call that may go to a human needs the arguments' digest and excerpts: to show
+        // them in the prompt and, over MRTR, to seal the digest in the state.
+        let shown =
+            (self.approvals != Approvals::Off).then(|| approval::CallArguments::new(&arguments));
+        let mrtr = shown.is_some() && context.is_some_and(asks_through_mrtr);
         let repeated = repeated_key(context);
         let prepared = self
             .prepare::<T>(arguments, repeated, &trail, Counting::Count)
@@ -207,7 +209,8 @@ impl Guard {
         };
         let review = Review {
             peer: context.map(|context| &context.peer),
-            mrtr: mrtr.as_deref(),
+            arguments: shown.as_ref(),
+            mrtr,
         };
         let decision =
             self.decide_and_review(&mut trail, T::NAME, &mut intent, &mut provenance, review);
@@ -270,7 +273,11 @@ impl Guard {
         if let Err(refused) = self.states.spend(&opened) {
             return self.refuse_state::<T>(&trail, &refused).await;
         }
-        let asked = approval::read_retry(retry.input_responses, opened.deferred_request_id());
+        let asked = approval::read_retry(
+            retry.input_responses,
+            opened.deferred_request_id(),
+            self.operator.actor_id.as_deref(),
+        );
         log_review(T::NAME, &asked);
         let spent = (opened.nonce_sha256(), opened.expires_at());
         if let Err(why) = trail.approval(&asked, Some(spent)).await {
@@ -405,8 +412,17 @@ impl Guard {
         if policy.verdict != Verdict::Defer {
             return Reviewed::Final(policy, None);
         }
-        if let Some(arguments_sha256) = review.mrtr {
-            return match self.ask_through_mrtr(tool, arguments_sha256, intent, &policy) {
+        let attempts = provenance.retry_count.map(|retry| retry.effective);
+        if let (true, Some(arguments)) = (review.mrtr, review.arguments) {
+            let prompt = approval::Prompt {
+                tool,
+                intent,
+                deferred: &policy,
+                arguments,
+                attempts,
+                call_id: trail.call_id(),
+            };
+            return match self.ask_through_mrtr(&prompt) {
                 Ok(input_required) => Reviewed::Ask(policy, input_required),
                 Err(error) => {
                     let failed = ApprovalReport::new(ApprovalOutcome::Failed, &policy.request_id)
@@ -416,15 +432,20 @@ impl Guard {
                 }
             };
         }
-        let asked = approval::ask(
-            review.peer,
-            self.approvals,
-            &self.operator,
-            tool,
-            intent,
-            &policy,
-        )
-        .await;
+        let asked = match review.arguments {
+            Some(arguments) => {
+                let prompt = approval::Prompt {
+                    tool,
+                    intent,
+                    deferred: &policy,
+                    arguments,
+                    attempts,
+                    call_id: trail.call_id(),
+                };
+                approval::ask(review.peer, self.approvals, &self.operator, &prompt).await
+            }
+            None => ApprovalReport::new(ApprovalOutcome::Disabled, &policy.request_id),
+        };
         log_review(tool, &asked);
         if let Err(why) = trail.approval(&asked, None).await {
             return Reviewed::Final(audit::fail_closed(policy, &why), Some(asked));
@@ -432,6 +453,11 @@ impl Guard {
         let Some(human) = &asked.approval else {
             return Reviewed::Final(policy, Some(asked));
         };
+        // The check after approval is bound to the arguments the human was shown (their SHA-256
+        // is in the prompt): on this path the question is asked within the one tool call, whose
+        // arguments were read once and cannot change before it ends, so the intent checked again
+        // is built from exactly those arguments. (Over MRTR, where the arguments come back in a
+        // new request, the sealed state binds their digest: see `resume`.)
         human.annotate(&mut intent.context);
         if let Some(status) = &mut provenance.approval_status {
             status.effective = ApprovalStatus::Approved;
@@ -447,15 +473,13 @@ impl Guard {
     /// for this call (tool, arguments, deferring check, principal), its expiry and a new nonce.
     fn ask_through_mrtr(
         &self,
-        tool: &str,
-        arguments_sha256: &str,
-        intent: &Intent,
-        deferred: &PolicyResponse,
+        prompt: &approval::Prompt<'_>,
     ) -> Result<InputRequiredResult, SealError> {
+        let (tool, deferred) = (prompt.tool, prompt.deferred);
         let principal = self.operator.principal();
         let binding = CallBinding {
             tool,
-            arguments_sha256,
+            arguments_sha256: &prompt.arguments.sha256,
             principal: &principal,
         };
         let sealed = self
@@ -467,7 +491,7 @@ impl Guard {
             nonce_sha256 = %sealed.nonce_sha256,
             "human review asked through MRTR"
         );
-        let question = approval::question(&self.operator, tool, intent, deferred);
+        let question = approval::question(&self.operator, prompt);
         let requests = InputRequests::from([(
             approval::INPUT_KEY.to_owned(),
             InputRequest::Elicitation(ElicitRequest::new(question)),
@@ -572,8 +596,10 @@ struct Retry<'a> {
 struct Review<'a> {
     /// The client, for `elicitation/create`.
     peer: Option<&'a Peer<RoleServer>>,
-    /// `Some(arguments_sha256)` when the client takes MRTR input requests for elicitation.
-    mrtr: Option<&'a str>,
+    /// The call's arguments as the prompt shows them; `None` when asking is turned off.
+    arguments: Option<&'a approval::CallArguments>,
+    /// Whether the client takes MRTR input requests for elicitation.
+    mrtr: bool,
 }
 
 /// What checking (and maybe asking) gave.

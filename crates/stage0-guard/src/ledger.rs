@@ -141,6 +141,20 @@ impl<'de> Deserialize<'de> for WorkflowId {
 
 /// The first character of `text` that a workflow id may not hold.
 fn refuse_invisible(text: &str) -> Result<(), InvalidWorkflowId> {
+    match first_invisible(text) {
+        None => Ok(()),
+        Some((position, character, kind)) => Err(InvalidWorkflowId {
+            character,
+            position,
+            kind,
+        }),
+    }
+}
+
+/// The first character of `text` that is invisible or not text (control, format, line or
+/// paragraph separator, default-ignorable), as (position from 1, character, what kind it is);
+/// `None` when there is none. Workflow ids and approvers' names may hold none of these.
+pub(crate) fn first_invisible(text: &str) -> Option<(usize, char, &'static str)> {
     let categories = CodePointMapData::<GeneralCategory>::new();
     let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
     for (index, character) in text.chars().enumerate() {
@@ -152,13 +166,9 @@ fn refuse_invisible(text: &str) -> Result<(), InvalidWorkflowId> {
             _ if ignorable.contains(character) => "a default-ignorable character",
             _ => continue,
         };
-        return Err(InvalidWorkflowId {
-            character,
-            position: index + 1,
-            kind,
-        });
+        return Some((index + 1, character, kind));
     }
-    Ok(())
+    None
 }
 
 /// How many workflows the ledger counts exactly: the most recently seen ones, about 100 bytes
