@@ -83,4 +83,4 @@ async def test_the_readme_template_guards_its_tool(mode: str, revision: str) -> 
             timeout=TIMEOUT_SECONDS,
         )
         assert verified.returncode == 0, verified.stdout + verified.stderr
-        assert verified.stdout.startswith("ok: 4 records"), verified.stdout
+        assert verified.stdout.startswith(f"ok: {log}: 4 records"), verified.stdout
