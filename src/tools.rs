@@ -201,6 +201,8 @@ impl ToolIntent for ResearchTopic {
 
 impl GuardedTool for ResearchTopic {
     type Error = Infallible;
+    /// A stand-in: it reads its arguments and writes nothing anywhere.
+    const GUARDRAILS: &'static [&'static str] = &["read_only"];
 
     async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
         let topic = self.topic;
@@ -237,6 +239,8 @@ impl ToolIntent for PublishContent {
 
 impl GuardedTool for PublishContent {
     type Error = Infallible;
+    /// A stand-in: it reads its arguments and writes nothing anywhere.
+    const GUARDRAILS: &'static [&'static str] = &["read_only"];
 
     async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
         const PREVIEW_CHARS: usize = 200;
@@ -294,6 +298,8 @@ impl ToolIntent for DeployChanges {
 
 impl GuardedTool for DeployChanges {
     type Error = Infallible;
+    /// A stand-in: it reads its arguments and writes nothing anywhere.
+    const GUARDRAILS: &'static [&'static str] = &["read_only"];
 
     async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
         Ok(ToolOutput::text(format!(
@@ -366,11 +372,19 @@ impl ToolIntent for ManagedDeploy {
 
 impl GuardedTool for ManagedDeploy {
     type Error = Infallible;
+    /// A stand-in: it reads its arguments and writes nothing anywhere.
+    const GUARDRAILS: &'static [&'static str] = &["read_only"];
 
-    async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
+    async fn run(self, permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
+        // After a human approval the body sees the status the check saw, not the claim the
+        // server replaced with `pending`.
+        let approval_status = match permit.approval() {
+            Some(_) => ApprovalStatus::Approved,
+            None => self.approval_status,
+        };
         let (role, approval, environment, scope) = (
             self.actor_role.as_str(),
-            self.approval_status.as_str(),
+            approval_status.as_str(),
             self.environment.as_str(),
             self.scope(),
         );
@@ -426,6 +440,8 @@ impl ToolIntent for RetryWorkflow {
 
 impl GuardedTool for RetryWorkflow {
     type Error = Infallible;
+    /// A stand-in: it reads its arguments and writes nothing anywhere.
+    const GUARDRAILS: &'static [&'static str] = &["read_only"];
 
     async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Infallible> {
         Ok(ToolOutput::text(format!(

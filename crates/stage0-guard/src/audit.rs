@@ -324,6 +324,17 @@ pub struct CallTrail<'a> {
     /// Set by an approval, named by the decision of the second check.
     deferred_request_id: Option<String>,
     decisions: u32,
+    /// Named by the outcome record, once the guard has sorted the `ALLOW`'s guardrails.
+    guardrails: Guardrails,
+}
+
+/// The guardrails of an `ALLOW`, sorted by whether the tool's body enforces them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guardrails {
+    /// Those the body enforces (`GuardedTool::GUARDRAILS`).
+    pub enforced: Vec<String>,
+    /// Those no code enforces.
+    pub unenforced: Vec<String>,
 }
 
 impl<'a> CallTrail<'a> {
@@ -343,6 +354,7 @@ impl<'a> CallTrail<'a> {
             arguments_sha256,
             deferred_request_id: None,
             decisions: 0,
+            guardrails: Guardrails::default(),
         }
     }
 
@@ -433,6 +445,11 @@ impl<'a> CallTrail<'a> {
         log.append(&event).await.map(drop)
     }
 
+    /// Notes the guardrails of the final `ALLOW`, for the `outcome` record.
+    pub fn guardrails(&mut self, guardrails: Guardrails) {
+        self.guardrails = guardrails;
+    }
+
     /// Writes the `outcome` record and waits until it is durable. A failure is logged, not
     /// returned: the call has ended, and its result stands.
     ///
@@ -457,6 +474,8 @@ impl<'a> CallTrail<'a> {
             status,
             error,
             duration_ms: duration.map(record::millis),
+            guardrails_enforced: &self.guardrails.enforced,
+            guardrails_unenforced: &self.guardrails.unenforced,
         });
         if let Err(why) = log.append(&event).await {
             tracing::error!(
@@ -486,6 +505,8 @@ mod tests {
             status: Status::Blocked,
             error: None,
             duration_ms: None,
+            guardrails_enforced: &[],
+            guardrails_unenforced: &[],
         })
     }
 

@@ -16,7 +16,7 @@ use crate::approval::{Approvals, DEFAULT_APPROVAL_TIMEOUT_S};
 use crate::audit::{self, AuditConfig, AuditLog};
 use crate::claims::{ActorRole, Operator};
 use crate::escape::escaped;
-use crate::guard::Guard;
+use crate::guard::{Guard, UnenforcedGuardrails};
 use crate::policy::PolicyClient;
 use crate::policy::http::{ApiKey, HttpPolicyClient};
 
@@ -50,6 +50,9 @@ pub struct Config {
     /// approval states, so that servers sharing it accept each other's states and a restart
     /// keeps them; `None` (the default) for a random key per process. Never shown by `Debug`.
     pub request_state_key: Option<StateKey>,
+    /// `STAGE0_UNENFORCED_GUARDRAILS` (`warn` | `deny`, default `warn`): what to do with an
+    /// `ALLOW` carrying a guardrail the tool's body does not enforce.
+    pub unenforced_guardrails: UnenforcedGuardrails,
     /// `STAGE0_MAX_CALLS_IN_FLIGHT` (a whole number from 1, default
     /// [`DEFAULT_MAX_CALLS_IN_FLIGHT`](crate::transport::DEFAULT_MAX_CALLS_IN_FLIGHT)): how many
     /// requests the stdio transport takes at once; one more is refused at once
@@ -90,6 +93,9 @@ pub enum ConfigError {
          log; set it to a file path, or to `off`"
     )]
     NoAuditLogPath,
+    /// `STAGE0_UNENFORCED_GUARDRAILS` is not `warn` or `deny`; carries the value.
+    #[error("`STAGE0_UNENFORCED_GUARDRAILS` must be `warn` or `deny`, got `{0}`")]
+    InvalidUnenforcedGuardrails(String),
     /// `STAGE0_REQUEST_STATE_KEY` is not hex or base64 of at least 32 bytes; the value is never
     /// shown.
     #[error("`STAGE0_REQUEST_STATE_KEY` is unusable (its value is not shown): {0}")]
@@ -211,6 +217,13 @@ impl Config {
             },
             approvals,
             audit: AuditConfig { path, sync },
+            unenforced_guardrails: match set("STAGE0_UNENFORCED_GUARDRAILS").as_deref() {
+                None | Some("warn") => UnenforcedGuardrails::Warn,
+                Some("deny") => UnenforcedGuardrails::Deny,
+                Some(other) => {
+                    return Err(ConfigError::InvalidUnenforcedGuardrails(other.to_owned()));
+                }
+            },
             request_state_key: set(state::KEY_ENV)
                 .map(|key| StateKey::parse(&key))
                 .transpose()
@@ -254,7 +267,8 @@ impl Config {
     /// The `reqwest` error when the HTTP client for Stage0 cannot be built.
     pub fn guard(&self) -> Result<Guard, reqwest::Error> {
         let mut guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals)
-            .with_max_calls_in_flight(self.max_calls_in_flight);
+            .with_max_calls_in_flight(self.max_calls_in_flight)
+            .with_unenforced_guardrails(self.unenforced_guardrails);
         if let Some(key) = &self.request_state_key {
             guard = guard.with_state_key(key.clone());
         }

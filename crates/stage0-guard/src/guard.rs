@@ -34,14 +34,16 @@ use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer};
 
 use crate::approval::state::{self, ApprovalStates, CallBinding, SealError, StateError, StateKey};
-use crate::approval::{self, ApprovalOutcome, ApprovalPath, ApprovalReport, Approvals};
+use crate::approval::{
+    self, ApprovalOutcome, ApprovalPath, ApprovalReport, Approvals, HumanApproval,
+};
 use crate::audit::record::Status;
-use crate::audit::{self, AuditLog, CallTrail};
+use crate::audit::{self, AuditLog, CallTrail, Guardrails};
 use crate::claims::{ApprovalStatus, Operator, Provenance};
 use crate::escape::escaped;
 use crate::json::DuplicateKey;
 use crate::ledger::AttemptLedger;
-use crate::policy::wire::{Intent, PolicyResponse, Verdict};
+use crate::policy::wire::{Intent, Issue, PolicyResponse, Verdict};
 use crate::policy::{Mode, PolicyClient};
 use crate::render::{self, Checked};
 use crate::transport::{self, DEFAULT_MAX_CALLS_IN_FLIGHT};
@@ -71,7 +73,41 @@ pub use tool::{GuardedTool, ToolIntent};
 #[derive(Debug)]
 pub struct Permit<T> {
     call: PhantomData<fn() -> T>,
+    guardrails: Vec<String>,
+    approval: Option<HumanApproval>,
 }
+
+impl<T> Permit<T> {
+    /// The guardrails the `ALLOW` carried (`guardrails` of the `/check` answer), which the body
+    /// must honour; those the tool does not declare in [`GuardedTool::GUARDRAILS`] were let
+    /// through only with `STAGE0_UNENFORCED_GUARDRAILS=warn`.
+    pub fn guardrails(&self) -> &[String] {
+        &self.guardrails
+    }
+
+    /// The human approval the `ALLOW` was given with, when the call was deferred and approved:
+    /// the body sees the approved status the check saw.
+    pub fn approval(&self) -> Option<&HumanApproval> {
+        self.approval.as_ref()
+    }
+}
+
+/// What the guard does with an `ALLOW` that carries a guardrail the tool's body does not enforce
+/// (`STAGE0_UNENFORCED_GUARDRAILS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnenforcedGuardrails {
+    /// `warn` (the default): run the body, log a warning, and name the guardrail in the outcome
+    /// record (`guardrails_unenforced`).
+    #[default]
+    Warn,
+    /// `deny`: do not run the body; the call ends `DENY` / `ERROR` with issue
+    /// [`UNENFORCED_GUARDRAIL`].
+    Deny,
+}
+
+/// The issue code of a `DENY` for an `ALLOW` whose guardrail no code enforces
+/// (`STAGE0_UNENFORCED_GUARDRAILS=deny`).
+pub const UNENFORCED_GUARDRAIL: &str = "UNENFORCED_GUARDRAIL";
 
 /// The policy enforcement point shared by every tool of the server.
 #[derive(Debug)]
@@ -82,6 +118,7 @@ pub struct Guard {
     ledger: Arc<AttemptLedger>,
     audit: Option<AuditLog>,
     states: ApprovalStates,
+    unenforced: UnenforcedGuardrails,
     /// How many requests the guarded stdio transport takes at once.
     max_calls_in_flight: usize,
 }
@@ -101,7 +138,14 @@ impl Guard {
             audit: None,
             max_calls_in_flight: DEFAULT_MAX_CALLS_IN_FLIGHT,
             states: ApprovalStates::new(StateKey::random(), approvals.timeout()),
+            unenforced: UnenforcedGuardrails::default(),
         }
+    }
+
+    /// The same guard, handling an `ALLOW` with a guardrail the tool does not enforce as
+    /// `unenforced` says.
+    pub fn with_unenforced_guardrails(self, unenforced: UnenforcedGuardrails) -> Self {
+        Guard { unenforced, ..self }
     }
 
     /// The same guard, sealing MRTR approval states with `key` instead of the random key of this
@@ -234,7 +278,7 @@ impl Guard {
             provenance,
             approval,
         };
-        self.conclude(&trail, call, checked).await.into()
+        self.conclude(&mut trail, call, checked).await.into()
     }
 
     /// Checks an MRTR retry of a deferred call of `T`: opens the sealed `requestState` (it must
@@ -320,24 +364,55 @@ impl Guard {
             provenance,
             approval: Some(asked),
         };
-        self.conclude(&trail, call, checked).await
+        self.conclude(&mut trail, call, checked).await
     }
 
     /// Ends a call whose final verdict is in `checked`: runs the body on `ALLOW`, records the
     /// outcome, and renders the result.
     async fn conclude<T: GuardedTool>(
         &self,
-        trail: &CallTrail<'_>,
+        trail: &mut CallTrail<'_>,
         call: T,
-        checked: Checked,
+        mut checked: Checked,
     ) -> CallToolResult {
+        if checked.policy.verdict == Verdict::Allow {
+            let (enforced, unenforced): (Vec<String>, Vec<String>) = checked
+                .policy
+                .guardrails
+                .iter()
+                .cloned()
+                .partition(|guardrail| T::GUARDRAILS.contains(&guardrail.as_str()));
+            if !unenforced.is_empty() {
+                tracing::warn!(
+                    tool = T::NAME,
+                    request_id = %escaped(&checked.policy.request_id),
+                    unenforced = %escaped(&unenforced.join(",")),
+                    action = ?self.unenforced,
+                    "the ALLOW carries guardrails this tool does not enforce"
+                );
+                if self.unenforced == UnenforcedGuardrails::Deny {
+                    checked.policy = unenforced_denial(checked.policy, T::NAME, &unenforced);
+                }
+            }
+            trail.guardrails(Guardrails {
+                enforced,
+                unenforced,
+            });
+        }
         let request_id = Some(checked.policy.request_id.as_str());
         if checked.policy.verdict != Verdict::Allow {
             trail.outcome(request_id, Status::Blocked, None, None).await;
             return render::blocked(checked);
         }
         let started = Instant::now();
-        let permit = Permit { call: PhantomData };
+        let permit = Permit {
+            call: PhantomData,
+            guardrails: checked.policy.guardrails.clone(),
+            approval: checked
+                .approval
+                .as_ref()
+                .and_then(|asked| asked.approval.clone()),
+        };
         let outcome = call.run(permit).await.map_err(|error| error.to_string());
         let (status, error) = match &outcome {
             Ok(_) => (Status::Ok, None),
@@ -574,6 +649,25 @@ impl Guard {
     }
 }
 
+/// `allowed`, an `ALLOW` for `tool` whose `unenforced` guardrails no code enforces, as the `DENY`
+/// the operator chose for it (`STAGE0_UNENFORCED_GUARDRAILS=deny`): decision `ERROR`, issue
+/// [`UNENFORCED_GUARDRAIL`], the same `request_id` and `policy_version`.
+fn unenforced_denial(allowed: PolicyResponse, tool: &str, unenforced: &[String]) -> PolicyResponse {
+    let why = format!(
+        "The policy allowed `{tool}` under guardrails it does not enforce ({}), and this server \
+         runs nothing under a guardrail no code enforces (STAGE0_UNENFORCED_GUARDRAILS=deny)",
+        unenforced.join(", ")
+    );
+    let mut denied = PolicyResponse::fail_closed(why.clone(), allowed.request_id);
+    denied.policy_version = allowed.policy_version;
+    denied.issues = vec![Issue {
+        code: UNENFORCED_GUARDRAIL.to_owned(),
+        severity: "HIGH".to_owned(),
+        message: why,
+    }];
+    denied
+}
+
 /// The MCP request a tool call arrived in, with the MRTR round it answers, if any.
 #[derive(Debug)]
 pub struct Request<'a> {
@@ -711,6 +805,8 @@ mod tests {
         /// How often a [`Probe`] body ran. `#[tokio::test]` runs each test on its own thread
         /// (a current-thread runtime), so every test has its own count.
         static RUNS: Cell<usize> = const { Cell::new(0) };
+        /// The guardrails the last [`Probe`] body found in its permit.
+        static GUARDRAILS_SEEN: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
         /// An audit log the [`Probe`] body reads when it runs, and the last line it found there.
         static AUDIT_FILE: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
         static LAST_LINE_SEEN: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -748,8 +844,9 @@ mod tests {
     impl GuardedTool for Probe {
         type Error = ProbeFailed;
 
-        async fn run(self, _permit: Permit<Self>) -> Result<ToolOutput, Self::Error> {
+        async fn run(self, permit: Permit<Self>) -> Result<ToolOutput, Self::Error> {
             RUNS.set(RUNS.get() + 1);
+            GUARDRAILS_SEEN.set(permit.guardrails().to_vec());
             if let Some(path) = AUDIT_FILE.with_borrow(Clone::clone) {
                 let log = std::fs::read_to_string(path).expect("the audit log is readable");
                 LAST_LINE_SEEN.set(log.lines().last().map(str::to_owned));
@@ -965,5 +1062,51 @@ mod tests {
                 long.len()
             )
         );
+    }
+
+    /// The outcome record of the last call in the log at `path`.
+    fn last_outcome(path: &std::path::Path) -> serde_json::Value {
+        records(path)
+            .into_iter()
+            .rev()
+            .find(|record| record["kind"] == "outcome")
+            .expect("an outcome record")
+    }
+
+    #[tokio::test]
+    async fn an_allow_with_a_guardrail_the_tool_does_not_enforce_runs_and_is_recorded_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (guard, log) = audited(&path);
+        let arguments = object(json!({"side_effects": [], "fail": false}));
+        let result = guard.enforce::<Probe>(arguments, None).await.complete();
+        log.close();
+        assert_eq!(RUNS.get(), 1);
+        assert_eq!(result.is_error, Some(false));
+        // The simulator's ALLOW carries `read_only`; the body sees it, and the record says that
+        // no code enforced it.
+        assert_eq!(GUARDRAILS_SEEN.take(), ["read_only"]);
+        let outcome = last_outcome(&path);
+        assert_eq!(outcome["guardrails_unenforced"], json!(["read_only"]));
+        assert!(outcome.get("guardrails_enforced").is_none(), "{outcome}");
+    }
+
+    #[tokio::test]
+    async fn with_unenforced_guardrails_denied_such_an_allow_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (guard, log) = audited(&path);
+        let guard = guard.with_unenforced_guardrails(UnenforcedGuardrails::Deny);
+        let arguments = object(json!({"side_effects": [], "fail": false}));
+        let result = guard.enforce::<Probe>(arguments, None).await.complete();
+        log.close();
+        assert_eq!(RUNS.get(), 0, "the body did not run");
+        assert_eq!(result.is_error, Some(true));
+        let report = result.structured_content.unwrap();
+        assert_eq!(report["verdict"], "DENY");
+        assert_eq!(report["issues"][0]["code"], UNENFORCED_GUARDRAIL);
+        let outcome = last_outcome(&path);
+        assert_eq!(outcome["status"], "blocked");
+        assert_eq!(outcome["guardrails_unenforced"], json!(["read_only"]));
     }
 }

@@ -146,6 +146,14 @@ pub struct OutcomeRecord<'a> {
     /// How long the tool body ran, in milliseconds (microsecond precision); only when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    /// The guardrails of the `ALLOW` that the tool's body enforces (`GuardedTool::GUARDRAILS`);
+    /// only when the verdict carried some.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub guardrails_enforced: &'a [String],
+    /// The guardrails of the `ALLOW` that no code enforced: the body ran without them
+    /// (`STAGE0_UNENFORCED_GUARDRAILS=warn`) or did not run (`deny`).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub guardrails_unenforced: &'a [String],
 }
 
 /// How a tool call ended, as an `outcome` record's `status`.

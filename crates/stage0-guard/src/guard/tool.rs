@@ -59,6 +59,13 @@ pub trait ToolIntent: DeserializeOwned + JsonSchema + Send + 'static {
 /// A tool with a body; the body can only be run with a [`Permit`] for this tool, that is, after
 /// `ALLOW` for this very call.
 pub trait GuardedTool: ToolIntent + Sized {
+    /// The guardrails (obligations a policy decision point may attach to an `ALLOW`, named as it
+    /// sends them, e.g. `read_only`, `dry_run`) that this body enforces. An `ALLOW` carrying one
+    /// that is not listed here runs with a warning or not at all, as the operator chose
+    /// (`STAGE0_UNENFORCED_GUARDRAILS`); the body sees the `ALLOW`'s guardrails in its
+    /// [`Permit::guardrails`]. None by default.
+    const GUARDRAILS: &'static [&'static str] = &[];
+
     /// Why the body can fail. Its `Display` text is what the client and the audit log's `outcome`
     /// record are told; use [`std::convert::Infallible`] for a body that cannot fail.
     type Error: std::error::Error + Send + 'static;
