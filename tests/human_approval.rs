@@ -478,3 +478,62 @@ async fn the_prompt_shows_the_call_s_own_arguments_and_agent_text_cannot_forge_i
     assert!(!forged.contains('\u{1b}'), "{forged}");
     session.stop().await;
 }
+
+#[tokio::test]
+async fn after_an_approval_the_body_sees_the_approved_status_and_its_guardrails_are_recorded() {
+    let fake = bounded("the fake Stage0 to start", async {
+        let fake = MockServer::start().await;
+        // Approved: ALLOW under the `read_only` guardrail. Anything else: DEFER.
+        Mock::given(method("POST"))
+            .and(path("/check"))
+            .and(body_partial_json(
+                json!({"context": {"approval_status": "approved"}}),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "verdict": "ALLOW", "decision": "GO", "reason": "approved deploy",
+                "request_id": "fake-allow", "policy_version": "fake-1",
+                "guardrails": ["read_only"]
+            })))
+            .with_priority(1)
+            .mount(&fake)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/check"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "verdict": "DEFER", "decision": "DEFER", "reason": "needs a human",
+                "request_id": "fake-defer", "policy_version": "fake-1"
+            })))
+            .with_priority(2)
+            .mount(&fake)
+            .await;
+        fake
+    })
+    .await;
+    let reviewer = Reviewer::answering(Answer::Accept(
+        json!({"approve": true, "name": "Dana", "reason": "change window open"}),
+    ));
+    let dir = tempfile::TempDir::new().expect("a working folder");
+    let base_url = fake.uri();
+    let env = live_env(&base_url, "5000");
+    let session = Session::spawn(common::command(dir.path(), &env), reviewer).await;
+    let outcome = session
+        .call(
+            "managed-deploy",
+            json!({"serviceName": "api", "environment": "staging", "changes": "bump",
+                   "actorRole": "admin", "approvalStatus": "pending"}),
+        )
+        .await;
+    assert!(!outcome.is_error, "{outcome:#?}");
+    assert_eq!(outcome.structured["executed"], true);
+    let output = outcome.structured["output"]
+        .as_str()
+        .expect("the body's output");
+    assert!(output.contains("- Approval Status: approved"), "{output}");
+    assert!(!output.contains("pending"), "{output}");
+    session.stop().await;
+    let records = common::audit_records(&dir.path().join(common::AUDIT_LOG));
+    let ended = records.last().expect("an outcome record");
+    assert_eq!(ended["kind"], "outcome");
+    assert_eq!(ended["guardrails_enforced"], json!(["read_only"]));
+    assert!(ended.get("guardrails_unenforced").is_none(), "{ended:?}");
+}
