@@ -238,11 +238,10 @@ impl Guard {
                 .await
                 .into();
         }
-        // Only a call that may go to a human needs the arguments' digest and excerpts: to show
-        // them in the prompt and, over MRTR, to seal the digest in the state.
-        let shown =
-            (self.approvals != Approvals::Off).then(|| approval::CallArguments::new(&arguments));
-        let mrtr = shown.is_some() && context.is_some_and(asks_through_mrtr);
+        // A call that may go to a human keeps its arguments, for the digest and the excerpts the
+        // prompt shows (and, over MRTR, seals); they are worked out only if it is deferred.
+        let kept = (self.approvals != Approvals::Off).then(|| arguments.clone());
+        let mrtr = kept.is_some() && context.is_some_and(asks_through_mrtr);
         let repeated = repeated_key(context);
         let prepared = self
             .prepare::<T>(arguments, repeated, &trail, Counting::Count)
@@ -253,7 +252,7 @@ impl Guard {
         };
         let review = Review {
             peer: context.map(|context| &context.peer),
-            arguments: shown.as_ref(),
+            arguments: kept.as_ref(),
             mrtr,
         };
         let decision =
@@ -488,7 +487,8 @@ impl Guard {
             return Reviewed::Final(policy, None);
         }
         let attempts = provenance.retry_count.map(|retry| retry.effective);
-        if let (true, Some(arguments)) = (review.mrtr, review.arguments) {
+        let shown = review.arguments.map(approval::CallArguments::new);
+        if let (true, Some(arguments)) = (review.mrtr, shown.as_ref()) {
             let prompt = approval::Prompt {
                 tool,
                 intent,
@@ -507,7 +507,7 @@ impl Guard {
                 }
             };
         }
-        let asked = match review.arguments {
+        let asked = match shown.as_ref() {
             Some(arguments) => {
                 let prompt = approval::Prompt {
                     tool,
@@ -690,8 +690,8 @@ struct Retry<'a> {
 struct Review<'a> {
     /// The client, for `elicitation/create`.
     peer: Option<&'a Peer<RoleServer>>,
-    /// The call's arguments as the prompt shows them; `None` when asking is turned off.
-    arguments: Option<&'a approval::CallArguments>,
+    /// The call's arguments, for the prompt; `None` when asking is turned off.
+    arguments: Option<&'a JsonObject>,
     /// Whether the client takes MRTR input requests for elicitation.
     mrtr: bool,
 }
