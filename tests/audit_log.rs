@@ -973,3 +973,48 @@ async fn audit_show_prints_every_record_of_one_call_and_the_last_n() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn the_request_state_key_appears_in_no_log_line_record_or_error() {
+    const STATE_KEY: &str = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
+    let (_dir, path) = temp_log();
+    let env = [
+        ("STAGE0_AUDIT_LOG", text(&path)),
+        ("STAGE0_REQUEST_STATE_KEY", STATE_KEY),
+        ("STAGE0_DEBUG", "true"),
+    ];
+    let mut server = RawServer::spawn_with(&env);
+    server.initialize(1).await;
+    let retry = json!({"workflowId": "etl", "retryCount": 5});
+    let answer = server
+        .request(
+            2,
+            "tools/call",
+            call(2, "retry-workflow", retry)["params"].clone(),
+        )
+        .await;
+    assert_eq!(answer["result"]["structuredContent"]["verdict"], "DEFER");
+    server.close_stdin();
+    let exit = server.exit().await;
+    assert!(exit.status.success());
+    assert!(!exit.stderr.contains(STATE_KEY), "{}", exit.stderr);
+    let log = std::fs::read_to_string(&path).expect("the audit log");
+    assert!(!log.contains(STATE_KEY));
+
+    // An unusable key stops the server without showing it.
+    let short = "5ec2e75ec2e7";
+    let env = [
+        ("STAGE0_AUDIT_LOG", "off"),
+        ("STAGE0_REQUEST_STATE_KEY", short),
+    ];
+    let mut server = RawServer::spawn_with(&env);
+    server.close_stdin();
+    let exit = server.exit().await;
+    assert_eq!(exit.status.code(), Some(2), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains("STAGE0_REQUEST_STATE_KEY"),
+        "{}",
+        exit.stderr
+    );
+    assert!(!exit.stderr.contains(short), "{}", exit.stderr);
+}
