@@ -486,18 +486,17 @@ impl Guard {
         if policy.verdict != Verdict::Defer {
             return Reviewed::Final(policy, None);
         }
-        let attempts = provenance.retry_count.map(|retry| retry.effective);
         let shown = review.arguments.map(approval::CallArguments::new);
-        if let (true, Some(arguments)) = (review.mrtr, shown.as_ref()) {
-            let prompt = approval::Prompt {
-                tool,
-                intent,
-                deferred: &policy,
-                arguments,
-                attempts,
-                call_id: trail.call_id(),
-            };
-            return match self.ask_through_mrtr(&prompt) {
+        let prompt = shown.as_ref().map(|arguments| approval::Prompt {
+            tool,
+            intent,
+            deferred: &policy,
+            arguments,
+            attempts: provenance.retry_count.map(|retry| retry.effective),
+            call_id: trail.call_id(),
+        });
+        if let (true, Some(prompt)) = (review.mrtr, &prompt) {
+            return match self.ask_through_mrtr(prompt) {
                 Ok(input_required) => Reviewed::Ask(policy, input_required),
                 Err(error) => {
                     let failed = ApprovalReport::new(ApprovalOutcome::Failed, &policy.request_id)
@@ -507,17 +506,9 @@ impl Guard {
                 }
             };
         }
-        let asked = match shown.as_ref() {
-            Some(arguments) => {
-                let prompt = approval::Prompt {
-                    tool,
-                    intent,
-                    deferred: &policy,
-                    arguments,
-                    attempts,
-                    call_id: trail.call_id(),
-                };
-                approval::ask(review.peer, self.approvals, &self.operator, &prompt).await
+        let asked = match &prompt {
+            Some(prompt) => {
+                approval::ask(review.peer, self.approvals, &self.operator, prompt).await
             }
             None => ApprovalReport::new(ApprovalOutcome::Disabled, &policy.request_id),
         };
