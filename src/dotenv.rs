@@ -44,7 +44,7 @@ use stage0_guard::transport::DEFAULT_MAX_CALLS_IN_FLIGHT;
 
 /// The variables of [`Config::from_lookup`](stage0_guard::config::Config::from_lookup): the only names
 /// `.env` may set.
-pub const SETTINGS: [&str; 11] = [
+pub const SETTINGS: [&str; 12] = [
     "STAGE0_API_KEY",
     "STAGE0_BASE_URL",
     "STAGE0_TIMEOUT_MS",
@@ -56,6 +56,8 @@ pub const SETTINGS: [&str; 11] = [
     "STAGE0_AUDIT_LOG",
     "STAGE0_AUDIT_SYNC",
     "STAGE0_MAX_CALLS_IN_FLIGHT",
+    // `warn` is the default whatever .env says, so the file can only make it stricter.
+    "STAGE0_UNENFORCED_GUARDRAILS",
 ];
 
 /// A larger `.env` is ignored whole; a few settings take a few hundred bytes.
