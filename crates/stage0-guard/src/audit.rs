@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::approval::state::SpentNonceSet;
+use crate::approval::state::{self, SpentNonceSet};
 use crate::approval::{ApprovalOutcome, ApprovalReport};
 use crate::claims::Provenance;
 use crate::ledger::AttemptLedger;
@@ -438,7 +438,7 @@ impl<'a> CallTrail<'a> {
             outcome: asked.outcome,
             via: asked.via,
             nonce_sha256: spent.map(|(nonce, _)| nonce),
-            nonce_expires_at_ms: spent.map(|(_, expires_at)| record::unix_ms(expires_at)),
+            nonce_expires_at_ms: spent.map(|(_, expires_at)| state::unix_ms(expires_at)),
             approval: asked.approval.as_ref(),
             detail: asked.detail.as_deref(),
         });

@@ -566,7 +566,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn unix_ms(time: SystemTime) -> u64 {
+/// `time` in whole milliseconds since the Unix epoch (0 before it), as states and audit records
+/// write expiries.
+pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |since| {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     })

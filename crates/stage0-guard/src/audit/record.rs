@@ -215,11 +215,3 @@ pub fn bounded_goal(goal: &str) -> (&str, Option<(usize, String)>) {
 pub fn millis(duration: std::time::Duration) -> f64 {
     duration.as_micros() as f64 / 1000.0
 }
-
-/// `time` in whole milliseconds since the Unix epoch (0 before it).
-pub fn unix_ms(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
