@@ -4,6 +4,7 @@
 //! selects the simulator. There is no fallback from one to the other: when a key is set and the
 //! API fails, the verdict is `DENY` / `ERROR`, never a simulated one.
 
+pub mod cedar;
 pub mod http;
 pub mod simulator;
 pub mod wire;
