@@ -103,7 +103,7 @@ impl Session {
         let config = Config::from_lookup(dotenv.lookup(dotenv::environment))?;
         let guard = config
             .guard()
-            .context("cannot build the Stage0 HTTP client")?;
+            .context("cannot set up the policy decision point")?;
         let audit = guard.audit().cloned();
         let mode = guard.mode();
         let server = stage0_server(guard);
@@ -459,6 +459,15 @@ fn print_mode_note(mode: Mode) {
              \x20 - Free/Starter plans may return ALLOW with clarifying questions, or DENY,\n\
              \x20   depending on policy settings\n\
              Unset STAGE0_API_KEY to see the simulator's deterministic verdicts."
+        ),
+        Mode::Cedar | Mode::CedarStage0 => println!(
+            "Note: these verdicts came from the local Cedar policy named by STAGE0_POLICY{}.
+             They are what that policy says; unset STAGE0_POLICY to see the simulator's.",
+            if mode == Mode::CedarStage0 {
+                ", then the live Stage0 API (the stricter verdict wins)"
+            } else {
+                ""
+            }
         ),
     }
 }

@@ -6,11 +6,11 @@
 use std::convert::Infallible;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use stage0_guard::{Config, GuardedServer, GuardedTool, Intent, Permit, ToolIntent, ToolOutput};
 
 /// Arguments of `save-note`; the doc comments become the tool's input schema.
-#[derive(Deserialize, JsonSchema)]
+#[derive(Deserialize, Serialize, JsonSchema)]
 struct SaveNote {
     /// The note's title
     title: String,

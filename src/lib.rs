@@ -6,11 +6,14 @@
 //! - [`server`]: the list of those tools, each routed through the guard.
 //!
 //! - [`dotenv`]: what a `./.env` file may add under the environment (the binaries' concern: the
-//!   guard library never reads it).
+//!   guard library never reads it);
+//! - [`policy_command`]: `policy validate` and `policy eval`, an operator's checks of a Cedar
+//!   policy.
 //!
 //! The binary (`main.rs`) reads the configuration, builds the guard and serves stdio; the demos
 //! (`demos/`) are MCP clients of the same server.
 
 pub mod dotenv;
+pub mod policy_command;
 pub mod server;
 pub mod tools;

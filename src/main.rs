@@ -2,20 +2,27 @@
 //!
 //! stdout carries JSON-RPC and nothing else; every log line goes to stderr. The process exits 0
 //! on stdin EOF, SIGINT or SIGTERM, and 2 with a message when the configuration is unusable.
-//! `mcp-server-stage0 audit verify|show` reads the audit log instead (exit 1: it does not verify).
+//! `mcp-server-stage0 audit verify|show` reads the audit log instead (exit 1: it does not verify);
+//! `mcp-server-stage0 policy validate|eval` checks a Cedar policy (exit 1: it is invalid). With a
+//! Cedar policy (`STAGE0_POLICY`), SIGHUP reads it again (`Guard::reload_policy`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mcp_server_stage0::dotenv::{self, DotEnv};
+use mcp_server_stage0::policy_command::{self, EvalCall};
 use mcp_server_stage0::server::{SERVER_NAME, stage0_server};
+use stage0_guard::Guard;
 use stage0_guard::audit;
 use stage0_guard::audit::show::Selection;
+use stage0_guard::claims::ActorRole;
 use stage0_guard::config::{Config, redact_userinfo};
 use stage0_guard::escape::escaped;
 use stage0_guard::policy::Mode;
+use stage0_guard::policy::cedar::CedarPolicy;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +41,44 @@ enum Command {
     /// Read the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check a Cedar policy before putting it in force (docs/cedar.md)
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate Cedar policy files or folders in strict mode: exit 0 and print each one's
+    /// policy_version, or exit 1 with every diagnostic (file:line:column: message)
+    Validate {
+        /// The Cedar schema [default: STAGE0_POLICY_SCHEMA, else the shipped one]
+        #[arg(long, value_name = "PATH")]
+        schema: Option<PathBuf>,
+        /// Policy files or folders [default: STAGE0_POLICY and STAGE0_POLICY_SHADOW]
+        paths: Vec<PathBuf>,
+    },
+    /// Decide one call with a Cedar policy as the server would, and print the verdict and the
+    /// ids of the determining policies; nothing runs
+    Eval {
+        /// The tool, e.g. deploy-changes
+        #[arg(long)]
+        tool: String,
+        /// The tool's arguments, a JSON object
+        #[arg(long, value_name = "JSON")]
+        arguments: String,
+        /// The operator's role: viewer, developer or admin [default: STAGE0_ACTOR_ROLE]
+        #[arg(long, value_name = "R")]
+        role: Option<String>,
+        /// The retry count the server would have observed [default: what the arguments give]
+        #[arg(long, value_name = "N")]
+        retry_count: Option<u64>,
+        /// The policy file or folder [default: STAGE0_POLICY]
+        #[arg(long, value_name = "PATH")]
+        policy: Option<PathBuf>,
+        /// The Cedar schema [default: STAGE0_POLICY_SCHEMA, else the shipped one]
+        #[arg(long, value_name = "PATH")]
+        schema: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -59,8 +104,13 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Audit(command)) = cli.command {
-        return match audit_command(command) {
+    let command = match cli.command {
+        Some(Command::Audit(command)) => Some(audit_command(command)),
+        Some(Command::Policy(command)) => Some(policy_command(command)),
+        None => None,
+    };
+    if let Some(done) = command {
+        return match done {
             Ok(code) => code,
             Err(error) => {
                 eprintln!("mcp-server-stage0: {}", escaped(format_args!("{error:#}")));
@@ -136,6 +186,92 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `policy validate` and `policy eval`: exit 0, or 1 for an invalid policy.
+fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::from_lookup(
+        DotEnv::read(Path::new(".env"), dotenv::environment).lookup(dotenv::environment),
+    )?;
+    let configured_schema = config
+        .policy_files
+        .as_ref()
+        .and_then(|files| files.schema.clone());
+    match command {
+        PolicyCommand::Validate { schema, paths } => {
+            let schema = schema.or(configured_schema);
+            let paths = if paths.is_empty() {
+                let configured = [&config.policy_files, &config.shadow_policy_files];
+                let paths: Vec<PathBuf> = configured
+                    .into_iter()
+                    .flatten()
+                    .map(|files| files.policies.clone())
+                    .collect();
+                anyhow::ensure!(
+                    !paths.is_empty(),
+                    "no policy given, and STAGE0_POLICY is not set"
+                );
+                paths
+            } else {
+                paths
+            };
+            let mut code = ExitCode::SUCCESS;
+            for path in paths {
+                match CedarPolicy::load(&path, schema.as_deref()) {
+                    Ok(policy) => println!("ok: {}: {}", escaped(path.display()), policy.version()),
+                    Err(error) => {
+                        println!("INVALID {}: {}", escaped(path.display()), escaped(&error));
+                        code = ExitCode::from(1);
+                    }
+                }
+            }
+            Ok(code)
+        }
+        PolicyCommand::Eval {
+            tool,
+            arguments,
+            role,
+            retry_count,
+            policy,
+            schema,
+        } => {
+            let path = policy
+                .or(config.policy_files.map(|files| files.policies))
+                .context("no --policy given, and STAGE0_POLICY is not set")?;
+            let schema = schema.or(configured_schema);
+            let policy = match CedarPolicy::load(&path, schema.as_deref()) {
+                Ok(policy) => policy,
+                Err(error) => {
+                    println!("INVALID {}: {}", escaped(path.display()), escaped(&error));
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let role = match role {
+                Some(role) => role
+                    .parse::<ActorRole>()
+                    .map_err(|_| anyhow::anyhow!("--role must be viewer, developer or admin"))?,
+                None => config.operator.actor_role,
+            };
+            let call = EvalCall {
+                tool,
+                arguments: serde_json::from_str(&arguments).context("--arguments is not JSON")?,
+                role,
+                actor_id: config.operator.actor_id,
+                retry_count,
+            };
+            let evaluation = policy_command::eval(&policy, &call).map_err(anyhow::Error::msg)?;
+            let verdict = &evaluation.response;
+            println!(
+                "{} ({}) by {}\npolicies: {}\nreason: {}",
+                verdict.verdict,
+                verdict.decision,
+                verdict.policy_version,
+                escaped(evaluation.determining.join(", ")),
+                escaped(&verdict.reason)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 /// The log the server would write: `STAGE0_AUDIT_LOG` (from the environment, or ./.env under
 /// it), else the per-user default. What ./.env set or was refused goes to stderr.
 fn configured_log() -> anyhow::Result<PathBuf> {
@@ -166,10 +302,12 @@ async fn run() -> anyhow::Result<()> {
     let config = config?;
     let guard = config
         .guard()
-        .context("cannot build the Stage0 HTTP client")?;
+        .context("cannot set up the policy decision point")?;
     let mode = match guard.mode() {
         Mode::Stage0 => "live Stage0 API",
         Mode::Simulator => "simulator (no STAGE0_API_KEY)",
+        Mode::Cedar => "local Cedar policy",
+        Mode::CedarStage0 => "local Cedar policy, then the live Stage0 API",
     };
     tracing::info!(
         base_url = %redact_userinfo(config.base_url.as_str()),
@@ -186,7 +324,11 @@ async fn run() -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
     );
     let stop = shutdown.cancelled_owned();
-    stage0_server(guard).serve_stdio(stop).await?;
+    let server = stage0_server(guard);
+    if server.guard().mode() == Mode::Cedar || server.guard().mode() == Mode::CedarStage0 {
+        tokio::spawn(reload_on_hangup(Arc::clone(server.guard())));
+    }
+    server.serve_stdio(stop).await?;
     Ok(())
 }
 
@@ -214,6 +356,26 @@ fn init_logging(debug: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+}
+
+/// Reads the Cedar policy again on every SIGHUP (Unix), for as long as the server runs.
+async fn reload_on_hangup(guard: Arc<Guard>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "cannot install the SIGHUP handler: no policy reloads");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            guard.reload_policy().await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = guard;
 }
 
 /// SIGINT (Ctrl-C) and, on Unix, SIGTERM: the signals that stop the server cleanly.

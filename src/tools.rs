@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use rmcp::model::ToolAnnotations;
 use schemars::JsonSchema;
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Number, Value};
 
 use stage0_guard::claims::{ActorRole, ApprovalStatus, Claim};
@@ -19,7 +19,7 @@ use stage0_guard::ledger::WorkflowId;
 use stage0_guard::{GuardedTool, Intent, Permit, ToolIntent, ToolOutput};
 
 /// Where `deploy-changes` deploys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(inline)]
 pub enum DeployEnvironment {
@@ -28,7 +28,7 @@ pub enum DeployEnvironment {
 }
 
 /// Where `managed-deploy` deploys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(inline)]
 pub enum ManagedEnvironment {
@@ -67,7 +67,8 @@ impl ManagedEnvironment {
 /// neighbouring integers apart (`9007199254740993.0` reads as 9007199254740992), so such a count
 /// is refused there rather than recorded as a number nobody sent. `1.5`, `-1` and `"5"` are
 /// refused too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(transparent)]
 #[schemars(transparent, inline)]
 pub struct RetryCount(pub u64);
 
@@ -92,14 +93,14 @@ impl<'de> Deserialize<'de> for RetryCount {
 }
 
 /// Arguments of `research-topic`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 pub struct ResearchTopic {
     /// The topic to research
     pub topic: String,
 }
 
 /// Arguments of `publish-content`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 pub struct PublishContent {
     /// The content to publish
     pub content: String,
@@ -108,7 +109,7 @@ pub struct PublishContent {
 }
 
 /// Arguments of `deploy-changes`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployChanges {
     /// The service to deploy
@@ -122,7 +123,7 @@ pub struct DeployChanges {
 }
 
 /// Arguments of `managed-deploy`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedDeploy {
     /// The service to deploy
@@ -140,7 +141,7 @@ pub struct ManagedDeploy {
 }
 
 /// Arguments of `retry-workflow`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryWorkflow {
     /// The workflow ID to retry
@@ -150,7 +151,7 @@ pub struct RetryWorkflow {
 }
 
 /// Arguments of `check-authorization`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckAuthorization {
     /// The goal/action to check

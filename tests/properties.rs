@@ -550,7 +550,7 @@ fn only_a_well_formed_allow_over_http_is_an_allow() {
         *plan.lock().unwrap() = answers;
         fake.clear();
         let response = runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), client.check(&intent))
+            tokio::time::timeout(Duration::from_secs(10), client.check(&intent, None))
                 .await
                 .expect("every check ends")
         });
@@ -579,7 +579,7 @@ fn only_a_well_formed_allow_over_http_is_an_allow() {
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// A tool defined by the test, whose body only counts that it ran.
-#[derive(Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, serde::Serialize, schemars::JsonSchema)]
 struct Counted {
     case: u64,
 }

@@ -17,10 +17,10 @@ use std::path::Path;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::{Map, Value, json};
 use stage0_guard::claims::{ActorRole, ApprovalStatus};
 use stage0_guard::policy::cedar::{Call, CedarPolicy, Facts, RecentCallCounts, RecentCalls};
 use stage0_guard::policy::wire::{Intent, Verdict};
-use serde_json::{Map, Value, json};
 
 fn policy(file: &str) -> CedarPolicy {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

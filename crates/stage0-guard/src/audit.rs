@@ -408,6 +408,9 @@ impl<'a> CallTrail<'a> {
             risk_score: policy.risk_score.as_ref(),
             issues: policy.issues.iter().map(|i| i.code.as_str()).collect(),
             mode,
+            determining_policies: &policy.determining_policies,
+            answers: &policy.answers,
+            shadow: policy.shadow.as_ref(),
             check_latency_ms: record::millis(latency),
         });
         log.append(&event).await.map(drop)

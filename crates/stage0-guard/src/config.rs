@@ -18,7 +18,9 @@ use crate::claims::{ActorRole, Operator};
 use crate::escape::escaped;
 use crate::guard::{Guard, UnenforcedGuardrails};
 use crate::policy::PolicyClient;
+use crate::policy::cedar::LoadError;
 use crate::policy::http::{ApiKey, HttpPolicyClient};
+use crate::policy::local::{LocalPolicy, PolicyFiles};
 
 /// The Stage0 API used when `STAGE0_BASE_URL` is not set.
 pub const DEFAULT_BASE_URL: &str = "https://api.signalpulse.org";
@@ -58,6 +60,24 @@ pub struct Config {
     /// requests the stdio transport takes at once; one more is refused at once
     /// ([`Guard::with_max_calls_in_flight`]).
     pub max_calls_in_flight: usize,
+    /// `STAGE0_POLICY` (a `.cedar` file or a folder of them) and `STAGE0_POLICY_SCHEMA` (a Cedar
+    /// schema; the shipped one when unset): the local Cedar policy, which selects the `cedar`
+    /// policy decision point (`cedar+stage0` with an API key).
+    pub policy_files: Option<PolicyFiles>,
+    /// `STAGE0_POLICY_SHADOW`: a candidate Cedar policy decided beside the enforcing one on every
+    /// call and never enforced (validated against the same schema). Needs `STAGE0_POLICY`.
+    pub shadow_policy_files: Option<PolicyFiles>,
+}
+
+/// Why [`Config::policy`] or [`Config::guard`] could not set up the policy decision point.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The HTTP client for Stage0 could not be built.
+    #[error("the HTTP client for Stage0 cannot be built: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The Cedar policy or schema is invalid or unreadable; carries every diagnostic.
+    #[error("the Cedar policy cannot be used: {0}")]
+    Policy(#[from] LoadError),
 }
 
 /// Why the configuration cannot be used; the server refuses to start with it.
@@ -96,6 +116,10 @@ pub enum ConfigError {
     /// `STAGE0_UNENFORCED_GUARDRAILS` is not `warn` or `deny`; carries the value.
     #[error("`STAGE0_UNENFORCED_GUARDRAILS` must be `warn` or `deny`, got `{0}`")]
     InvalidUnenforcedGuardrails(String),
+    /// `STAGE0_POLICY_SHADOW` or `STAGE0_POLICY_SCHEMA` is set without `STAGE0_POLICY`; carries
+    /// the variable's name.
+    #[error("`{0}` needs `STAGE0_POLICY`: there is no enforcing Cedar policy to put it beside")]
+    PolicyVariableWithoutPolicy(&'static str),
     /// `STAGE0_REQUEST_STATE_KEY` is not hex or base64 of at least 32 bytes; the value is never
     /// shown.
     #[error("`STAGE0_REQUEST_STATE_KEY` is unusable (its value is not shown): {0}")]
@@ -206,7 +230,31 @@ impl Config {
             Some(other) => return Err(ConfigError::InvalidAuditSync(other.to_owned())),
         };
 
+        let schema = set("STAGE0_POLICY_SCHEMA").map(PathBuf::from);
+        let policy_files = set("STAGE0_POLICY").map(|policies| PolicyFiles {
+            policies: PathBuf::from(policies),
+            schema: schema.clone(),
+        });
+        let shadow_policy_files = set("STAGE0_POLICY_SHADOW").map(|policies| PolicyFiles {
+            policies: PathBuf::from(policies),
+            schema: schema.clone(),
+        });
+        if policy_files.is_none() {
+            if shadow_policy_files.is_some() {
+                return Err(ConfigError::PolicyVariableWithoutPolicy(
+                    "STAGE0_POLICY_SHADOW",
+                ));
+            }
+            if schema.is_some() {
+                return Err(ConfigError::PolicyVariableWithoutPolicy(
+                    "STAGE0_POLICY_SCHEMA",
+                ));
+            }
+        }
+
         Ok(Config {
+            policy_files,
+            shadow_policy_files,
             api_key: set("STAGE0_API_KEY").map(ApiKey::new),
             base_url,
             timeout: Duration::from_millis(timeout_ms),
@@ -234,21 +282,35 @@ impl Config {
 }
 
 impl Config {
-    /// The policy decision point this configuration selects: Stage0 at
-    /// [`base_url`](Config::base_url) when there is an API key, the simulator otherwise. There is
-    /// no fallback from one to the other.
+    /// The policy decision point this configuration selects: the local Cedar policy when
+    /// [`policy_files`](Config::policy_files) names one (loaded and validated now, with its
+    /// shadow), then Stage0 too when there is an API key; otherwise Stage0 at
+    /// [`base_url`](Config::base_url) when there is an API key, the simulator when not. There is
+    /// no fallback from one to another.
     ///
     /// # Errors
     ///
-    /// The `reqwest` error when the HTTP client for Stage0 cannot be built.
-    pub fn policy(&self) -> Result<PolicyClient, reqwest::Error> {
-        Ok(match &self.api_key {
-            Some(key) => PolicyClient::Live(HttpPolicyClient::new(
+    /// [`SetupError::Policy`] with Cedar's diagnostics when a policy or the schema is invalid;
+    /// [`SetupError::Http`] when the HTTP client for Stage0 cannot be built.
+    pub fn policy(&self) -> Result<PolicyClient, SetupError> {
+        let stage0 = match &self.api_key {
+            Some(key) => Some(HttpPolicyClient::new(
                 &self.base_url,
                 self.timeout,
                 key.clone(),
             )?),
-            None => PolicyClient::Simulator,
+            None => None,
+        };
+        let Some(files) = &self.policy_files else {
+            return Ok(stage0.map_or(PolicyClient::Simulator, PolicyClient::Live));
+        };
+        let local = std::sync::Arc::new(LocalPolicy::load(
+            files.clone(),
+            self.shadow_policy_files.clone(),
+        )?);
+        Ok(match stage0 {
+            Some(stage0) => PolicyClient::CedarThenStage0(local, stage0),
+            None => PolicyClient::Cedar(local),
         })
     }
 
@@ -264,8 +326,9 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// The `reqwest` error when the HTTP client for Stage0 cannot be built.
-    pub fn guard(&self) -> Result<Guard, reqwest::Error> {
+    /// [`SetupError`] as for [`policy`](Config::policy): an invalid Cedar policy stops the
+    /// setup, with its diagnostics.
+    pub fn guard(&self) -> Result<Guard, SetupError> {
         let mut guard = Guard::new(self.policy()?, self.operator.clone(), self.approvals)
             .with_max_calls_in_flight(self.max_calls_in_flight)
             .with_unenforced_guardrails(self.unenforced_guardrails);
@@ -388,6 +451,57 @@ mod tests {
                 sync: false
             }
         );
+    }
+
+    #[test]
+    fn a_cedar_policy_and_its_schema_and_shadow_are_read_together() {
+        let config = config(&[
+            ("STAGE0_POLICY", "/etc/stage0/policies"),
+            ("STAGE0_POLICY_SCHEMA", "/etc/stage0/schema.cedarschema"),
+            ("STAGE0_POLICY_SHADOW", "/etc/stage0/candidate.cedar"),
+        ])
+        .unwrap();
+        let schema = Some(PathBuf::from("/etc/stage0/schema.cedarschema"));
+        assert_eq!(
+            config.policy_files,
+            Some(PolicyFiles {
+                policies: PathBuf::from("/etc/stage0/policies"),
+                schema: schema.clone(),
+            })
+        );
+        assert_eq!(
+            config.shadow_policy_files,
+            Some(PolicyFiles {
+                policies: PathBuf::from("/etc/stage0/candidate.cedar"),
+                schema,
+            })
+        );
+    }
+
+    #[test]
+    fn a_shadow_or_a_schema_without_a_policy_is_refused_by_name() {
+        assert_eq!(
+            config(&[("STAGE0_POLICY_SHADOW", "candidate.cedar")]).unwrap_err(),
+            ConfigError::PolicyVariableWithoutPolicy("STAGE0_POLICY_SHADOW")
+        );
+        assert_eq!(
+            config(&[("STAGE0_POLICY_SCHEMA", "schema.cedarschema")]).unwrap_err(),
+            ConfigError::PolicyVariableWithoutPolicy("STAGE0_POLICY_SCHEMA")
+        );
+    }
+
+    #[test]
+    fn a_policy_selects_cedar_and_with_a_key_cedar_then_stage0() {
+        let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/simulator.cedar");
+        let cedar = config(&[("STAGE0_POLICY", policy)]).unwrap();
+        assert_eq!(cedar.policy().unwrap().mode(), crate::policy::Mode::Cedar);
+        let layered = config(&[("STAGE0_POLICY", policy), ("STAGE0_API_KEY", "sk-test")]).unwrap();
+        assert_eq!(
+            layered.policy().unwrap().mode(),
+            crate::policy::Mode::CedarStage0
+        );
+        let missing = config(&[("STAGE0_POLICY", "/nonexistent/policy.cedar")]).unwrap();
+        assert!(matches!(missing.policy(), Err(SetupError::Policy(_))));
     }
 
     #[test]

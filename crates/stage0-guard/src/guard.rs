@@ -24,7 +24,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use rmcp::model::{
     CallToolResponse, CallToolResult, ElicitRequest, InputRequest, InputRequests,
@@ -37,14 +37,16 @@ use crate::approval::state::{self, ApprovalStates, CallBinding, SealError, State
 use crate::approval::{
     self, ApprovalOutcome, ApprovalPath, ApprovalReport, Approvals, HumanApproval,
 };
-use crate::audit::record::Status;
+use crate::audit::record::{Event, PolicyReloadRecord, Status};
 use crate::audit::{self, AuditLog, CallTrail, Guardrails};
 use crate::claims::{ApprovalStatus, Operator, Provenance};
 use crate::escape::escaped;
 use crate::json::DuplicateKey;
 use crate::ledger::AttemptLedger;
+use crate::policy::cedar::{self, RecentCallCounts};
+use crate::policy::local::{PolicySets, Reload};
 use crate::policy::wire::{Intent, Issue, PolicyResponse, Verdict};
-use crate::policy::{Mode, PolicyClient};
+use crate::policy::{LocalQuestion, Mode, PolicyClient};
 use crate::render::{self, Checked};
 use crate::transport::{self, DEFAULT_MAX_CALLS_IN_FLIGHT};
 
@@ -198,6 +200,51 @@ impl Guard {
         self.policy.mode()
     }
 
+    /// Reads the local Cedar policy again (on SIGHUP): a valid policy is in force for every call
+    /// prepared from now on, an invalid one leaves the old one in force and its diagnostics in the
+    /// log. Either way the reload is recorded in the audit log (`policy_reload`). Calls in flight
+    /// finish on the policy they started with. `None` when this guard has no local policy.
+    pub async fn reload_policy(&self) -> Option<Reload> {
+        let reload = self.policy.local()?.reload();
+        let record = match &reload.result {
+            Ok((version, shadow)) => {
+                tracing::info!(
+                    previous_policy_version = %reload.previous_version,
+                    policy_version = %version,
+                    shadow_policy_version = ?shadow,
+                    "Cedar policy reloaded"
+                );
+                PolicyReloadRecord {
+                    loaded: true,
+                    previous_policy_version: reload.previous_version.clone(),
+                    policy_version: version.clone(),
+                    shadow_policy_version: shadow.clone(),
+                    error: None,
+                }
+            }
+            Err(error) => {
+                tracing::error!(
+                    policy_version = %reload.previous_version,
+                    error = %escaped(error),
+                    "Cedar policy not reloaded: the old one stays in force"
+                );
+                PolicyReloadRecord {
+                    loaded: false,
+                    previous_policy_version: reload.previous_version.clone(),
+                    policy_version: reload.previous_version.clone(),
+                    shadow_policy_version: None,
+                    error: Some(error.to_string()),
+                }
+            }
+        };
+        if let Some(audit) = &self.audit
+            && let Err(why) = audit.append(&Event::PolicyReload(record)).await
+        {
+            tracing::error!(why = %escaped(&why), "the policy reload was not recorded");
+        }
+        Some(reload)
+    }
+
     /// Checks a call of tool `T` with `arguments` and runs its body only on `ALLOW`.
     ///
     /// `request` is the MCP request this call arrived in (`None` when there is none, as in unit
@@ -246,7 +293,7 @@ impl Guard {
         let prepared = self
             .prepare::<T>(arguments, repeated, &trail, Counting::Count)
             .await;
-        let (call, mut provenance, mut intent) = match prepared {
+        let (call, mut provenance, mut intent, local) = match prepared {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid.into(),
         };
@@ -255,8 +302,12 @@ impl Guard {
             arguments: kept.as_ref(),
             mrtr,
         };
-        let decision =
-            self.decide_and_review(&mut trail, T::NAME, &mut intent, &mut provenance, review);
+        let decision = self.decide_and_review(
+            &mut trail,
+            T::NAME,
+            (&mut intent, &mut provenance, local.as_ref()),
+            review,
+        );
         let Some(reviewed) = until_cancelled(context, decision).await else {
             trail.outcome(None, Status::Cancelled, None, None).await;
             return render::cancelled(T::NAME).into();
@@ -298,7 +349,7 @@ impl Guard {
         let prepared = self
             .prepare::<T>(arguments, repeated, &trail, Counting::Continue)
             .await;
-        let (call, mut provenance, mut intent) = match prepared {
+        let (call, mut provenance, mut intent, local) = match prepared {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
@@ -351,7 +402,7 @@ impl Guard {
                 status.effective = ApprovalStatus::Approved;
             }
         }
-        let decision = self.decide(&mut trail, T::NAME, &intent, &provenance);
+        let decision = self.decide(&mut trail, T::NAME, &intent, &provenance, local.as_ref());
         let Some(policy) = until_cancelled(context, decision).await else {
             trail.outcome(None, Status::Cancelled, None, None).await;
             return render::cancelled(T::NAME);
@@ -452,11 +503,13 @@ impl Guard {
         let prepared = self
             .prepare::<T>(arguments, repeated, &trail, Counting::Count)
             .await;
-        let (_, provenance, intent) = match prepared {
+        let (_, provenance, intent, local) = match prepared {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
-        let policy = self.decide(&mut trail, T::NAME, &intent, &provenance).await;
+        let policy = self
+            .decide(&mut trail, T::NAME, &intent, &provenance, local.as_ref())
+            .await;
         trail
             .outcome(Some(&policy.request_id), Status::Reported, None, None)
             .await;
@@ -478,11 +531,10 @@ impl Guard {
         &self,
         trail: &mut CallTrail<'_>,
         tool: &'static str,
-        intent: &mut Intent,
-        provenance: &mut Provenance,
+        (intent, provenance, local): (&mut Intent, &mut Provenance, Option<&Local>),
         review: Review<'_>,
     ) -> Reviewed {
-        let policy = self.decide(trail, tool, intent, provenance).await;
+        let policy = self.decide(trail, tool, intent, provenance, local).await;
         if policy.verdict != Verdict::Defer {
             return Reviewed::Final(policy, None);
         }
@@ -529,7 +581,7 @@ impl Guard {
             status.effective = ApprovalStatus::Approved;
         }
         Reviewed::Final(
-            self.decide(trail, tool, intent, provenance).await,
+            self.decide(trail, tool, intent, provenance, local).await,
             Some(asked),
         )
     }
@@ -565,16 +617,16 @@ impl Guard {
         Ok(InputRequiredResult::new(Some(requests), Some(sealed.state)))
     }
 
-    /// Reads the arguments, replaces the claims with vouched values and builds the intent. Calls
-    /// whose arguments cannot be read, or repeated a key (`repeated`), end here, with their
-    /// `outcome` record.
+    /// Reads the arguments, replaces the claims with vouched values and builds the intent, and,
+    /// for a Cedar policy, what it reads beside the intent ([`Local`]). Calls whose arguments
+    /// cannot be read, or repeated a key (`repeated`), end here, with their `outcome` record.
     async fn prepare<T: ToolIntent>(
         &self,
         arguments: JsonObject,
         repeated: Option<&DuplicateKey>,
         trail: &CallTrail<'_>,
         counting: Counting,
-    ) -> Result<(T, Provenance, Intent), CallToolResult> {
+    ) -> Result<(T, Provenance, Intent, Option<Local>), CallToolResult> {
         let read = match repeated {
             Some(duplicate) => Err(format!(
                 "the arguments repeat the key {duplicate}: a key may appear only once in an object"
@@ -596,7 +648,33 @@ impl Guard {
         };
         let mut intent = call.intent();
         provenance.annotate(&mut intent.context);
-        Ok((call, provenance, intent))
+        let local = match self.policy.local() {
+            None => None,
+            Some(policy) => match serde_json::to_value(&call) {
+                Ok(serde_json::Value::Object(arguments)) => {
+                    let principal = provenance
+                        .actor_id
+                        .as_deref()
+                        .or(self.operator.actor_id.as_deref())
+                        .unwrap_or(cedar::ANONYMOUS);
+                    Some(Local {
+                        arguments,
+                        recent_calls: policy.observe(principal, T::NAME),
+                        sets: policy.current(),
+                    })
+                }
+                // The tool's arguments type is not an object once serialised: its `inputSchema`
+                // is not one either, so no client could have called it.
+                _ => {
+                    let problem = "the arguments do not serialise to a JSON object";
+                    trail
+                        .outcome(None, Status::InvalidArguments, Some(problem), None)
+                        .await;
+                    return Err(render::invalid_arguments(T::NAME, problem));
+                }
+            },
+        };
+        Ok((call, provenance, intent, local))
     }
 
     /// Asks the policy decision point about `intent` and records the verdict; a verdict whose
@@ -607,9 +685,25 @@ impl Guard {
         tool: &str,
         intent: &Intent,
         provenance: &Provenance,
+        local: Option<&Local>,
     ) -> PolicyResponse {
         let started = Instant::now();
-        let policy = self.policy.check(intent).await;
+        let question = local.map(|local| LocalQuestion {
+            call: cedar::Call {
+                tool,
+                arguments: &local.arguments,
+                intent,
+            },
+            facts: cedar::Facts::vouched(
+                &self.operator,
+                provenance,
+                intent,
+                SystemTime::now(),
+                local.recent_calls,
+            ),
+            sets: &local.sets,
+        });
+        let policy = self.policy.check(intent, question.as_ref()).await;
         let latency = started.elapsed();
         tracing::info!(
             tool,
@@ -669,6 +763,16 @@ pub struct Request<'a> {
     pub input_responses: Option<InputResponses>,
     /// `requestState` of an MRTR retry, as the client echoed it.
     pub request_state: Option<String>,
+}
+
+/// What the Cedar policy reads about a call beside its intent, fixed when the call is prepared.
+struct Local {
+    /// The tool's arguments after the guard replaced the claims: `context.arguments`.
+    arguments: JsonObject,
+    /// The principal's calls before this one: `context.recent_calls`.
+    recent_calls: RecentCallCounts,
+    /// The policy sets in force when the call was prepared; it decides on them to its end.
+    sets: Arc<PolicySets>,
 }
 
 /// An MRTR retry: the state it echoes and the answers it brings.
@@ -809,7 +913,7 @@ mod tests {
     struct ProbeFailed;
 
     /// A tool whose intent and outcome the test chooses.
-    #[derive(Deserialize, schemars::JsonSchema)]
+    #[derive(Deserialize, serde::Serialize, schemars::JsonSchema)]
     struct Probe {
         side_effects: Vec<String>,
         fail: bool,

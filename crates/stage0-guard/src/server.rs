@@ -56,8 +56,9 @@ impl GuardedServer {
         }
     }
 
-    /// The guard every call goes through.
-    pub fn guard(&self) -> &Guard {
+    /// The guard every call goes through, shared: clone it to reach the guard from elsewhere
+    /// while the server runs (to [`reload_policy`](Guard::reload_policy) on SIGHUP, say).
+    pub fn guard(&self) -> &Arc<Guard> {
         &self.guard
     }
 

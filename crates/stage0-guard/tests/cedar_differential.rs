@@ -15,6 +15,10 @@ use std::path::Path;
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::Config as ProptestConfig;
+use serde_json::{Map, Value, json};
 use stage0_guard::approval::HumanApproval;
 use stage0_guard::claims::{
     ActorRole, ApprovalSource, ApprovalStatus, Operator, Provenance, RetrySource, RoleSource,
@@ -22,10 +26,6 @@ use stage0_guard::claims::{
 use stage0_guard::policy::cedar::{Call, CedarPolicy, Facts, RecentCallCounts};
 use stage0_guard::policy::simulator::simulate;
 use stage0_guard::policy::wire::{Intent, PolicyResponse, Verdict};
-use proptest::prelude::*;
-use proptest::sample::select;
-use proptest::test_runner::Config as ProptestConfig;
-use serde_json::{Map, Value, json};
 
 static SIMULATOR_CEDAR: LazyLock<CedarPolicy> = LazyLock::new(|| {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/simulator.cedar");

@@ -11,14 +11,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 use stage0_guard::claims::{ActorRole, ApprovalStatus};
 use stage0_guard::policy::cedar::{
     Call, CedarPolicy, Diagnostic, Evaluation, Facts, LoadError, NO_PERMIT, POLICY_ERROR, Position,
     RecentCallCounts, SCHEMA, SCHEMA_PATH, Source, policy_version,
 };
 use stage0_guard::policy::wire::{Decision, Intent, Verdict};
-use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 fn schema() -> Source {
     Source::new(SCHEMA_PATH, SCHEMA)

@@ -9,12 +9,12 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+use serde_json::{Map, Value, json};
 use stage0_guard::claims::{ActorRole, ApprovalStatus};
 use stage0_guard::policy::cedar::{
     Call, CedarPolicy, Evaluation, Facts, NO_PERMIT, RecentCallCounts, SCHEMA, SCHEMA_PATH, Source,
 };
 use stage0_guard::policy::wire::{Decision, Intent, Verdict};
-use serde_json::{Map, Value, json};
 
 /// A platform team's policy set, written from docs/cedar.md.
 const OUTSIDER: &str = r#"

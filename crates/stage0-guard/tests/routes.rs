@@ -28,7 +28,7 @@ static RUNS: AtomicUsize = AtomicUsize::new(0);
 const BOUND: Duration = Duration::from_secs(10);
 
 /// A tool whose body only counts that it ran.
-#[derive(Deserialize, JsonSchema)]
+#[derive(Deserialize, serde::Serialize, JsonSchema)]
 struct Counted {
     /// Anything
     note: String,
@@ -58,7 +58,7 @@ impl GuardedTool for Counted {
 }
 
 /// A report-only tool: it has no body at all.
-#[derive(Deserialize, JsonSchema)]
+#[derive(Deserialize, serde::Serialize, JsonSchema)]
 struct Asked {
     /// Anything
     note: String,

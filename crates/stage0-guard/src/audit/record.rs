@@ -7,6 +7,8 @@
 //! - `outcome`: how the call ended: the body ran (`ok` / `error`, with its duration) or it did
 //!   not (`blocked`, `reported`, `cancelled`, `invalid_arguments`).
 //! - `recovery`: a torn last line, left by a crash, that the server found at start and kept.
+//! - `policy_reload`: the Cedar policy was read again (SIGHUP): the new `policy_version`, or why
+//!   the old one stays.
 //!
 //! Every record of one tool call carries the same `call_id`. The chain fields (`seq`, `ts`,
 //! `prev`, `hash`) are added when the record is sealed (`chain.rs`). The tool arguments are never
@@ -35,6 +37,8 @@ pub enum Event<'a> {
     Outcome(OutcomeRecord<'a>),
     /// `kind: recovery`: a torn last line found at start.
     Recovery(RecoveryRecord),
+    /// `kind: policy_reload`: the Cedar policy was read again.
+    PolicyReload(PolicyReloadRecord),
 }
 
 /// A `decision` record: one verdict and everything it was given and said.
@@ -87,8 +91,17 @@ pub struct DecisionRecord<'a> {
     pub risk_score: Option<&'a Number>,
     /// The `code` of each issue the policy decision point raised.
     pub issues: Vec<&'a str>,
-    /// Which policy decision point answered: `stage0` or `simulator`.
+    /// Which policy decision point answered: `stage0`, `simulator`, `cedar` or `cedar+stage0`.
     pub mode: Mode,
+    /// The ids of the Cedar policies that determined the verdict (`cedar` modes).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub determining_policies: &'a [String],
+    /// With `cedar+stage0`: each policy decision point's own answer, the local policy's first.
+    #[serde(skip_serializing_if = "<[wire::Opinion]>::is_empty")]
+    pub answers: &'a [wire::Opinion],
+    /// The shadow policy set's answer (`STAGE0_POLICY_SHADOW`), never enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<&'a wire::Opinion>,
     /// How long the check took, in milliseconds (microsecond precision).
     pub check_latency_ms: f64,
 }
@@ -188,6 +201,23 @@ pub struct RecoveryRecord {
     pub torn_length: u64,
     /// SHA-256 (hex) of its bytes, so they cannot be changed unseen either.
     pub torn_sha256: String,
+}
+
+/// A `policy_reload` record: the Cedar policy files were read again (SIGHUP).
+#[derive(Debug, Serialize)]
+pub struct PolicyReloadRecord {
+    /// Whether the new policy is in force; when `false`, the old one still is.
+    pub loaded: bool,
+    /// The enforcing policy set's `policy_version` before the reload.
+    pub previous_policy_version: String,
+    /// The `policy_version` in force after the reload (the old one when it failed).
+    pub policy_version: String,
+    /// The shadow set's `policy_version` after a reload that loaded one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_policy_version: Option<String>,
+    /// Why the reload failed: Cedar's diagnostics, one per line (file:line:column: message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The most characters of a goal a `decision` record holds: 1,024.

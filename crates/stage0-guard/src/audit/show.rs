@@ -222,6 +222,31 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
                 details.push(("issues", escaped(codes.join(", ")).to_string()));
             }
             details.push(("context", number("context")));
+            let strings = |value: Option<&Value>| -> String {
+                let items = value.and_then(Value::as_array).into_iter().flatten();
+                let items: Vec<&str> = items.filter_map(Value::as_str).collect();
+                escaped(items.join(", ")).to_string()
+            };
+            if record.contains_key("determining_policies") {
+                details.push(("policies", strings(record.get("determining_policies"))));
+            }
+            for answer in record
+                .get("answers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Value::Object(answer) = answer {
+                    let said = |name| escaped(text(answer, name)).to_string();
+                    details.push(("answer", format!("{} {}", said("mode"), said("verdict"))));
+                }
+            }
+            if let Some(Value::Object(shadow)) = record.get("shadow") {
+                let said = |name| escaped(text(shadow, name)).to_string();
+                let policies = strings(shadow.get("determining_policies"));
+                let verdict = format!("{} {} {policies}", said("verdict"), said("policy_version"));
+                details.push(("shadow", verdict));
+            }
             if !field("deferred_request_id").is_empty() {
                 details.push(("approves", field("deferred_request_id")));
             }
@@ -243,6 +268,19 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
             if record.contains_key("duration_ms") {
                 let _ = write!(out, " in {} ms", number("duration_ms"));
             }
+            if !field("error").is_empty() {
+                details.push(("error", field("error")));
+            }
+        }
+        "policy_reload" => {
+            let loaded = record.get("loaded") == Some(&Value::Bool(true));
+            let _ = write!(
+                out,
+                " {} {} -> {}",
+                if loaded { "loaded" } else { "refused" },
+                field("previous_policy_version"),
+                field("policy_version")
+            );
             if !field("error").is_empty() {
                 details.push(("error", field("error")));
             }

@@ -12,6 +12,7 @@ use std::future::Future;
 
 use rmcp::model::ToolAnnotations;
 use schemars::JsonSchema;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Permit;
@@ -24,8 +25,9 @@ use crate::render::ToolOutput;
 /// The type is the tool's arguments: the guard deserialises it from the call's `arguments`
 /// (unknown fields are the type's own business, as serde decides), and its JSON Schema
 /// (`schemars`) is the tool's `inputSchema`; `///` comments on its fields become the schema's
-/// descriptions.
-pub trait ToolIntent: DeserializeOwned + JsonSchema + Send + 'static {
+/// descriptions. It is also `Serialize`, with the same field names: the `cedar` policy decision
+/// point reads the arguments, after the guard replaced the claims, as `context.arguments`.
+pub trait ToolIntent: DeserializeOwned + Serialize + JsonSchema + Send + 'static {
     /// The MCP tool name (`name` in `tools/list`), e.g. `deploy-changes`.
     const NAME: &'static str;
 

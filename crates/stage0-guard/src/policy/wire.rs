@@ -245,6 +245,84 @@ pub struct PolicyResponse {
     /// What the action may cost, by Stage0's estimate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_estimate: Option<CostEstimate>,
+    /// The ids (`@id`) of the Cedar policies that determined this verdict (`cedar` mode; see
+    /// `docs/cedar.md`). Set by this server, never read from a Stage0 answer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub determining_policies: Vec<String>,
+    /// With `cedar+stage0`: each policy decision point's own answer, the local policy's first
+    /// (one only when it denied, since Stage0 is then not asked). Set by this server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<Opinion>,
+    /// The verdict of the shadow policy set (`STAGE0_POLICY_SHADOW`), evaluated beside the
+    /// enforcing one and never enforced. Set by this server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Opinion>,
+}
+
+/// Which policy decision point answered; part of every verdict this server reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub enum Mode {
+    /// `stage0`: the live Stage0 API (`STAGE0_API_KEY` set, no `STAGE0_POLICY`).
+    #[serde(rename = "stage0")]
+    Stage0,
+    /// `simulator`: the deterministic built-in simulator (neither set).
+    #[serde(rename = "simulator")]
+    Simulator,
+    /// `cedar`: the local Cedar policy set named by `STAGE0_POLICY`.
+    #[serde(rename = "cedar")]
+    Cedar,
+    /// `cedar+stage0`: the local Cedar policy set first, then Stage0, the stricter verdict
+    /// winning (`STAGE0_POLICY` and `STAGE0_API_KEY` both set).
+    #[serde(rename = "cedar+stage0")]
+    CedarStage0,
+}
+
+impl Mode {
+    /// `stage0`, `simulator`, `cedar` or `cedar+stage0`, as in `structuredContent.mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Stage0 => "stage0",
+            Mode::Simulator => "simulator",
+            Mode::Cedar => "cedar",
+            Mode::CedarStage0 => "cedar+stage0",
+        }
+    }
+}
+
+/// One policy decision point's own answer, reported beside the final verdict: each layer's with
+/// `cedar+stage0`, and the shadow policy set's.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Opinion {
+    /// Who answered: `cedar` (a local policy set) or `stage0`.
+    pub mode: Mode,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// Its decision code.
+    pub decision: Decision,
+    /// Its reason.
+    pub reason: String,
+    /// The id of its check.
+    pub request_id: String,
+    /// The version of the policy that answered (`cedar:` and 12 hex digits for a local set).
+    pub policy_version: String,
+    /// The ids of the Cedar policies that determined it; empty for Stage0.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub determining_policies: Vec<String>,
+}
+
+impl Opinion {
+    /// The answer `response` of the policy decision point `mode`.
+    pub fn of(mode: Mode, response: &PolicyResponse) -> Self {
+        Opinion {
+            mode,
+            verdict: response.verdict,
+            decision: response.decision,
+            reason: response.reason.clone(),
+            request_id: response.request_id.clone(),
+            policy_version: response.policy_version.clone(),
+            determining_policies: response.determining_policies.clone(),
+        }
+    }
 }
 
 impl PolicyResponse {
@@ -281,6 +359,9 @@ impl PolicyResponse {
             decision_trace_summary: None,
             cached: None,
             cost_estimate: None,
+            determining_policies: Vec::new(),
+            answers: Vec::new(),
+            shadow: None,
         }
     }
 
@@ -371,6 +452,9 @@ impl PolicyResponse {
             decision_trace_summary,
             cached: boolean("cached"),
             cost_estimate: body.get("cost_estimate").and_then(parse_cost_estimate),
+            determining_policies: Vec::new(),
+            answers: Vec::new(),
+            shadow: None,
         };
         if !response.verdict.agrees_with(response.decision) {
             response.reason = format!(
