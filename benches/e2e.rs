@@ -23,7 +23,9 @@
 //!
 //! - cold start: spawn → `initialize` answer, median and max of 20 fresh processes;
 //! - sequential `tools/call` latency of `check-authorization` and `research-topic`:
-//!   p50 / p99 / max over 10,000 calls each, after 1,000 warm-up calls;
+//!   p50 / p99 / max over 10,000 calls each, after 1,000 warm-up calls; the same again in `cedar`
+//!   mode (`_cedar`: `STAGE0_POLICY` naming the shipped `simulator.cedar`, the simulator's rules
+//!   as a Cedar policy set, so only the policy decision point differs);
 //! - pipelined throughput: 64 calls in flight, calls/s over 100,000 calls, every answer matched
 //!   to its request id (each id answered exactly once);
 //! - the server's CPU time per call (all its threads, from `/proc/<pid>/task/*/schedstat`) in
@@ -147,18 +149,25 @@ fn cold_start(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
 }
 
 fn sequential(binary: &Path, sizes: &Sizes, figures: &mut Figures) {
+    // The shipped Cedar translation of the simulator's rules, so that `_cedar` decides the same
+    // calls the same way and differs only in the policy decision point.
+    let cedar = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/stage0-guard/policies/simulator.cedar")
+        .display()
+        .to_string();
     for (audit, env) in [
         ("", &[][..]),
+        ("_cedar", &[("STAGE0_POLICY", cedar.as_str())][..]),
         ("_audit_log_on", &[("RUST_LOG", "info,rmcp=warn")][..]),
     ] {
         let dir = scratch_dir();
         let mut server = Server::spawn(binary, env, dir.path());
         server.initialize();
         let mut id = 1;
-        let calls = if audit.is_empty() {
-            &[CHECK_AUTHORIZATION, RESEARCH_TOPIC][..]
-        } else {
+        let calls = if audit == "_audit_log_on" {
             &[CHECK_AUTHORIZATION][..]
+        } else {
+            &[CHECK_AUTHORIZATION, RESEARCH_TOPIC][..]
         };
         for &call in calls {
             server.call_checked(id, call);

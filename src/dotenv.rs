@@ -16,7 +16,8 @@
 //!   ceiling when the environment sets none); `off` is refused for `STAGE0_AUDIT_LOG`,
 //!   `STAGE0_AUDIT_SYNC` and `STAGE0_APPROVALS`; `STAGE0_MAX_CALLS_IN_FLIGHT` no higher than its
 //!   default; `STAGE0_BASE_URL` only when no API key comes
-//!   from the environment (the key then comes from the same file, or there is none);
+//!   from the environment (the key then comes from the same file, or there is none); and it
+//!   never names a Cedar policy ([`ENVIRONMENT_ONLY`]), which would decide every call;
 //! - a value must be written literally: one that `$VAR` substitution or a `\` escape changed is
 //!   refused, because substitution reads the process environment and would copy the operator's
 //!   key into a setting the file controls (the actor id, the audit log's path); so is one holding
@@ -58,6 +59,14 @@ pub const SETTINGS: [&str; 12] = [
     "STAGE0_MAX_CALLS_IN_FLIGHT",
     // `warn` is the default whatever .env says, so the file can only make it stricter.
     "STAGE0_UNENFORCED_GUARDRAILS",
+];
+
+/// Settings `.env` may never set, only the environment: a Cedar policy (and its schema) decides
+/// every call, so a planted file naming one would choose who authorises the agent.
+pub const ENVIRONMENT_ONLY: [&str; 3] = [
+    "STAGE0_POLICY",
+    "STAGE0_POLICY_SCHEMA",
+    "STAGE0_POLICY_SHADOW",
 ];
 
 /// A larger `.env` is ignored whole; a few settings take a few hundred bytes.
@@ -138,6 +147,13 @@ impl DotEnv {
             }
             if !name.starts_with("STAGE0_") {
                 not_ours.insert(name);
+                continue;
+            }
+            if ENVIRONMENT_ONLY.contains(&name.as_str()) {
+                dotenv.warn(format!(
+                    "refusing {name}: a policy decides every call, so only the environment may \
+                     name one"
+                ));
                 continue;
             }
             if !SETTINGS.contains(&name.as_str()) {
@@ -363,6 +379,24 @@ mod tests {
         dotenv.notes().iter().any(|note| {
             note.level == Level::Warn && words.iter().all(|word| note.message.contains(word))
         })
+    }
+
+    #[test]
+    fn a_cedar_policy_is_never_taken_from_the_file() {
+        let (config, dotenv) = layered(
+            "STAGE0_POLICY=/tmp/permit-all.cedar\nSTAGE0_POLICY_SCHEMA=/tmp/s.cedarschema\n\
+             STAGE0_POLICY_SHADOW=/tmp/c.cedar\n",
+            &[],
+        );
+        assert_eq!(config.policy_files, None);
+        assert_eq!(config.shadow_policy_files, None);
+        for name in ENVIRONMENT_ONLY {
+            assert!(
+                warns(&dotenv, &["refusing", name, "only the environment"]),
+                "{}",
+                notes(&dotenv)
+            );
+        }
     }
 
     #[test]
