@@ -473,4 +473,16 @@ async fn sighup_reloads_a_valid_policy_and_keeps_the_old_one_when_the_new_is_inv
         "the old policy stays"
     );
     server.kill().await;
+
+    // The reload records are links of the chain like any other, and `audit show` tells them.
+    let log = log.to_str().unwrap();
+    let verified = run(dir.path(), &["audit", "verify", log], &[]).await;
+    assert_eq!(verified.status.code(), Some(0), "{verified:?}");
+    let shown = run(dir.path(), &["audit", "show", log], &[]).await;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(" policy_reload ") && shown.contains(" loaded cedar:"),
+        "{shown}"
+    );
+    assert!(shown.contains(" refused cedar:"), "{shown}");
 }
