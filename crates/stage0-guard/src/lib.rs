@@ -1,7 +1,8 @@
 //! stage0-guard: a policy enforcement point (PEP) for rmcp servers.
 //!
 //! Before any tool body runs, the guard sends the call's execution intent to a policy decision
-//! point (PDP): the Stage0 `/check` API, or a deterministic simulator when no API key is set. Only
+//! point (PDP): the Stage0 `/check` API, a local Cedar policy set, or a deterministic simulator
+//! when neither is configured. Only
 //! `ALLOW` runs the body; `DENY` and `DEFER` return the verdict as an `isError` result, and a
 //! `DEFER` can be put to a human through MCP elicitation. Every decision can be recorded in a
 //! hash-chained audit log before the body runs. The contract the code follows is written in the
@@ -26,8 +27,9 @@
 //! - [`audit`]: the hash-chained audit log of every decision and outcome;
 //! - [`render`]: what a tool result looks like (text and `structuredContent`);
 //! - [`escape`]: outside text made safe for a log line or a terminal;
-//! - [`policy`]: the policy decision points: the live `/check` API ([`policy::http`]) or the
-//!   simulator ([`policy::simulator`]), with the wire types in [`policy::wire`];
+//! - [`policy`]: the policy decision points: the live `/check` API ([`policy::http`]), the
+//!   simulator ([`policy::simulator`]) or Cedar policies ([`policy::cedar`], kept in force and
+//!   reloaded by [`policy::local`]), with the wire types in [`policy::wire`];
 //! - [`json`]: what `serde_json` forgets (repeated keys) where it could change a verdict.
 
 #![warn(missing_docs)]

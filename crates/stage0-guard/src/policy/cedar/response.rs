@@ -1,7 +1,7 @@
 //! From Cedar's answer to a [`PolicyResponse`], the same type the simulator and Stage0 give.
 //!
 //! Cedar says allow or deny and which policies determined it; the annotations of those policies,
-//! read at load time ([`PolicyMeta`]), say the rest. The determining policies are taken in
+//! read at load time (`load::PolicyMeta`), say the rest. The determining policies are taken in
 //! policy-set order (files in name order, policies in file order), so the same request always
 //! gets the same reason.
 
