@@ -62,11 +62,17 @@ pub const SETTINGS: [&str; 12] = [
 ];
 
 /// Settings `.env` may never set, only the environment: a Cedar policy (and its schema) decides
-/// every call, so a planted file naming one would choose who authorises the agent.
-pub const ENVIRONMENT_ONLY: [&str; 3] = [
+/// every call, and the HTTP mode's listener and OAuth settings decide who may call at all, so a
+/// planted file naming one would choose who authorises the agent.
+pub const ENVIRONMENT_ONLY: [&str; 8] = [
     "STAGE0_POLICY",
     "STAGE0_POLICY_SCHEMA",
     "STAGE0_POLICY_SHADOW",
+    "STAGE0_HTTP_LISTEN",
+    "STAGE0_PUBLIC_URL",
+    "STAGE0_OAUTH_ISSUER",
+    "STAGE0_OAUTH_JWKS_URL",
+    "STAGE0_OAUTH_ROLE_CLAIM",
 ];
 
 /// A larger `.env` is ignored whole; a few settings take a few hundred bytes.
@@ -151,8 +157,8 @@ impl DotEnv {
             }
             if ENVIRONMENT_ONLY.contains(&name.as_str()) {
                 dotenv.warn(format!(
-                    "refusing {name}: a policy decides every call, so only the environment may \
-                     name one"
+                    "refusing {name}: it decides who may call or who authorises a call, so only \
+                     the environment may set it"
                 ));
                 continue;
             }

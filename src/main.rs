@@ -44,6 +44,12 @@ enum Command {
     /// Check a Cedar policy before putting it in force (docs/cedar.md)
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Serve MCP over streamable HTTP at /mcp instead of stdio (docs/http.md)
+    Http {
+        /// The address to listen on [default: STAGE0_HTTP_LISTEN, else 127.0.0.1:8080]
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,11 +110,16 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let listen = match &cli.command {
+        Some(Command::Http { listen }) => Some(*listen),
+        _ => None,
+    };
     let command = match cli.command {
         Some(Command::Audit(command)) => Some(audit_command(command)),
         Some(Command::Policy(command)) => Some(policy_command(command)),
-        None => None,
+        Some(Command::Http { .. }) | None => None,
     };
+
     if let Some(done) = command {
         return match done {
             Ok(code) => code,
@@ -124,11 +135,15 @@ fn main() -> ExitCode {
     // task, and one waiting on Stage0 yields to the others. Blocking stdio, when stdin or stdout
     // is not a pipe, runs on Tokio's blocking pool as before; the audit log has its own writer
     // thread. Measured in BENCHMARKS.md.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime");
-    match runtime.block_on(run()) {
+    // Over HTTP many clients call at once, and a worker thread per core serves them.
+    let runtime = match listen {
+        None => tokio::runtime::Builder::new_current_thread(),
+        Some(_) => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
+    .expect("a Tokio runtime");
+    match runtime.block_on(run(listen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("mcp-server-stage0: {}", escaped(format_args!("{error:#}")));
@@ -285,7 +300,8 @@ fn configured_log() -> anyhow::Result<PathBuf> {
         .context("auditing is off (`STAGE0_AUDIT_LOG=off`): give the log's PATH")
 }
 
-async fn run() -> anyhow::Result<()> {
+/// Serves stdio, or HTTP when `http` is `Some` (with the `--listen` address, if given).
+async fn run(http: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<()> {
     // Registered before anything else, so a SIGTERM during start-up is a clean stop too.
     let shutdown = CancellationToken::new();
     let signals = Signals::register().context("cannot install signal handlers")?;
@@ -328,7 +344,16 @@ async fn run() -> anyhow::Result<()> {
     if server.guard().mode() == Mode::Cedar || server.guard().mode() == Mode::CedarStage0 {
         tokio::spawn(reload_on_hangup(Arc::clone(server.guard())));
     }
-    server.serve_stdio(stop).await?;
+    match http {
+        None => server.serve_stdio(stop).await?,
+        Some(listen) => {
+            let mut http = config.http.clone();
+            if let Some(listen) = listen {
+                http.listen = listen;
+            }
+            server.serve_http(http, stop).await?;
+        }
+    }
     Ok(())
 }
 

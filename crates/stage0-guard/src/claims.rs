@@ -193,7 +193,7 @@ impl Operator {
         for claim in claims {
             match claim {
                 Claim::RetryCount { workflow_id, count } => {
-                    let key = AttemptLedger::key(workflow_id);
+                    let key = AttemptLedger::key_for(self.actor_id.as_deref(), workflow_id);
                     let observed = if counting {
                         provenance.workflow_key = Some(key);
                         ledger.observe_key(key)

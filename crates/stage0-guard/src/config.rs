@@ -17,6 +17,8 @@ use crate::audit::{self, AuditConfig, AuditLog};
 use crate::claims::{ActorRole, Operator};
 use crate::escape::escaped;
 use crate::guard::{Guard, UnenforcedGuardrails};
+use crate::http_server::HttpConfig;
+use crate::oauth::OAuthConfig;
 use crate::policy::PolicyClient;
 use crate::policy::cedar::LoadError;
 use crate::policy::http::{ApiKey, HttpPolicyClient};
@@ -67,7 +69,27 @@ pub struct Config {
     /// `STAGE0_POLICY_SHADOW`: a candidate Cedar policy decided beside the enforcing one on every
     /// call and never enforced (validated against the same schema). Needs `STAGE0_POLICY`.
     pub shadow_policy_files: Option<PolicyFiles>,
+    /// The HTTP mode's settings (`STAGE0_HTTP_*`, `STAGE0_PUBLIC_URL`, `STAGE0_OAUTH_*`); only
+    /// `mcp-server-stage0 http` uses them.
+    pub http: HttpConfig,
 }
+
+/// The address the HTTP mode listens on when `STAGE0_HTTP_LISTEN` is not set.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+
+/// The role claim of a bearer token when `STAGE0_OAUTH_ROLE_CLAIM` is not set.
+pub const DEFAULT_ROLE_CLAIM: &str = "stage0_role";
+
+/// Requests at once over HTTP, in total, when `STAGE0_HTTP_MAX_CALLS_IN_FLIGHT` is not set.
+pub const DEFAULT_HTTP_MAX_CALLS_IN_FLIGHT: usize = 64;
+
+/// Requests at once over HTTP per principal, when `STAGE0_HTTP_MAX_CALLS_PER_PRINCIPAL` is not
+/// set.
+pub const DEFAULT_HTTP_MAX_CALLS_PER_PRINCIPAL: usize = 16;
+
+/// The deadline of one HTTP request when `STAGE0_HTTP_REQUEST_TIMEOUT_S` is not set, in seconds:
+/// longer than the default wait for a human's approval (300 s).
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT_S: u64 = 360;
 
 /// Why [`Config::policy`] or [`Config::guard`] could not set up the policy decision point.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +142,9 @@ pub enum ConfigError {
     /// the variable's name.
     #[error("`{0}` needs `STAGE0_POLICY`: there is no enforcing Cedar policy to put it beside")]
     PolicyVariableWithoutPolicy(&'static str),
+    /// An HTTP-mode variable is unusable; carries the variable's name and value.
+    #[error("`{0}` is unusable: {1}")]
+    InvalidHttpSetting(&'static str, String),
     /// `STAGE0_REQUEST_STATE_KEY` is not hex or base64 of at least 32 bytes; the value is never
     /// shown.
     #[error("`STAGE0_REQUEST_STATE_KEY` is unusable (its value is not shown): {0}")]
@@ -252,7 +277,10 @@ impl Config {
             }
         }
 
+        let http = http_config(&set)?;
+
         Ok(Config {
+            http,
             policy_files,
             shadow_policy_files,
             api_key: set("STAGE0_API_KEY").map(ApiKey::new),
@@ -279,6 +307,66 @@ impl Config {
             max_calls_in_flight,
         })
     }
+}
+
+/// The HTTP mode's settings, read through `set` (a variable's trimmed, non-empty value).
+fn http_config(set: &impl Fn(&str) -> Option<String>) -> Result<HttpConfig, ConfigError> {
+    let invalid = |name: &'static str, value: String| ConfigError::InvalidHttpSetting(name, value);
+    let count = |name: &'static str, default: usize| match set(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| invalid(name, raw)),
+    };
+    let url = |name: &'static str| {
+        set(name)
+            .map(|raw| {
+                Url::parse(&raw)
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+                    .ok_or_else(|| invalid(name, redact_userinfo(&raw).into_owned()))
+            })
+            .transpose()
+    };
+    let listen = set("STAGE0_HTTP_LISTEN").unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_owned());
+    let listen = listen
+        .parse()
+        .map_err(|_| invalid("STAGE0_HTTP_LISTEN", listen.clone()))?;
+    let public_url = url("STAGE0_PUBLIC_URL")?;
+    let jwks_url = url("STAGE0_OAUTH_JWKS_URL")?;
+    let oauth = set("STAGE0_OAUTH_ISSUER").map(|issuer| OAuthConfig {
+        issuer,
+        jwks_url,
+        audience: public_url
+            .as_ref()
+            .map(crate::http_server::resource_url)
+            .unwrap_or_default(),
+        role_claim: set("STAGE0_OAUTH_ROLE_CLAIM").unwrap_or_else(|| DEFAULT_ROLE_CLAIM.to_owned()),
+    });
+    let timeout_s = match set("STAGE0_HTTP_REQUEST_TIMEOUT_S") {
+        None => DEFAULT_HTTP_REQUEST_TIMEOUT_S,
+        Some(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s >= 1)
+            .ok_or_else(|| invalid("STAGE0_HTTP_REQUEST_TIMEOUT_S", raw))?,
+    };
+    Ok(HttpConfig {
+        listen,
+        public_url,
+        oauth,
+        max_calls_in_flight: count(
+            "STAGE0_HTTP_MAX_CALLS_IN_FLIGHT",
+            DEFAULT_HTTP_MAX_CALLS_IN_FLIGHT,
+        )?,
+        max_calls_per_principal: count(
+            "STAGE0_HTTP_MAX_CALLS_PER_PRINCIPAL",
+            DEFAULT_HTTP_MAX_CALLS_PER_PRINCIPAL,
+        )?,
+        request_timeout: Duration::from_secs(timeout_s),
+    })
 }
 
 impl Config {

@@ -200,6 +200,16 @@ impl Guard {
         self.policy.mode()
     }
 
+    /// Who a call in `request` acts for: the principal its bearer token vouched for (the HTTP
+    /// mode puts it in the request's extensions, `http_server.rs`), else the operator configured in the
+    /// environment (stdio, and HTTP on loopback without OAuth).
+    fn operator<'a>(&'a self, request: Option<&'a RequestContext<RoleServer>>) -> &'a Operator {
+        request
+            .and_then(|request| request.extensions.get::<http::request::Parts>())
+            .and_then(|parts| parts.extensions.get::<Operator>())
+            .unwrap_or(&self.operator)
+    }
+
     /// Reads the local Cedar policy again (on SIGHUP): a valid policy is in force for every call
     /// prepared from now on, an invalid one leaves the old one in force and its diagnostics in the
     /// log. Either way the reload is recorded in the audit log (`policy_reload`). Calls in flight
@@ -290,14 +300,16 @@ impl Guard {
         let kept = (self.approvals != Approvals::Off).then(|| arguments.clone());
         let mrtr = kept.is_some() && context.is_some_and(asks_through_mrtr);
         let repeated = repeated_key(context);
+        let operator = self.operator(context);
         let prepared = self
-            .prepare::<T>(arguments, repeated, &trail, Counting::Count)
+            .prepare::<T>(operator, arguments, repeated, &trail, Counting::Count)
             .await;
         let (call, mut provenance, mut intent, local) = match prepared {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid.into(),
         };
         let review = Review {
+            operator,
             peer: context.map(|context| &context.peer),
             arguments: kept.as_ref(),
             mrtr,
@@ -346,14 +358,15 @@ impl Guard {
     ) -> CallToolResult {
         let arguments_sha256 = state::arguments_sha256(&arguments);
         let repeated = repeated_key(context);
+        let operator = self.operator(context);
         let prepared = self
-            .prepare::<T>(arguments, repeated, &trail, Counting::Continue)
+            .prepare::<T>(operator, arguments, repeated, &trail, Counting::Continue)
             .await;
         let (call, mut provenance, mut intent, local) = match prepared {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
-        let principal = self.operator.principal();
+        let principal = operator.principal();
         let binding = CallBinding {
             tool: T::NAME,
             arguments_sha256: &arguments_sha256,
@@ -370,7 +383,7 @@ impl Guard {
         let asked = approval::read_retry(
             retry.input_responses,
             opened.deferred_request_id(),
-            self.operator.actor_id.as_deref(),
+            operator.actor_id.as_deref(),
         );
         log_review(T::NAME, &asked);
         let spent = (opened.nonce_sha256(), opened.expires_at());
@@ -402,7 +415,13 @@ impl Guard {
                 status.effective = ApprovalStatus::Approved;
             }
         }
-        let decision = self.decide(&mut trail, T::NAME, &intent, &provenance, local.as_ref());
+        let decision = self.decide(
+            &mut trail,
+            T::NAME,
+            &intent,
+            &provenance,
+            (operator, local.as_ref()),
+        );
         let Some(policy) = until_cancelled(context, decision).await else {
             trail.outcome(None, Status::Cancelled, None, None).await;
             return render::cancelled(T::NAME);
@@ -500,15 +519,22 @@ impl Guard {
     ) -> CallToolResult {
         let mut trail = CallTrail::new(self.audit.as_ref(), T::NAME, &arguments);
         let repeated = repeated_key(request);
+        let operator = self.operator(request);
         let prepared = self
-            .prepare::<T>(arguments, repeated, &trail, Counting::Count)
+            .prepare::<T>(operator, arguments, repeated, &trail, Counting::Count)
             .await;
         let (_, provenance, intent, local) = match prepared {
             Ok(prepared) => prepared,
             Err(invalid) => return invalid,
         };
         let policy = self
-            .decide(&mut trail, T::NAME, &intent, &provenance, local.as_ref())
+            .decide(
+                &mut trail,
+                T::NAME,
+                &intent,
+                &provenance,
+                (operator, local.as_ref()),
+            )
             .await;
         trail
             .outcome(Some(&policy.request_id), Status::Reported, None, None)
@@ -534,7 +560,10 @@ impl Guard {
         (intent, provenance, local): (&mut Intent, &mut Provenance, Option<&Local>),
         review: Review<'_>,
     ) -> Reviewed {
-        let policy = self.decide(trail, tool, intent, provenance, local).await;
+        let operator = review.operator;
+        let policy = self
+            .decide(trail, tool, intent, provenance, (operator, local))
+            .await;
         if policy.verdict != Verdict::Defer {
             return Reviewed::Final(policy, None);
         }
@@ -548,7 +577,7 @@ impl Guard {
             call_id: trail.call_id(),
         });
         if let (true, Some(prompt)) = (review.mrtr, &prompt) {
-            return match self.ask_through_mrtr(prompt) {
+            return match self.ask_through_mrtr(operator, prompt) {
                 Ok(input_required) => Reviewed::Ask(policy, input_required),
                 Err(error) => {
                     let failed = ApprovalReport::new(ApprovalOutcome::Failed, &policy.request_id)
@@ -559,9 +588,7 @@ impl Guard {
             };
         }
         let asked = match &prompt {
-            Some(prompt) => {
-                approval::ask(review.peer, self.approvals, &self.operator, prompt).await
-            }
+            Some(prompt) => approval::ask(review.peer, self.approvals, operator, prompt).await,
             None => ApprovalReport::new(ApprovalOutcome::Disabled, &policy.request_id),
         };
         log_review(tool, &asked);
@@ -581,7 +608,8 @@ impl Guard {
             status.effective = ApprovalStatus::Approved;
         }
         Reviewed::Final(
-            self.decide(trail, tool, intent, provenance, local).await,
+            self.decide(trail, tool, intent, provenance, (operator, local))
+                .await,
             Some(asked),
         )
     }
@@ -591,10 +619,11 @@ impl Guard {
     /// for this call (tool, arguments, deferring check, principal), its expiry and a new nonce.
     fn ask_through_mrtr(
         &self,
+        operator: &Operator,
         prompt: &approval::Prompt<'_>,
     ) -> Result<InputRequiredResult, SealError> {
         let (tool, deferred) = (prompt.tool, prompt.deferred);
-        let principal = self.operator.principal();
+        let principal = operator.principal();
         let binding = CallBinding {
             tool,
             arguments_sha256: &prompt.arguments.sha256,
@@ -609,7 +638,7 @@ impl Guard {
             nonce_sha256 = %sealed.nonce_sha256,
             "human review asked through MRTR"
         );
-        let question = approval::question(&self.operator, prompt);
+        let question = approval::question(operator, prompt);
         let requests = InputRequests::from([(
             approval::INPUT_KEY.to_owned(),
             InputRequest::Elicitation(ElicitRequest::new(question)),
@@ -622,6 +651,7 @@ impl Guard {
     /// cannot be read, or repeated a key (`repeated`), end here, with their `outcome` record.
     async fn prepare<T: ToolIntent>(
         &self,
+        operator: &Operator,
         arguments: JsonObject,
         repeated: Option<&DuplicateKey>,
         trail: &CallTrail<'_>,
@@ -643,8 +673,8 @@ impl Guard {
             }
         };
         let provenance = match counting {
-            Counting::Count => self.operator.vouch(call.claims(), &self.ledger),
-            Counting::Continue => self.operator.vouch_again(call.claims(), &self.ledger),
+            Counting::Count => operator.vouch(call.claims(), &self.ledger),
+            Counting::Continue => operator.vouch_again(call.claims(), &self.ledger),
         };
         let mut intent = call.intent();
         provenance.annotate(&mut intent.context);
@@ -655,7 +685,7 @@ impl Guard {
                     let principal = provenance
                         .actor_id
                         .as_deref()
-                        .or(self.operator.actor_id.as_deref())
+                        .or(operator.actor_id.as_deref())
                         .unwrap_or(cedar::ANONYMOUS);
                     Some(Local {
                         arguments,
@@ -685,7 +715,7 @@ impl Guard {
         tool: &str,
         intent: &Intent,
         provenance: &Provenance,
-        local: Option<&Local>,
+        (operator, local): (&Operator, Option<&Local>),
     ) -> PolicyResponse {
         let started = Instant::now();
         let question = local.map(|local| LocalQuestion {
@@ -695,7 +725,7 @@ impl Guard {
                 intent,
             },
             facts: cedar::Facts::vouched(
-                &self.operator,
+                operator,
                 provenance,
                 intent,
                 SystemTime::now(),
@@ -783,6 +813,8 @@ struct Retry<'a> {
 
 /// How a `DEFER` may reach a human in this call.
 struct Review<'a> {
+    /// Who the call acts for ([`Guard::operator`]).
+    operator: &'a Operator,
     /// The client, for `elicitation/create`.
     peer: Option<&'a Peer<RoleServer>>,
     /// The call's arguments, for the prompt; `None` when asking is turned off.

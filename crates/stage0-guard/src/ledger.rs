@@ -233,6 +233,21 @@ impl AttemptLedger {
         Sha256::digest(workflow_id.as_str().as_bytes()).into()
     }
 
+    /// The key `workflow_id` is counted under for the principal `actor_id`: [`key`](Self::key)
+    /// when there is no actor id, else the SHA-256 of the actor id's length (8 bytes, big
+    /// endian), the actor id and the workflow id, so that one principal's attempts never count
+    /// for another's workflow of the same name (the HTTP mode serves many principals).
+    pub fn key_for(actor_id: Option<&str>, workflow_id: &WorkflowId) -> [u8; 32] {
+        let Some(actor_id) = actor_id else {
+            return AttemptLedger::key(workflow_id);
+        };
+        let mut hash = Sha256::new();
+        hash.update((actor_id.len() as u64).to_be_bytes());
+        hash.update(actor_id.as_bytes());
+        hash.update(workflow_id.as_str().as_bytes());
+        hash.finalize().into()
+    }
+
     /// [`observe`](AttemptLedger::observe) by key.
     pub fn observe_key(&self, key: [u8; 32]) -> u64 {
         let mut attempts = self.lock();

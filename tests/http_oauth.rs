@@ -1,0 +1,513 @@
+//! The HTTP mode as an OAuth 2.1 resource server: the built binary serves `/mcp` on 127.0.0.1,
+//! and a test authorization server, also on 127.0.0.1, publishes keys this test generated (its
+//! metadata and JWKS served over HTTP). Tokens are signed with those keys and checked by the
+//! server for real: nothing is stubbed.
+//!
+//! Each request here is a stateless 2026-07-28 `tools/call` (no session), written as raw
+//! JSON-RPC over HTTP, so that every refusal is seen as the HTTP status it is.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{AUDIT_LOG, STAND_IN, bounded};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// A signing key of the test issuer, with its public JWK.
+struct SigningKey {
+    kid: &'static str,
+    alg: Algorithm,
+    encoding: EncodingKey,
+    jwk: Value,
+}
+
+/// A fresh Ed25519 key (EdDSA).
+fn ed25519(kid: &'static str) -> SigningKey {
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+    SigningKey {
+        kid,
+        alg: Algorithm::EdDSA,
+        encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
+        jwk: json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
+    }
+}
+
+/// A fresh P-256 key (ES256).
+fn p256(kid: &'static str) -> SigningKey {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref(); // 0x04 || x || y
+    let (x, y) = (
+        URL_SAFE_NO_PAD.encode(&point[1..33]),
+        URL_SAFE_NO_PAD.encode(&point[33..65]),
+    );
+    SigningKey {
+        kid,
+        alg: Algorithm::ES256,
+        encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+        jwk: json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"}),
+    }
+}
+
+/// The test authorization server: RFC 8414 metadata naming its JWKS, and the JWKS.
+async fn issuer(keys: &[&SigningKey]) -> MockServer {
+    let server = bounded("the test issuer to start", MockServer::start()).await;
+    let jwks: Vec<Value> = keys.iter().map(|key| key.jwk.clone()).collect();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/oauth-authorization-server"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": server.uri(),
+            "jwks_uri": format!("{}/jwks", server.uri()),
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "keys": jwks })))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Claims for `sub` with `role`, issued by `iss` for `aud`, valid now.
+fn claims(iss: &str, aud: &str, sub: &str, role: &str) -> Value {
+    json!({"iss": iss, "aud": aud, "sub": sub, "stage0_role": role,
+           "iat": now(), "nbf": now() - 5, "exp": now() + 600})
+}
+
+/// `claims` signed with `key` (its `kid` in the header).
+fn sign(key: &SigningKey, claims: &Value) -> String {
+    let mut header = Header::new(key.alg);
+    header.kid = Some(key.kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+}
+
+/// The server binary in HTTP mode on a free port of 127.0.0.1, with `env`.
+struct HttpServer {
+    child: Child,
+    base: String,
+    dir: TempDir,
+}
+
+impl HttpServer {
+    /// Starts the server and waits (bounded) for the line that says where it listens.
+    async fn start(env: &[(&str, &str)]) -> HttpServer {
+        let dir = TempDir::new().unwrap();
+        let mut child = common::command(dir.path(), env)
+            .args(["http", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the server binary starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let listen = bounded("the server to listen", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(at) = line.find("listen=") {
+                    let rest = &line[at + "listen=".len()..];
+                    return rest.split_whitespace().next().unwrap().to_owned();
+                }
+            }
+            panic!("the server exited before listening");
+        })
+        .await;
+        // Keep reading stderr so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        HttpServer {
+            child,
+            base: format!("http://{listen}"),
+            dir,
+        }
+    }
+
+    /// A stateless 2026-07-28 `tools/call` of `tool` with `arguments`, with `token` as bearer:
+    /// the HTTP status, the `WWW-Authenticate` header and the JSON-RPC answer (if any).
+    async fn call(&self, token: Option<&str>, tool: &str, arguments: Value) -> Answer {
+        let body = json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments, "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "http-oauth-test", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }}
+        });
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/mcp", self.base))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", tool)
+            .body(body.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = bounded("an HTTP call", request.send()).await.unwrap();
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|value| value.to_str().unwrap().to_owned());
+        let text = bounded("the HTTP answer", response.text()).await.unwrap();
+        // A JSON body, or an SSE stream whose `data:` lines carry the answer.
+        let json = serde_json::from_str(&text).ok().or_else(|| {
+            text.lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+                .find(|message| message.get("id").is_some())
+        });
+        Answer {
+            status,
+            challenge,
+            json,
+        }
+    }
+
+    /// Every record of the server's audit log.
+    fn records(&self) -> Vec<Value> {
+        let log = std::fs::read_to_string(self.dir.path().join(AUDIT_LOG)).unwrap_or_default();
+        log.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// What one HTTP call got back.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    challenge: Option<String>,
+    json: Option<Value>,
+}
+
+impl Answer {
+    /// The `structuredContent` of a tool result.
+    fn report(&self) -> &Value {
+        &self.json.as_ref().expect("a JSON-RPC answer")["result"]["structuredContent"]
+    }
+}
+
+/// The server's environment for OAuth with `issuer` (and its public URL, the tokens' audience).
+fn oauth_env<'a>(issuer: &'a str, public: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("STAGE0_OAUTH_ISSUER", issuer),
+        ("STAGE0_PUBLIC_URL", public),
+        ("STAGE0_APPROVALS", "off"),
+    ]
+}
+
+const PUBLIC: &str = "https://stage0.example.test";
+const AUDIENCE: &str = "https://stage0.example.test/mcp";
+
+#[tokio::test]
+async fn a_valid_token_acts_as_its_subject_with_its_role_as_the_ceiling() {
+    let key = ed25519("k1");
+    let issuer = issuer(&[&key]).await;
+    let iss = issuer.uri();
+    let server = HttpServer::start(&oauth_env(&iss, PUBLIC)).await;
+
+    let alice = sign(&key, &claims(&iss, AUDIENCE, "alice", "developer"));
+    let bob = sign(&key, &claims(&iss, AUDIENCE, "bob", "viewer"));
+    let deploy = json!({"serviceName": "api", "environment": "staging", "changes": "v2",
+                        "actorRole": "admin"});
+    let as_alice = server
+        .call(Some(&alice), "deploy-changes", deploy.clone())
+        .await;
+    let as_bob = server.call(Some(&bob), "deploy-changes", deploy).await;
+    assert_eq!(as_alice.status, 200, "{as_alice:?}");
+    let role = |answer: &Answer| answer.report()["provenance"]["actor_role"].clone();
+    assert_eq!(role(&as_alice)["configured"], "developer");
+    assert_eq!(role(&as_alice)["effective"], "developer");
+    assert_eq!(role(&as_bob)["effective"], "viewer");
+    assert_eq!(as_alice.report()["provenance"]["actor_id"], "alice");
+    assert_eq!(as_bob.report()["provenance"]["actor_id"], "bob");
+
+    // The retry ledger is kept per principal: alice's retries are not bob's.
+    let retry = json!({"workflowId": "nightly", "retryCount": 0});
+    for _ in 0..5 {
+        server
+            .call(Some(&alice), "retry-workflow", retry.clone())
+            .await;
+    }
+    let alices_sixth = server
+        .call(Some(&alice), "retry-workflow", retry.clone())
+        .await;
+    let bobs_first = server.call(Some(&bob), "retry-workflow", retry).await;
+    assert_eq!(alices_sixth.report()["verdict"], "DEFER");
+    assert_eq!(bobs_first.report()["verdict"], "ALLOW");
+    assert_eq!(
+        bobs_first.report()["provenance"]["retry_count"]["observed"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn every_bad_token_is_401_and_nothing_is_checked_or_run() {
+    let (key, other) = (p256("k1"), p256("k1"));
+    let issuer = issuer(&[&key]).await;
+    let iss = issuer.uri();
+    let server = HttpServer::start(&oauth_env(&iss, PUBLIC)).await;
+    let good = claims(&iss, AUDIENCE, "alice", "admin");
+    let with = |changes: &[(&str, Value)]| {
+        let mut claims = good.clone();
+        for (name, value) in changes {
+            claims[*name] = value.clone();
+        }
+        claims
+    };
+    let header_and_payload = |alg: &str| {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": "k1"}).to_string());
+        let payload = URL_SAFE_NO_PAD.encode(good.to_string());
+        format!("{header}.{payload}")
+    };
+    let hs256_with_the_public_key = {
+        let public = key.jwk.to_string();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".to_owned());
+        jsonwebtoken::encode(&header, &good, &EncodingKey::from_secret(public.as_bytes())).unwrap()
+    };
+    let unknown_kid = {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k-unknown".to_owned());
+        jsonwebtoken::encode(&header, &good, &key.encoding).unwrap()
+    };
+    let refused: Vec<(&str, Option<String>)> = vec![
+        ("missing", None),
+        ("not a JWT", Some("not-a-jwt".to_owned())),
+        (
+            "expired",
+            Some(sign(&key, &with(&[("exp", json!(now() - 120))]))),
+        ),
+        (
+            "not yet valid",
+            Some(sign(&key, &with(&[("nbf", json!(now() + 120))]))),
+        ),
+        (
+            "wrong issuer",
+            Some(sign(&key, &with(&[("iss", json!("https://evil.test"))]))),
+        ),
+        (
+            "wrong audience",
+            Some(sign(
+                &key,
+                &with(&[("aud", json!("https://other.test/mcp"))]),
+            )),
+        ),
+        ("bad signature", Some(sign(&other, &good))),
+        ("alg none", Some(format!("{}.", header_and_payload("none")))),
+        ("HS256 with the public key", Some(hs256_with_the_public_key)),
+        ("unknown kid", Some(unknown_kid)),
+    ];
+    for (case, token) in &refused {
+        let answer = server
+            .call(token.as_deref(), "research-topic", json!({"topic": "x"}))
+            .await;
+        assert_eq!(answer.status, 401, "{case}: {answer:?}");
+        let challenge = answer.challenge.unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer resource_metadata=\"https://stage0.example.test/.well-known/oauth-protected-resource/mcp\""),
+            "{case}: {challenge}"
+        );
+        assert!(!format!("{:?}", answer.json).contains(STAND_IN), "{case}");
+    }
+    assert!(
+        server.records().is_empty(),
+        "nothing was checked: {:?}",
+        server.records()
+    );
+
+    // The protected resource metadata names the issuer and the resource.
+    let url = format!("{}/.well-known/oauth-protected-resource/mcp", server.base);
+    let metadata = bounded("the metadata", async {
+        reqwest::get(url).await?.text().await
+    })
+    .await
+    .unwrap();
+    let metadata: Value = serde_json::from_str(&metadata).unwrap();
+    assert_eq!(metadata["resource"], AUDIENCE);
+    assert_eq!(metadata["authorization_servers"], json!([iss]));
+}
+
+#[tokio::test]
+async fn without_the_issuers_keys_every_call_is_refused() {
+    let key = ed25519("k1");
+    let down = common::refused_base_url();
+    let server = HttpServer::start(&oauth_env(&down, PUBLIC)).await;
+    let token = sign(&key, &claims(&down, AUDIENCE, "alice", "admin"));
+    let answer = server
+        .call(Some(&token), "research-topic", json!({"topic": "x"}))
+        .await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(server.records().is_empty());
+}
+
+#[tokio::test]
+async fn without_oauth_the_server_refuses_a_non_loopback_address() {
+    let dir = TempDir::new().unwrap();
+    let mut command = common::command(dir.path(), &[]);
+    command.args(["http", "--listen", "0.0.0.0:0"]);
+    let output = bounded("the server to refuse", command.output())
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("without authentication") && stderr.contains("STAGE0_OAUTH_ISSUER"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn on_loopback_without_oauth_every_caller_is_the_operator() {
+    let server = HttpServer::start(&[
+        ("STAGE0_ACTOR_ID", "ops"),
+        ("STAGE0_ACTOR_ROLE", "developer"),
+    ])
+    .await;
+    let answer = server
+        .call(None, "research-topic", json!({"topic": "Rust"}))
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.report()["verdict"], "ALLOW");
+    assert_eq!(answer.report()["provenance"]["actor_id"], "ops");
+    assert!(Path::new(&server.dir.path().join(AUDIT_LOG)).exists());
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_clients_are_each_answered_exactly_once() {
+    let key = ed25519("k1");
+    let issuer = issuer(&[&key]).await;
+    let iss = issuer.uri();
+    let mut env = oauth_env(&iss, PUBLIC);
+    env.push(("STAGE0_AUDIT_LOG", "off"));
+    let server = std::sync::Arc::new(HttpServer::start(&env).await);
+    let mut calls = tokio::task::JoinSet::new();
+    for client in 0..64 {
+        let server = std::sync::Arc::clone(&server);
+        // Four principals, so the per-principal bound (16) is met but not exceeded.
+        let token = sign(
+            &key,
+            &claims(&iss, AUDIENCE, &format!("agent-{}", client % 4), "viewer"),
+        );
+        calls.spawn(async move {
+            let topic = format!("topic {client}");
+            let answer = server
+                .call(Some(&token), "research-topic", json!({"topic": topic}))
+                .await;
+            (client, topic, answer)
+        });
+    }
+    let mut answered = 0;
+    while let Some(joined) = bounded("the 64 calls", calls.join_next()).await {
+        let (client, topic, answer) = joined.unwrap();
+        match answer.status {
+            200 => {
+                assert_eq!(answer.report()["verdict"], "ALLOW", "client {client}");
+                let output = answer.report()["output"].as_str().unwrap();
+                assert!(
+                    output.contains(&topic),
+                    "client {client} got another's answer"
+                );
+            }
+            429 => {} // refused at once, never queued: an answer too
+            other => panic!("client {client}: status {other}: {answer:?}"),
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 64);
+}
+
+#[tokio::test]
+async fn a_call_over_the_principals_bound_is_refused_at_once_with_429() {
+    // A Stage0 that takes its time, so that the first call is still in flight.
+    let slow = bounded("the fake Stage0 to start", MockServer::start()).await;
+    Mock::given(method("POST"))
+        .and(path("/check"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"verdict": "ALLOW", "decision": "GO", "reason": "ok"}))
+                .set_delay(std::time::Duration::from_secs(3)),
+        )
+        .mount(&slow)
+        .await;
+    let key = ed25519("k1");
+    let issuer = issuer(&[&key]).await;
+    let (iss, stage0) = (issuer.uri(), slow.uri());
+    let mut env = oauth_env(&iss, PUBLIC);
+    env.extend([
+        ("STAGE0_API_KEY", common::SECRET_KEY),
+        ("STAGE0_BASE_URL", stage0.as_str()),
+        ("STAGE0_HTTP_MAX_CALLS_PER_PRINCIPAL", "1"),
+    ]);
+    let server = std::sync::Arc::new(HttpServer::start(&env).await);
+    let token = sign(&key, &claims(&iss, AUDIENCE, "alice", "viewer"));
+    let first = tokio::spawn({
+        let (server, token) = (std::sync::Arc::clone(&server), token.clone());
+        async move {
+            server
+                .call(Some(&token), "research-topic", json!({"topic": "a"}))
+                .await
+        }
+    });
+    // The first call is in flight once the fake Stage0 has its check.
+    bounded("the first check to reach Stage0", async {
+        while slow
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let second = server
+        .call(Some(&token), "research-topic", json!({"topic": "b"}))
+        .await;
+    assert_eq!(second.status, 429, "{second:?}");
+    let other = sign(&key, &claims(&iss, AUDIENCE, "bob", "viewer"));
+    let bobs = tokio::spawn({
+        let server = std::sync::Arc::clone(&server);
+        async move {
+            server
+                .call(Some(&other), "research-topic", json!({"topic": "c"}))
+                .await
+        }
+    });
+    assert_eq!(bounded("the first call", first).await.unwrap().status, 200);
+    assert_eq!(
+        bounded("bob's call", bobs).await.unwrap().status,
+        200,
+        "another principal is not held back"
+    );
+}
