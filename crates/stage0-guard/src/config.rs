@@ -87,6 +87,10 @@ pub const DEFAULT_HTTP_MAX_CALLS_IN_FLIGHT: usize = 64;
 /// set.
 pub const DEFAULT_HTTP_MAX_CALLS_PER_PRINCIPAL: usize = 16;
 
+/// Bytes of request bodies at once over HTTP when `STAGE0_HTTP_MAX_BYTES_IN_FLIGHT` is not set:
+/// 64 MiB, sixteen of the largest calls.
+pub const DEFAULT_HTTP_MAX_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
 /// The deadline of one HTTP request when `STAGE0_HTTP_REQUEST_TIMEOUT_S` is not set, in seconds:
 /// longer than the default wait for a human's approval (300 s).
 pub const DEFAULT_HTTP_REQUEST_TIMEOUT_S: u64 = 360;
@@ -364,6 +368,10 @@ fn http_config(set: &impl Fn(&str) -> Option<String>) -> Result<HttpConfig, Conf
         max_calls_per_principal: count(
             "STAGE0_HTTP_MAX_CALLS_PER_PRINCIPAL",
             DEFAULT_HTTP_MAX_CALLS_PER_PRINCIPAL,
+        )?,
+        max_bytes_in_flight: count(
+            "STAGE0_HTTP_MAX_BYTES_IN_FLIGHT",
+            DEFAULT_HTTP_MAX_BYTES_IN_FLIGHT,
         )?,
         request_timeout: Duration::from_secs(timeout_s),
     })

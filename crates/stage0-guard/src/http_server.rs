@@ -10,10 +10,12 @@
 //!    request's extensions, where the guard finds it (its `sub` is the actor id, its role claim
 //!    the role ceiling). Without OAuth the server listens on loopback only, and every caller is
 //!    the operator of the environment, as over stdio.
-//! 2. **Bounded work.** At most [`HttpConfig::max_calls_in_flight`] requests at once, and
-//!    [`HttpConfig::max_calls_per_principal`] per principal; one more is refused at once with
-//!    `429` and `Retry-After: 1`, never queued. A body is at most [`MAX_BODY_BYTES`], and a
-//!    request that takes longer than [`HttpConfig::request_timeout`] is answered `408`.
+//! 2. **Bounded work.** At most [`HttpConfig::max_calls_in_flight`] requests at once,
+//!    [`HttpConfig::max_calls_per_principal`] per principal, and [`HttpConfig::max_bytes_in_flight`]
+//!    bytes of request bodies (by `Content-Length`; a body without one counts as the largest, so
+//!    memory follows the bytes, not just the count); one more is refused at once with `429` and
+//!    `Retry-After: 1`, never queued. A body is at most [`MAX_BODY_BYTES`], and a request that
+//!    takes longer than [`HttpConfig::request_timeout`] is answered `408`.
 //! 3. **DNS rebinding.** The `Host` must be a loopback name or the host of `STAGE0_PUBLIC_URL`;
 //!    a browser's `Origin`, when sent, must be that URL's origin (or a loopback one).
 //!
@@ -66,6 +68,8 @@ pub struct HttpConfig {
     pub max_calls_in_flight: usize,
     /// `STAGE0_HTTP_MAX_CALLS_PER_PRINCIPAL`: requests at once per principal.
     pub max_calls_per_principal: usize,
+    /// `STAGE0_HTTP_MAX_BYTES_IN_FLIGHT`: bytes of request bodies at once, in total.
+    pub max_bytes_in_flight: usize,
     /// `STAGE0_HTTP_REQUEST_TIMEOUT_S`: the deadline of one request, past which it is answered
     /// `408` and its work dropped (a body that has started runs to its end).
     pub request_timeout: Duration,
@@ -99,20 +103,26 @@ struct Gate {
     /// `WWW-Authenticate` of a `401`.
     challenge: Option<HeaderValue>,
     in_flight: AtomicUsize,
+    bytes_in_flight: AtomicUsize,
     per_principal: Mutex<HashMap<String, usize>>,
     max_in_flight: usize,
     max_per_principal: usize,
+    max_bytes: usize,
 }
 
 /// A request's places in the in-flight counts, given back when it is answered.
 struct Admitted<'a> {
     gate: &'a Gate,
     principal: String,
+    bytes: usize,
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         self.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.gate
+            .bytes_in_flight
+            .fetch_sub(self.bytes, Ordering::AcqRel);
         let mut counts = self
             .gate
             .per_principal
@@ -128,20 +138,26 @@ impl Drop for Admitted<'_> {
 }
 
 impl Gate {
-    /// Takes a place for a request of `principal`, or `None` when a bound is reached.
-    fn admit(&self, principal: &str) -> Option<Admitted<'_>> {
+    /// Takes a place for a request of `principal` with a body of `bytes`, or `None` when a
+    /// bound is reached. A request is always let in when nothing else is in flight, however
+    /// large its body (it is at most [`MAX_BODY_BYTES`] anyway).
+    fn admit(&self, principal: &str, bytes: usize) -> Option<Admitted<'_>> {
         let taken = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let bytes_before = self.bytes_in_flight.fetch_add(bytes, Ordering::AcqRel);
         let mut counts = self.per_principal.lock().unwrap_or_else(|p| p.into_inner());
         let mine = counts.get(principal).copied().unwrap_or(0);
-        if taken >= self.max_in_flight || mine >= self.max_per_principal {
+        let too_many_bytes = taken > 0 && bytes_before + bytes > self.max_bytes;
+        if taken >= self.max_in_flight || mine >= self.max_per_principal || too_many_bytes {
             drop(counts);
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.bytes_in_flight.fetch_sub(bytes, Ordering::AcqRel);
             return None;
         }
         counts.insert(principal.to_owned(), mine + 1);
         Some(Admitted {
             gate: self,
             principal: principal.to_owned(),
+            bytes,
         })
     }
 }
@@ -173,9 +189,11 @@ impl GuardedServer {
                 HeaderValue::from_str(&format!("Bearer resource_metadata=\"{url}\"")).ok()
             }),
             in_flight: AtomicUsize::new(0),
+            bytes_in_flight: AtomicUsize::new(0),
             per_principal: Mutex::new(HashMap::new()),
             max_in_flight: config.max_calls_in_flight.max(1),
             max_per_principal: config.max_calls_per_principal.max(1),
+            max_bytes: config.max_bytes_in_flight.max(1),
         });
 
         let shutdown = CancellationToken::new();
@@ -286,7 +304,12 @@ async fn authorize(State(gate): State<Arc<Gate>>, mut request: Request, next: Ne
         .as_ref()
         .and_then(|operator| operator.actor_id.clone())
         .unwrap_or_default();
-    let Some(_admitted) = gate.admit(&principal) else {
+    let bytes = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
+        .map_or(MAX_BODY_BYTES, |length| length.min(MAX_BODY_BYTES));
+    let Some(_admitted) = gate.admit(&principal, bytes) else {
         tracing::warn!(principal = %escaped(&principal), "HTTP request refused: too many in flight");
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
