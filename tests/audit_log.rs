@@ -344,7 +344,8 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
         );
     }
     // The last line deleted leaves a shorter chain that holds: only the count and last hash
-    // `audit verify` prints, kept elsewhere, show it.
+    // `audit verify` prints, kept elsewhere, show it, and the call whose outcome it was, now
+    // without one (which a running server would be in the middle of).
     write(&lines[..n - 1].concat());
     let (code, stdout) = audit_command(&["verify", text(&tampered)]).await;
     assert_eq!(code, 0, "{stdout}");
@@ -356,7 +357,8 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
     assert_eq!(
         stdout,
         format!(
-            "ok: {}: {} records, 0 torn line(s) recovered, last hash {}\n",
+            "ok: {}: {} records, 0 torn line(s) recovered, 0 unfinished call(s) named, 1 call(s) \
+             without an outcome yet, last hash {}\n",
             text(&tampered),
             n - 1,
             last_hash(&lines[n - 2])

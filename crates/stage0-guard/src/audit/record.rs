@@ -7,6 +7,9 @@
 //! - `outcome`: how the call ended: the body ran (`ok` / `error`, with its duration) or it did
 //!   not (`blocked`, `reported`, `cancelled`, `invalid_arguments`).
 //! - `recovery`: a torn last line, left by a crash, that the server found at start and kept.
+//! - `unfinished`: the calls that had a `decision` and no `outcome` when the server started: a
+//!   crash ended them, or lost their outcome before it was written (outcomes are not awaited,
+//!   `writer.rs`), or another server on the same file was still running them.
 //!
 //! Every record of one tool call carries the same `call_id`. The chain fields (`seq`, `ts`,
 //! `prev`, `hash`) are added when the record is sealed (`chain.rs`). The tool arguments are never
@@ -22,7 +25,7 @@ use crate::policy::Mode;
 use crate::policy::wire::{self, Verdict};
 
 /// One event of the audit log, serialised as one JSON object whose `kind` is the variant's name
-/// in snake case (`decision`, `approval`, `outcome`, `recovery`) beside the record's fields. The
+/// in snake case (`decision`, `approval`, `outcome`, `recovery`, `unfinished`) beside the record's fields. The
 /// chain fields are added when it is sealed ([`chain::seal`](super::chain::seal)).
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -35,6 +38,8 @@ pub enum Event<'a> {
     Outcome(OutcomeRecord<'a>),
     /// `kind: recovery`: a torn last line found at start.
     Recovery(RecoveryRecord),
+    /// `kind: unfinished`: the calls without an outcome found at start.
+    Unfinished(UnfinishedRecord),
 }
 
 /// A `decision` record: one verdict and everything it was given and said.
@@ -188,6 +193,14 @@ pub struct RecoveryRecord {
     pub torn_length: u64,
     /// SHA-256 (hex) of its bytes, so they cannot be changed unseen either.
     pub torn_sha256: String,
+}
+
+/// An `unfinished` record: the calls that, when the server started, had a `decision` record
+/// and no `outcome` record after it (nor an earlier `unfinished` record naming them).
+#[derive(Debug, Serialize)]
+pub struct UnfinishedRecord {
+    /// Their `call_id`s, in the order of their first decision.
+    pub call_ids: Vec<String>,
 }
 
 /// The most characters of a goal a `decision` record holds: 1,024.
