@@ -199,11 +199,12 @@ impl Writer {
         loop {
             let first = match deadline {
                 None => inbox.recv().ok(),
-                Some(deadline) => {
-                    match inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Some(until) => {
+                    match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
                         Ok(message) => Some(message),
                         Err(RecvTimeoutError::Timeout) => {
                             self.answer(&mut records, &mut replies);
+                            deadline = None;
                             continue;
                         }
                         Err(RecvTimeoutError::Disconnected) => None,
