@@ -8,7 +8,9 @@
 //! the result and the outcome's commit (the outcome is not waited for): the client has its
 //! answer, and the log holds either the outcome or, after the restart, the `unfinished` record
 //! naming the call; whichever a kill's timing gives, it never holds neither. The log verifies
-//! after every restart. Every wait is bounded; nothing sleeps.
+//! after every restart. A server that starts while another on the same file is mid-call names
+//! that call too, and the outcome that follows still verifies. Every wait is bounded; nothing
+//! sleeps.
 
 mod common;
 mod fake_stage0;
@@ -146,13 +148,11 @@ async fn killed_before_the_decision_is_committed_the_log_holds_nothing_of_the_ca
     assert_verifies(&path, 0, 0).await;
 }
 
-#[tokio::test]
-async fn killed_after_the_decision_is_committed_the_restart_names_the_call_unfinished() {
-    let (_dir, path) = temp_log();
-    let env = [("STAGE0_AUDIT_LOG", text(&path))];
-    let mut server = RawServer::spawn_with(&env);
-    // A client that can be asked: a DEFER's decision is durable, then the human is asked, and
-    // the call waits for the answer (the body would run after it) when the server is killed.
+/// Starts a server that a client able to answer elicitation drives, and makes a call that the
+/// simulator defers; returns once the server asks the human, with the request's id. The call's
+/// decision is durable by then, and the call waits for the answer.
+async fn deferred_call_waiting_for_a_human(env: &[(&str, &str)]) -> (RawServer, Value) {
+    let mut server = RawServer::spawn_with(env);
     server
         .request(
             0,
@@ -172,9 +172,17 @@ async fn killed_after_the_decision_is_committed_the_restart_names_the_call_unfin
     loop {
         let message = server.message().await.expect("the server asks the human");
         if message["method"] == "elicitation/create" {
-            break;
+            return (server, message["id"].clone());
         }
     }
+}
+
+#[tokio::test]
+async fn killed_after_the_decision_is_committed_the_restart_names_the_call_unfinished() {
+    let (_dir, path) = temp_log();
+    let env = [("STAGE0_AUDIT_LOG", text(&path))];
+    // The body would run after the human's answer: the kill comes between the decision and it.
+    let (server, _) = deferred_call_waiting_for_a_human(&env).await;
     server.kill().await;
     let killed = records(&path);
     let kinds: Vec<&str> = killed.iter().map(|r| field(r, "kind")).collect();
@@ -232,4 +240,31 @@ async fn killed_after_a_result_the_log_holds_its_outcome_or_names_the_call_unfin
         assert_verifies(&path, named, 0).await;
     }
     eprintln!("{lost} of {KILLS_AFTER_A_RESULT} kills after a result lost its outcome");
+}
+
+#[tokio::test]
+async fn a_call_another_server_is_in_the_middle_of_is_named_and_its_outcome_still_verifies() {
+    let (_dir, path) = temp_log();
+    let env = [("STAGE0_AUDIT_LOG", text(&path))];
+    let (mut first, question) = deferred_call_waiting_for_a_human(&env).await;
+    // A second server starts on the same file while the first one's call waits.
+    restart_with_one_call(&env).await;
+    let named = named_unfinished(&path);
+    assert_eq!(named.len(), 1, "{named:?}");
+
+    // The human declines; the first server's call ends and its outcome follows the naming.
+    first
+        .send(json!({"jsonrpc": "2.0", "id": question, "result": {"action": "decline"}}))
+        .await;
+    let answer = first.response(1).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    first.close_stdin();
+    let exit = first.exit().await;
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let outcome = records(&path)
+        .into_iter()
+        .rfind(|r| field(r, "kind") == "outcome" && field(r, "call_id") == named[0])
+        .expect("the named call's outcome, written after it was named");
+    assert_eq!(field(&outcome, "status"), "blocked");
+    assert_verifies(&path, 1, 0).await;
 }
