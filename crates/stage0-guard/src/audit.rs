@@ -563,15 +563,17 @@ mod tests {
         file.write_all(bytes).unwrap();
     }
 
-    /// A call of `research-topic` in `log` whose decision (a `DENY`) is durable.
-    async fn decided(log: &AuditLog) -> CallTrail<'_> {
+    /// A call of `research-topic` in `log` whose decision (a `DENY` of the check `request_id`)
+    /// is durable.
+    async fn decided<'a>(log: &'a AuditLog, request_id: &str) -> CallTrail<'a> {
         let mut trail = CallTrail::new(Some(log), "research-topic", &JsonObject::new());
-        decide(&mut trail).await;
+        decide(&mut trail, request_id).await;
         trail
     }
 
-    /// Records one more decision of `trail`'s call, as a second check does.
-    async fn decide(trail: &mut CallTrail<'_>) {
+    /// Records one more decision of `trail`'s call (the check `request_id`), as a second check
+    /// does.
+    async fn decide(trail: &mut CallTrail<'_>, request_id: &str) {
         let intent = Intent {
             goal: "Research Rust".to_owned(),
             success_criteria: Vec::new(),
@@ -580,7 +582,7 @@ mod tests {
             side_effects: Vec::new(),
             context: serde_json::Map::new(),
         };
-        let policy = PolicyResponse::fail_closed("test".to_owned(), "r".to_owned());
+        let policy = PolicyResponse::fail_closed("test".to_owned(), request_id.to_owned());
         let provenance = Provenance::default();
         trail
             .decision(
@@ -624,7 +626,7 @@ mod tests {
         let (log, _) = AuditLog::open(&path, true).unwrap();
         log.append_unawaited(&outcome("1")).unwrap();
         // Once the next decision is durable, the outcome sent before it is too, before it.
-        decided(&log).await;
+        decided(&log, "r").await;
         let records = records(&path);
         assert_eq!((records.len(), &records[0]["call_id"]), (2, &json!("1")));
         log.close();
@@ -650,13 +652,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let (log, _) = AuditLog::open(&path, true).unwrap();
-        let ended = decided(&log).await;
-        let mut first = decided(&log).await;
-        let second = decided(&log).await;
+        let ended = decided(&log, "r1").await;
+        let mut first = decided(&log, "r2").await;
+        let second = decided(&log, "r3").await;
         log.append(&outcome(ended.call_id().unwrap()))
             .await
             .unwrap();
-        decide(&mut first).await;
+        decide(&mut first, "r4").await;
         log.close();
         assert_eq!(verified(&path).open, 2);
 
@@ -674,6 +676,20 @@ mod tests {
         // Named once: the next open has nothing to add.
         write(&path, 0).await;
         assert_eq!(verified(&path).records, 6);
+
+        // `audit show --request-id` of a named call shows the record that names it.
+        let mut out = Vec::new();
+        let selection = show::Selection {
+            request_id: Some("r3".to_owned()),
+            last: None,
+        };
+        show::show(&path, &selection, &mut out).unwrap();
+        let shown = String::from_utf8(out).unwrap();
+        assert!(shown.contains("2 call(s) without an outcome"), "{shown}");
+        assert!(
+            !shown.contains("r2"),
+            "only the call selected and the record naming it"
+        );
     }
 
     #[tokio::test]
