@@ -394,7 +394,7 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
 }
 
 /// The rounds of the SIGKILL test: after how many answers the server is killed, and
-/// `STAGE0_AUDIT_SYNC` (records reach the file before the answer either way).
+/// `STAGE0_AUDIT_SYNC` (a decision reaches the file before its body runs either way).
 const KILL_ROUNDS: [(usize, &str); 6] = [
     (1, "on"),
     (7, "off"),
