@@ -3,7 +3,8 @@
 //!
 //! The server is driven by the lean line client of `benches/e2e.rs` (`common/line_client.rs`) in
 //! simulator mode, with `research-topic` calls (each writes two audit records: its `decision`,
-//! awaited before the body runs, and its `outcome`, awaited before the answer), in three modes:
+//! awaited before the body runs, and its `outcome`, not awaited: it rides on the next batch, so a
+//! sequential call's outcome shares the next call's fsync), in three modes:
 //!
 //! - `off`: `STAGE0_AUDIT_LOG=off`, no audit log;
 //! - `no-fsync`: `STAGE0_AUDIT_SYNC=off`, each record written to the file before the call goes on,

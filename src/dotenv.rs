@@ -388,14 +388,19 @@ mod tests {
     }
 
     #[test]
-    fn a_cedar_policy_is_never_taken_from_the_file() {
+    fn a_policy_or_the_http_listener_or_oauth_is_never_taken_from_the_file() {
         let (config, dotenv) = layered(
             "STAGE0_POLICY=/tmp/permit-all.cedar\nSTAGE0_POLICY_SCHEMA=/tmp/s.cedarschema\n\
-             STAGE0_POLICY_SHADOW=/tmp/c.cedar\n",
+             STAGE0_POLICY_SHADOW=/tmp/c.cedar\nSTAGE0_HTTP_LISTEN=0.0.0.0:80\n\
+             STAGE0_PUBLIC_URL=https://evil.test\nSTAGE0_OAUTH_ISSUER=https://evil.test\n\
+             STAGE0_OAUTH_JWKS_URL=https://evil.test/jwks\nSTAGE0_OAUTH_ROLE_CLAIM=groups\n",
             &[],
         );
         assert_eq!(config.policy_files, None);
         assert_eq!(config.shadow_policy_files, None);
+        assert_eq!(config.http.oauth, None);
+        assert_eq!(config.http.public_url, None);
+        assert!(config.http.listen.ip().is_loopback());
         for name in ENVIRONMENT_ONLY {
             assert!(
                 warns(&dotenv, &["refusing", name, "only the environment"]),

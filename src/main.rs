@@ -182,10 +182,13 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
     Ok(match audit::verify::verify_file(&path).map_err(read)? {
         Ok(verified) => {
             println!(
-                "ok: {}: {} records, {} torn line(s) recovered, last hash {}",
+                "ok: {}: {} records, {} torn line(s) recovered, {} unfinished call(s) named, {} \
+                 call(s) without an outcome yet, last hash {}",
                 escaped(path.display()),
                 verified.records,
                 verified.recoveries,
+                verified.unfinished,
+                verified.open,
                 verified.last_hash
             );
             ExitCode::SUCCESS

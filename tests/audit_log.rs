@@ -344,7 +344,8 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
         );
     }
     // The last line deleted leaves a shorter chain that holds: only the count and last hash
-    // `audit verify` prints, kept elsewhere, show it.
+    // `audit verify` prints, kept elsewhere, show it, and the call whose outcome it was, now
+    // without one (which a running server would be in the middle of).
     write(&lines[..n - 1].concat());
     let (code, stdout) = audit_command(&["verify", text(&tampered)]).await;
     assert_eq!(code, 0, "{stdout}");
@@ -356,7 +357,8 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
     assert_eq!(
         stdout,
         format!(
-            "ok: {}: {} records, 0 torn line(s) recovered, last hash {}\n",
+            "ok: {}: {} records, 0 torn line(s) recovered, 0 unfinished call(s) named, 1 call(s) \
+             without an outcome yet, last hash {}\n",
             text(&tampered),
             n - 1,
             last_hash(&lines[n - 2])
@@ -392,7 +394,7 @@ async fn audit_verify_names_the_first_bad_record_of_an_edited_log() {
 }
 
 /// The rounds of the SIGKILL test: after how many answers the server is killed, and
-/// `STAGE0_AUDIT_SYNC` (records reach the file before the answer either way).
+/// `STAGE0_AUDIT_SYNC` (a decision reaches the file before its body runs either way).
 const KILL_ROUNDS: [(usize, &str); 6] = [
     (1, "on"),
     (7, "off"),

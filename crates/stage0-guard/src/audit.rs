@@ -8,7 +8,10 @@
 //! runs. Each record carries the hash of the one before ([`chain`]), so an edited, deleted,
 //! reordered or forged record breaks the chain where it is, and `mcp-server-stage0 audit verify`
 //! ([`verify`]) names the first bad one. One writer thread per process seals and appends
-//! (`writer.rs`), sharing an fsync between concurrent calls.
+//! (`writer.rs`), sharing an fsync between concurrent calls. The `outcome` record is not waited
+//! for: it rides on the next batch (within [`LINGER`]), so a sequential call pays one fsync; a
+//! crash that loses it leaves a `decision` without an `outcome`, which the next open names in an
+//! `unfinished` record.
 //!
 //! What the chain proves, and what it does not: anyone who can write the file can also recompute
 //! every hash after an edit. The chain makes any change show unless the whole rest of the file is
@@ -22,13 +25,13 @@ pub mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use rmcp::model::JsonObject;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::approval::state::{self, SpentNonceSet};
@@ -40,7 +43,7 @@ use crate::policy::wire::{Intent, Issue, PolicyResponse};
 use record::{Event, Status};
 use writer::{Message, Writer};
 
-pub use writer::Torn;
+pub use writer::{LINGER, Torn};
 
 /// Where the audit log goes and how durably it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +165,7 @@ struct Inner {
 #[derive(Debug)]
 enum State {
     Open {
-        inbox: mpsc::UnboundedSender<Message>,
+        inbox: mpsc::Sender<Message>,
         thread: Mutex<Option<JoinHandle<()>>>,
     },
     Unavailable(Unavailable),
@@ -198,7 +201,7 @@ impl AuditLog {
             hash: hash.to_owned(),
             recovered,
         };
-        let (inbox, messages) = mpsc::unbounded_channel();
+        let (inbox, messages) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("audit-writer".to_owned())
             .spawn(move || writer.run(messages))
@@ -262,6 +265,27 @@ impl AuditLog {
     /// [`Unavailable`] when the record was not written: the log could not be opened, a write or
     /// sync failed, or the log was closed.
     pub async fn append(&self, event: &Event<'_>) -> Result<u64, Unavailable> {
+        let (done, answer) = oneshot::channel();
+        self.send(event, Some(done))?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Seals `event` into the chain with the next batch, within [`LINGER`] or at
+    /// [`close`](AuditLog::close), without waiting for it; a failure to write it is logged by
+    /// the writer, and the next open names its call as unfinished.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] when the log could not be opened or was closed.
+    fn append_unawaited(&self, event: &Event<'_>) -> Result<(), Unavailable> {
+        self.send(event, None)
+    }
+
+    fn send(
+        &self,
+        event: &Event<'_>,
+        done: Option<oneshot::Sender<Result<u64, Unavailable>>>,
+    ) -> Result<(), Unavailable> {
         let inbox = match &self.inner.state {
             State::Open { inbox, .. } => inbox,
             State::Unavailable(why) => return Err(why.clone()),
@@ -269,12 +293,9 @@ impl AuditLog {
         let Ok(Value::Object(record)) = serde_json::to_value(event) else {
             unreachable!("every event serialises to a JSON object");
         };
-        let closed = || Unavailable::new("the audit log is closed (the server is stopping)");
-        let (done, answer) = oneshot::channel();
         inbox
             .send(Message::Append { record, done })
-            .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+            .map_err(|_| closed())
     }
 
     /// Writes what was sent before, stops the writer and waits for it: call once, at shutdown.
@@ -293,6 +314,11 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// Why a record sent after [`AuditLog::close`] is refused.
+fn closed() -> Unavailable {
+    Unavailable::new("the audit log is closed (the server is stopping)")
 }
 
 /// `policy` replaced by the `DENY` of a call whose decision record could not be written: decision
@@ -453,8 +479,12 @@ impl<'a> CallTrail<'a> {
         self.guardrails = guardrails;
     }
 
-    /// Writes the `outcome` record and waits until it is durable. A failure is logged, not
-    /// returned: the call has ended, and its result stands.
+    /// Hands the `outcome` record to the writer without waiting for it to be written: it rides
+    /// on the next batch (the next call's decision, or alone within [`LINGER`], or at
+    /// [`AuditLog::close`]), so a call pays one fsync, its decision's, not two. A crash before
+    /// that batch loses the record, and the next open names the call in an `unfinished` record
+    /// (`docs/contract.md` §10). A failure is logged, not returned: the call has ended, and its
+    /// result stands. (`async` for the callers that await it; it never waits.)
     ///
     /// `request_id` is that of the final verdict, `error` why the body failed or the arguments
     /// could not be read, `duration` how long the body ran.
@@ -480,7 +510,7 @@ impl<'a> CallTrail<'a> {
             guardrails_enforced: &self.guardrails.enforced,
             guardrails_unenforced: &self.guardrails.unenforced,
         });
-        if let Err(why) = log.append(&event).await {
+        if let Err(why) = log.append_unawaited(&event) {
             tracing::error!(
                 tool = self.tool,
                 call_id = %self.call_id,
@@ -494,6 +524,8 @@ impl<'a> CallTrail<'a> {
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
+
+    use serde_json::json;
 
     use super::*;
     use crate::ledger::WorkflowId;
@@ -532,6 +564,157 @@ mod tests {
     fn append_bytes(path: &Path, bytes: &[u8]) {
         let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
         file.write_all(bytes).unwrap();
+    }
+
+    /// A call of `research-topic` in `log` whose decision (a `DENY` of the check `request_id`)
+    /// is durable.
+    async fn decided<'a>(log: &'a AuditLog, request_id: &str) -> CallTrail<'a> {
+        let mut trail = CallTrail::new(Some(log), "research-topic", &JsonObject::new());
+        decide(&mut trail, request_id).await;
+        trail
+    }
+
+    /// Records one more decision of `trail`'s call (the check `request_id`), as a second check
+    /// does.
+    async fn decide(trail: &mut CallTrail<'_>, request_id: &str) {
+        let intent = Intent {
+            goal: "Research Rust".to_owned(),
+            success_criteria: Vec::new(),
+            constraints: Vec::new(),
+            tools: Vec::new(),
+            side_effects: Vec::new(),
+            context: serde_json::Map::new(),
+        };
+        let policy = PolicyResponse::fail_closed("test".to_owned(), request_id.to_owned());
+        let provenance = Provenance::default();
+        trail
+            .decision(
+                &intent,
+                &provenance,
+                &policy,
+                Mode::Simulator,
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The records of the log at `path`.
+    fn records(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_outcome_is_not_waited_for_and_is_written_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, true).unwrap();
+        let trail = CallTrail::new(Some(&log), "research-topic", &JsonObject::new());
+        trail.outcome(None, Status::Blocked, None, None).await;
+        log.close();
+        let records = records(&path);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["kind"], "outcome");
+        assert_eq!(records[0]["call_id"], trail.call_id().unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_outcome_rides_on_the_next_awaited_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, true).unwrap();
+        log.append_unawaited(&outcome("1")).unwrap();
+        // Once the next decision is durable, the outcome sent before it is too, before it.
+        decided(&log, "r").await;
+        let records = records(&path);
+        assert_eq!((records.len(), &records[0]["call_id"]), (2, &json!("1")));
+        log.close();
+    }
+
+    #[tokio::test]
+    async fn an_outcome_alone_is_written_without_a_close_or_another_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, false).unwrap();
+        log.append_unawaited(&outcome("1")).unwrap();
+        // Bounded polling: nothing else happens that the test could wait on.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() == 0 {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            tokio::task::yield_now().await;
+        }
+        log.close();
+    }
+
+    #[tokio::test]
+    async fn an_open_names_the_calls_with_a_decision_and_no_outcome_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, true).unwrap();
+        let ended = decided(&log, "r1").await;
+        let mut first = decided(&log, "r2").await;
+        let second = decided(&log, "r3").await;
+        log.append(&outcome(ended.call_id().unwrap()))
+            .await
+            .unwrap();
+        decide(&mut first, "r4").await;
+        log.close();
+        assert_eq!(verified(&path).open, 2);
+
+        write(&path, 0).await;
+        let records = records(&path);
+        assert_eq!(records.len(), 6);
+        assert_eq!(records[5]["kind"], "unfinished");
+        let named = json!([first.call_id(), second.call_id()]);
+        assert_eq!(
+            records[5]["call_ids"], named,
+            "in the order of their first decision"
+        );
+        let after = verified(&path);
+        assert_eq!((after.unfinished, after.open), (2, 0));
+        // Named once: the next open has nothing to add.
+        write(&path, 0).await;
+        assert_eq!(verified(&path).records, 6);
+
+        // `audit show --request-id` of a named call shows the record that names it.
+        let mut out = Vec::new();
+        let selection = show::Selection {
+            request_id: Some("r3".to_owned()),
+            last: None,
+        };
+        show::show(&path, &selection, &mut out).unwrap();
+        let shown = String::from_utf8(out).unwrap();
+        assert!(shown.contains("2 call(s) without an outcome"), "{shown}");
+        assert!(
+            !shown.contains("r2"),
+            "only the call selected and the record naming it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_decision_in_a_torn_line_is_not_named_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        write(&path, 1).await;
+        let last = verified(&path).last_hash;
+        // A whole decision that lost its newline: torn, kept, and never counted.
+        let Value::Object(record) = json!({"kind": "decision", "call_id": "torn"}) else {
+            unreachable!()
+        };
+        append_bytes(&path, &chain::seal(record, 2, "t".to_owned(), &last).line);
+        write(&path, 0).await;
+        // And again from the start, where the recovery record names it.
+        write(&path, 0).await;
+        let kinds: Vec<Value> = records(&path).iter().map(|r| r["kind"].clone()).collect();
+        assert_eq!(
+            kinds,
+            [json!("outcome"), json!("decision"), json!("recovery")]
+        );
+        assert_eq!(verified(&path).unfinished, 0);
     }
 
     #[cfg(unix)]

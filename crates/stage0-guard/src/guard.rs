@@ -267,8 +267,8 @@ impl Guard {
     /// context. If the client cancels the request (`notifications/cancelled`) or the session
     /// ends before the final verdict, the check is dropped where it is and nothing runs; a body
     /// that has started runs to its end. With an audit log, each verdict's `decision` record is
-    /// durable before anything else happens, and the call's `outcome` record before the result
-    /// is returned.
+    /// durable before anything else happens; the call's `outcome` record is not waited for: it
+    /// rides on the log's next batch (`docs/contract.md` §10).
     ///
     /// Never fails: invalid arguments, `DENY`, `DEFER`, a refused approval state, a cancelled call
     /// and a failing body are all `isError` results (see [`render`] and `docs/contract.md` §6);

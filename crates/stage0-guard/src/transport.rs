@@ -274,8 +274,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for DuplicateKeyReader<R> {
                 this.ready = std::mem::take(&mut this.line);
                 continue;
             }
-            let mut chunk = [0_u8; 8 * 1024];
-            let mut read = ReadBuf::new(&mut chunk);
+            // Not zeroed: the reader fills what it reports, and zeroing 8 KiB on every read was a
+            // fifth of a call's instructions with the audit log off (BENCHMARKS.md).
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 8 * 1024];
+            let mut read = ReadBuf::uninit(&mut chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
             if read.filled().is_empty() {
                 this.eof = true;

@@ -9,6 +9,9 @@
 //! - `recovery`: a torn last line, left by a crash, that the server found at start and kept.
 //! - `policy_reload`: the Cedar policy was read again (SIGHUP): the new `policy_version`, or why
 //!   the old one stays.
+//! - `unfinished`: the calls that had a `decision` and no `outcome` when the server started: a
+//!   crash ended them, or lost their outcome before it was written (outcomes are not awaited,
+//!   `writer.rs`), or another server on the same file was still running them.
 //!
 //! Every record of one tool call carries the same `call_id`. The chain fields (`seq`, `ts`,
 //! `prev`, `hash`) are added when the record is sealed (`chain.rs`). The tool arguments are never
@@ -24,8 +27,8 @@ use crate::policy::Mode;
 use crate::policy::wire::{self, Verdict};
 
 /// One event of the audit log, serialised as one JSON object whose `kind` is the variant's name
-/// in snake case (`decision`, `approval`, `outcome`, `recovery`) beside the record's fields. The
-/// chain fields are added when it is sealed ([`chain::seal`](super::chain::seal)).
+/// in snake case (`decision`, `approval`, `outcome`, `recovery`, `unfinished`, `policy_reload`) beside the
+/// record's fields. The chain fields are added when it is sealed ([`chain::seal`](super::chain::seal)).
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event<'a> {
@@ -39,6 +42,8 @@ pub enum Event<'a> {
     Recovery(RecoveryRecord),
     /// `kind: policy_reload`: the Cedar policy was read again.
     PolicyReload(PolicyReloadRecord),
+    /// `kind: unfinished`: the calls without an outcome found at start.
+    Unfinished(UnfinishedRecord),
 }
 
 /// A `decision` record: one verdict and everything it was given and said.
@@ -218,6 +223,14 @@ pub struct PolicyReloadRecord {
     /// Why the reload failed: Cedar's diagnostics, one per line (file:line:column: message).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// An `unfinished` record: the calls that, when the server started, had a `decision` record
+/// and no `outcome` record after it (nor an earlier `unfinished` record naming them).
+#[derive(Debug, Serialize)]
+pub struct UnfinishedRecord {
+    /// Their `call_id`s, in the order of their first decision.
+    pub call_ids: Vec<String>,
 }
 
 /// The most characters of a goal a `decision` record holds: 1,024.

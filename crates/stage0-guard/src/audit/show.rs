@@ -2,7 +2,8 @@
 //!
 //! `--request-id ID` keeps every record of the tool calls that `ID` took part in (a call's
 //! records share its `call_id`), so a deferred call shows its `DEFER`, the human's answer, the
-//! second verdict and the outcome together. `--last N` keeps the last `N` records of what is
+//! second verdict and the outcome together, and the `unfinished` record naming the call if a
+//! crash left it without an outcome. `--last N` keeps the last `N` records of what is
 //! left. Lines that are not records are shown as such, never skipped, and so are torn lines: a
 //! last line without its newline, or a line the next record (a `recovery` record) names by offset,
 //! length and SHA-256. A torn line is shown by its place and length only, never parsed, even when
@@ -62,7 +63,10 @@ pub fn show(path: &Path, selection: &Selection, out: &mut impl Write) -> io::Res
     for_each_record(path, |number, line| {
         let shown = match (&calls, &line) {
             (None, _) => true,
-            (Some(calls), Line::Record(record)) => calls.contains(text(record, "call_id")),
+            (Some(calls), Line::Record(record)) => {
+                calls.contains(text(record, "call_id"))
+                    || call_ids(record).any(|call| calls.contains(call))
+            }
             (Some(_), _) => false,
         };
         if !shown {
@@ -293,6 +297,16 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
                 number("torn_offset")
             );
         }
+        "unfinished" => {
+            let _ = write!(
+                out,
+                "{} call(s) without an outcome",
+                call_ids(record).count()
+            );
+            for call in call_ids(record) {
+                details.push(("call", escaped(call).to_string()));
+            }
+        }
         _ => {}
     }
     out.push('\n');
@@ -306,4 +320,13 @@ fn paragraph(out: &mut String, record: &Map<String, Value>) {
     for (name, value) in details {
         let _ = writeln!(out, "    {name}: {value}");
     }
+}
+
+/// The `call_ids` an `unfinished` record names (none for other records).
+fn call_ids(record: &Map<String, Value>) -> impl Iterator<Item = &str> {
+    let calls = match record.get("call_ids") {
+        Some(Value::Array(calls)) => calls.as_slice(),
+        _ => &[],
+    };
+    calls.iter().filter_map(Value::as_str)
 }

@@ -7,7 +7,15 @@
 //! `recovery` record naming exactly its byte offset, length and SHA-256; the chain then goes on
 //! from the last whole record before it. A last line without its newline is a torn write that no
 //! recovery record names yet: starting the server once records it.
+//!
+//! A call whose `decision` has no `outcome` is the other mark a crash leaves (the outcome is not
+//! waited for, so a crash can lose it even after the result was returned): an `unfinished` record
+//! must name exactly the calls that have a decision and no outcome before it (and after the
+//! previous `unfinished` record), in the order of their first decision. The calls still without
+//! an outcome at the end of the log are counted, not refused: a running server is in the middle
+//! of them, or a stopped one was killed and no start has named them yet.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
@@ -25,6 +33,11 @@ pub struct Verified {
     pub last_hash: String,
     /// How many torn lines `recovery` records name.
     pub recoveries: u64,
+    /// How many calls `unfinished` records name: a crash left them without an outcome.
+    pub unfinished: u64,
+    /// How many calls have a decision and no outcome at the end of the log, and no `unfinished`
+    /// record naming them: in flight, or left by a crash that no start has named yet.
+    pub open: u64,
 }
 
 /// The first bad record of a log.
@@ -63,7 +76,10 @@ pub fn verify(log: impl BufRead) -> io::Result<Result<Verified, Break>> {
         records: 0,
         last_hash: GENESIS.to_owned(),
         recoveries: 0,
+        unfinished: 0,
+        open: 0,
     };
+    let mut calls = OpenCalls::default();
     let mut seq = 0;
     let mut current = lines.next()?;
     while let Some(line) = current.take() {
@@ -88,12 +104,72 @@ pub fn verify(log: impl BufRead) -> io::Result<Result<Verified, Break>> {
             return Ok(Err(broken));
         }
         let record = line.checked.expect("a line that checked out");
+        match calls.follow(&record) {
+            Ok(named) => verified.unfinished += named,
+            Err(why) => {
+                return Ok(Err(Break {
+                    line: line.number,
+                    seq: Some(record.seq),
+                    why,
+                }));
+            }
+        }
         seq = record.seq;
         verified.last_hash = record.hash;
         verified.records += 1;
         current = next;
     }
+    verified.open = calls.first_decision.len() as u64;
     Ok(Ok(verified))
+}
+
+/// The calls with a decision and no outcome so far, each with the `seq` of its first decision.
+#[derive(Default)]
+struct OpenCalls {
+    first_decision: HashMap<String, u64>,
+}
+
+impl OpenCalls {
+    /// Follows `record`: a decision opens its call, an outcome ends it, and an `unfinished`
+    /// record must name every open call, in the order of their first decision, and ends them.
+    /// Returns how many calls an `unfinished` record named.
+    fn follow(&mut self, record: &CheckedLine) -> Result<u64, String> {
+        let text = |name| record.record.get(name).and_then(Value::as_str);
+        match text("kind") {
+            Some("decision") => {
+                let call = text("call_id").unwrap_or_default().to_owned();
+                self.first_decision.entry(call).or_insert(record.seq);
+            }
+            Some("outcome") => {
+                self.first_decision
+                    .remove(text("call_id").unwrap_or_default());
+            }
+            Some("unfinished") => {
+                let mut open: Vec<(&String, &u64)> = self.first_decision.iter().collect();
+                open.sort_unstable_by_key(|&(_, seq)| seq);
+                let named: Vec<&str> = match record.record.get("call_ids") {
+                    Some(Value::Array(calls)) => calls.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                if !open
+                    .iter()
+                    .map(|(call, _)| call.as_str())
+                    .eq(named.iter().copied())
+                {
+                    return Err(format!(
+                        "an unfinished record that names {} call(s) where {} had a decision and \
+                         no outcome",
+                        named.len(),
+                        open.len()
+                    ));
+                }
+                self.first_decision.clear();
+                return Ok(named.len() as u64);
+            }
+            _ => {}
+        }
+        Ok(0)
+    }
 }
 
 /// Checks that `line` is a whole, sealed, non-recovery record following the record numbered `seq`
@@ -334,5 +410,69 @@ mod tests {
         let stray = recovery(3, &last_hash, 0, b"");
         let broken = verify(&[bytes, stray].concat()).unwrap_err();
         assert_eq!((broken.line, broken.seq), (3, Some(3)));
+    }
+
+    /// A sealed log of `records` (JSON objects) in order.
+    fn sealed(records: &[Value]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        for (seq, record) in (1..).zip(records) {
+            let Value::Object(record) = record.clone() else {
+                unreachable!()
+            };
+            let sealed = chain::seal(record, seq, "2026-11-30T17:00:00Z".to_owned(), &prev);
+            bytes.extend_from_slice(&sealed.line);
+            bytes.push(b'\n');
+            prev = sealed.hash;
+        }
+        bytes
+    }
+
+    fn decision(call: &str) -> Value {
+        json!({"kind": "decision", "call_id": call})
+    }
+
+    fn outcome(call: &str) -> Value {
+        json!({"kind": "outcome", "call_id": call})
+    }
+
+    fn unfinished(calls: &[&str]) -> Value {
+        json!({"kind": "unfinished", "call_ids": calls})
+    }
+
+    #[test]
+    fn calls_without_an_outcome_are_counted_and_accepted_when_named_exactly() {
+        let crashed = [decision("a"), decision("b"), outcome("a"), decision("c")];
+        let open = verify(&sealed(&crashed)).unwrap();
+        assert_eq!((open.open, open.unfinished), (2, 0));
+
+        let named = [&crashed[..], &[unfinished(&["b", "c"]), decision("d")]].concat();
+        let verified = verify(&sealed(&named)).unwrap();
+        assert_eq!((verified.open, verified.unfinished), (1, 2));
+        // Another server's outcome of a call named while it still ran is accepted.
+        let late = [&named[..], &[outcome("b")]].concat();
+        assert_eq!(verify(&sealed(&late)).unwrap().unfinished, 2);
+    }
+
+    #[test]
+    fn an_unfinished_record_that_does_not_name_exactly_the_open_calls_is_refused() {
+        let crashed = [decision("a"), decision("b"), outcome("a"), decision("c")];
+        for wrong in [
+            unfinished(&["b"]),
+            unfinished(&["c", "b"]),
+            unfinished(&["a", "b", "c"]),
+            unfinished(&["b", "c", "x"]),
+            unfinished(&[]),
+        ] {
+            let shown = wrong.to_string();
+            let mut log = crashed.to_vec();
+            log.push(wrong);
+            let broken = verify(&sealed(&log)).unwrap_err();
+            assert_eq!((broken.line, broken.seq), (5, Some(5)), "{shown}");
+            assert!(broken.why.contains("unfinished"), "{broken}");
+        }
+        // Nor one where nothing was left open.
+        let stray = [decision("a"), outcome("a"), unfinished(&["a"])];
+        assert_eq!(verify(&sealed(&stray)).unwrap_err().line, 3);
     }
 }

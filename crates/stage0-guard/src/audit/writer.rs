@@ -8,6 +8,13 @@
 //! file before the caller is answered, so they survive the process being killed, but not a power
 //! loss or an operating-system crash.
 //!
+//! A record nobody waits for (an `outcome`: the call has ended, its result stands) rides on the
+//! next batch: the writer holds a batch of only such records for at most [`LINGER`], so that the
+//! next call's `decision` carries it through the same fsync, and writes it alone once
+//! [`LINGER`] has passed, or at [`Message::Close`]. A crash before then loses it; the next open
+//! names every call that has a `decision` and no `outcome` in an `unfinished` record (see
+//! [`Writer::open`]), so the log says so instead of keeping a silent gap.
+//!
 //! Each batch is appended under an exclusive lock on the file (`flock` on Unix), taken within
 //! [`LOCK_WAIT`] or not at all (the batch is then refused, and its calls denied), after catching
 //! up with whatever other processes appended since (two MCP clients may each start a server on
@@ -28,17 +35,19 @@
 //! The file is opened without following a symbolic link in the last component of its path
 //! (`O_NOFOLLOW` on Unix): a link someone else planted there would choose where the records go.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::chain::{self, GENESIS};
-use super::record::{Event, RecoveryRecord};
+use super::record::{Event, RecoveryRecord, UnfinishedRecord};
 use super::{AuditError, LOCK_WAIT, Unavailable};
 use crate::approval::state::SpentNonceSet;
 use crate::escape::escaped;
@@ -47,12 +56,16 @@ use crate::ledger::AttemptLedger;
 /// The most records sealed and appended in one batch (one write, one fsync).
 const MAX_BATCH: usize = 256;
 
+/// The longest a record nobody waits for is held for a batch to ride on: 5 ms.
+pub const LINGER: Duration = Duration::from_millis(5);
+
 /// What callers send the writer.
 pub(super) enum Message {
-    /// Seal and append `record`, then answer with its `seq` once it is durable.
+    /// Seal and append `record`; answer `done` with its `seq` once it is durable or, without
+    /// `done`, write it with the next batch (within [`LINGER`]).
     Append {
         record: Map<String, Value>,
-        done: oneshot::Sender<Result<u64, Unavailable>>,
+        done: Option<oneshot::Sender<Result<u64, Unavailable>>>,
     },
     /// Finish what was sent before, then stop.
     Close,
@@ -84,6 +97,19 @@ pub(super) struct Writer {
     stopped: Option<Unavailable>,
     /// Whether the first catch-up (at open) is done: a torn last line found after it is refused.
     opened: bool,
+    /// Filled by the first catch-up: the calls with a `decision` and no `outcome` since the last
+    /// `unfinished` record, each with the `seq` of its first decision. Named at open.
+    unfinished: HashMap<String, u64>,
+}
+
+/// What a record found by the first catch-up does to the calls without an outcome.
+enum CallMark {
+    /// A `decision` of the call, with its `seq`.
+    Decided(String, u64),
+    /// The call's `outcome`.
+    Ended(String),
+    /// An `unfinished` record: every call without an outcome so far is named.
+    Named,
 }
 
 /// A whole line's place in the file.
@@ -95,7 +121,10 @@ struct LineAt {
 
 impl Writer {
     /// Opens (creating it and its folders if needed) the log at `path`, reads it to its end,
-    /// counting every retry it records in `ledger`, and records a torn last line if there is one.
+    /// counting every retry it records in `ledger`, records a torn last line if there is one,
+    /// then names in an `unfinished` record every call whose `decision` has no `outcome` (a crash
+    /// ended it, or lost its outcome before the batch it rode on was written; or another server
+    /// on the same file is running it now, and its outcome may follow).
     ///
     /// # Errors
     ///
@@ -149,6 +178,7 @@ impl Writer {
             spent,
             stopped: None,
             opened: false,
+            unfinished: HashMap::new(),
         };
         let (_, torn) = writer.append(Vec::new())?;
         Ok((writer, torn))
@@ -159,13 +189,30 @@ impl Writer {
         (self.seq, &self.hash)
     }
 
-    /// Answers messages until [`Message::Close`] or until every sender is gone.
-    pub(super) fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Message>) {
+    /// Answers messages until [`Message::Close`] or until every sender is gone, then writes
+    /// what is left.
+    pub(super) fn run(mut self, inbox: Receiver<Message>) {
         let mut records = Vec::new();
         let mut replies = Vec::new();
-        while let Some(first) = inbox.blocking_recv() {
-            let mut next = Some(first);
-            let mut closing = false;
+        // Set while the batch holds only records nobody waits for: when to write it anyway.
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let first = match deadline {
+                None => inbox.recv().ok(),
+                Some(until) => {
+                    match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        Ok(message) => Some(message),
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.answer(&mut records, &mut replies);
+                            deadline = None;
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+            };
+            let mut next = first;
+            let mut closing = next.is_none();
             while let Some(message) = next.take() {
                 match message {
                     Message::Append { record, done } => {
@@ -181,20 +228,12 @@ impl Writer {
                     next = inbox.try_recv().ok();
                 }
             }
-            if !records.is_empty() {
-                match self.commit(std::mem::take(&mut records)) {
-                    Ok(seqs) => {
-                        for (done, seq) in replies.drain(..).zip(seqs) {
-                            // A caller that stopped waiting (a cancelled call) needs no answer.
-                            let _ = done.send(Ok(seq));
-                        }
-                    }
-                    Err(why) => {
-                        for done in replies.drain(..) {
-                            let _ = done.send(Err(why.clone()));
-                        }
-                    }
-                }
+            let awaited = replies.iter().any(Option::is_some);
+            if closing || awaited || records.len() >= MAX_BATCH {
+                self.answer(&mut records, &mut replies);
+                deadline = None;
+            } else if !records.is_empty() {
+                deadline.get_or_insert_with(|| Instant::now() + LINGER);
             }
             if closing {
                 break;
@@ -206,6 +245,45 @@ impl Writer {
             hash = %self.hash,
             "audit log closed"
         );
+    }
+
+    /// Commits the batch in `records` and answers those who wait. Records nobody waits for that
+    /// could not be written are counted in the log of the server; the next open names their
+    /// calls in an `unfinished` record.
+    fn answer(
+        &mut self,
+        records: &mut Vec<Map<String, Value>>,
+        replies: &mut Vec<Option<oneshot::Sender<Result<u64, Unavailable>>>>,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        match self.commit(std::mem::take(records)) {
+            Ok(seqs) => {
+                for (done, seq) in replies.drain(..).zip(seqs) {
+                    // A caller that stopped waiting (a cancelled call) needs no answer.
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(seq));
+                    }
+                }
+            }
+            Err(why) => {
+                let mut unawaited = 0;
+                for done in replies.drain(..) {
+                    match done {
+                        Some(done) => drop(done.send(Err(why.clone()))),
+                        None => unawaited += 1,
+                    }
+                }
+                if unawaited > 0 {
+                    tracing::error!(
+                        records = unawaited,
+                        why = %escaped(&why),
+                        "outcome records not written; the next start names their calls as unfinished"
+                    );
+                }
+            }
+        }
     }
 
     /// Appends `records` as one batch, or refuses them all once the writer has stopped.
@@ -294,6 +372,22 @@ impl Writer {
                 "the audit log ended in a torn line (a crash during a write); kept it and recorded it"
             );
         }
+        if !self.unfinished.is_empty() {
+            let mut calls: Vec<(String, u64)> = self.unfinished.drain().collect();
+            calls.sort_unstable_by_key(|&(_, seq)| seq);
+            tracing::warn!(
+                path = %escaped(self.path.display()),
+                calls = calls.len(),
+                "calls with a decision and no outcome in the audit log (a crash); named them"
+            );
+            let unfinished = Event::Unfinished(UnfinishedRecord {
+                call_ids: calls.into_iter().map(|(call_id, _)| call_id).collect(),
+            });
+            let Ok(Value::Object(unfinished)) = serde_json::to_value(&unfinished) else {
+                unreachable!("an unfinished record is a JSON object");
+            };
+            self.seal_into(&mut buffer, unfinished);
+        }
         let seqs = records
             .into_iter()
             .map(|record| self.seal_into(&mut buffer, record))
@@ -367,6 +461,7 @@ impl Writer {
         let mut head_before_last = (self.seq, self.hash.clone());
         let mut unparsed: Option<(LineAt, chain::LineProblem)> = None;
         let mut pending_key: Option<[u8; 32]> = None;
+        let mut pending_mark: Option<CallMark> = None;
         let mut torn = None;
         loop {
             line.clear();
@@ -406,6 +501,7 @@ impl Writer {
                     if let Some(key) = pending_key.take() {
                         self.ledger.observe_key(key);
                     }
+                    mark(&mut self.unfinished, pending_mark.take());
                     unparsed = Some((at, problem));
                     head_before_last = (self.seq, self.hash.clone());
                     last = Some(at);
@@ -427,6 +523,7 @@ impl Writer {
                 // nothing in it counts (its key, still pending, is replaced below uncounted).
                 (self.seq, self.hash) = head_before_last.clone();
                 unparsed = None;
+                pending_mark = None;
             } else if let Some((earlier, problem)) = unparsed.take() {
                 return Err(self.not_a_record(earlier, &problem));
             } else if recovery {
@@ -434,8 +531,11 @@ impl Writer {
                     at.offset,
                     "a recovery record that does not name the torn line just before it",
                 ));
-            } else if let Some(key) = pending_key.take() {
-                self.ledger.observe_key(key);
+            } else {
+                if let Some(key) = pending_key.take() {
+                    self.ledger.observe_key(key);
+                }
+                mark(&mut self.unfinished, pending_mark.take());
             }
             if checked.seq != self.seq + 1 || checked.prev != self.hash {
                 return Err(self.broken(
@@ -451,6 +551,9 @@ impl Writer {
                 .get("workflow_sha256")
                 .and_then(Value::as_str)
                 .and_then(ledger_key);
+            if !self.opened {
+                pending_mark = call_mark(&checked);
+            }
             head_before_last = (self.seq, std::mem::replace(&mut self.hash, checked.hash));
             self.seq = checked.seq;
             // A spent nonce counts at once, even in a line a recovery record later names as torn:
@@ -473,6 +576,7 @@ impl Writer {
         if let Some(key) = pending_key {
             self.ledger.observe_key(key);
         }
+        mark(&mut self.unfinished, pending_mark);
         self.end = offset;
         self.opened = true;
         Ok(torn)
@@ -510,6 +614,37 @@ impl Writer {
             why: why.to_owned(),
         }
     }
+}
+
+/// Applies to `unfinished` what a whole record found by the first catch-up says about calls
+/// without an outcome.
+fn mark(unfinished: &mut HashMap<String, u64>, mark: Option<CallMark>) {
+    match mark {
+        Some(CallMark::Decided(call_id, seq)) => {
+            unfinished.entry(call_id).or_insert(seq);
+        }
+        Some(CallMark::Ended(call_id)) => {
+            unfinished.remove(&call_id);
+        }
+        Some(CallMark::Named) => unfinished.clear(),
+        None => {}
+    }
+}
+
+/// What `line` does to the calls without an outcome, by its `kind`.
+fn call_mark(line: &chain::CheckedLine) -> Option<CallMark> {
+    let call_id = || field(&line.record, "call_id").to_owned();
+    match field(&line.record, "kind") {
+        "decision" => Some(CallMark::Decided(call_id(), line.seq)),
+        "outcome" => Some(CallMark::Ended(call_id())),
+        "unfinished" => Some(CallMark::Named),
+        _ => None,
+    }
+}
+
+/// A string field of `record` ("" when absent or not a string).
+fn field<'a>(record: &'a Map<String, Value>, name: &str) -> &'a str {
+    record.get(name).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The ledger key a `workflow_sha256` names: its 32 bytes.
