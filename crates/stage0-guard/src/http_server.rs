@@ -34,6 +34,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use http::{HeaderValue, StatusCode, header};
 use reqwest::Url;
@@ -237,6 +238,13 @@ impl GuardedServer {
             oauth = config.oauth.is_some(),
             "serving MCP over streamable HTTP at {MCP_PATH}"
         );
+        // Answers go out as soon as they are written: without TCP_NODELAY, a small answer can
+        // wait for the client's delayed ACK (40 ms) under Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::warn!(%error, "TCP_NODELAY not set");
+            }
+        });
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 stop.await;
