@@ -175,16 +175,20 @@ async fn checks(fake: &MockServer) -> usize {
     received.expect("the fake records requests").len()
 }
 
-#[tokio::test]
-async fn with_a_key_too_the_local_policy_decides_first_and_the_stricter_verdict_wins() {
-    let fake = stage0_answering("DEFER", "DEFER").await;
-    let team = shipped("team-example.cedar");
-    let uri = fake.uri();
+/// A server with the team policy set and a key for `fake`: `cedar+stage0`, nobody asked.
+async fn layered_session(fake: &MockServer) -> Session {
+    let (team, uri) = (shipped("team-example.cedar"), fake.uri());
     let mut env = live_env(&uri, "5000");
     env.push(("STAGE0_POLICY", team.as_str()));
     env.push(("STAGE0_AUDIT_LOG", "off"));
     env.push(("STAGE0_APPROVALS", "off"));
-    let session = Session::start(&env).await;
+    Session::start(&env).await
+}
+
+#[tokio::test]
+async fn with_a_key_too_the_local_policy_decides_first_and_the_stricter_verdict_wins() {
+    let fake = stage0_answering("DEFER", "DEFER").await;
+    let session = layered_session(&fake).await;
 
     // Cedar allows research, Stage0 defers it: DEFER, with both answers.
     let research = session
@@ -217,13 +221,7 @@ async fn with_a_key_too_the_local_policy_decides_first_and_the_stricter_verdict_
 #[tokio::test]
 async fn a_local_defer_is_not_lifted_by_a_stage0_allow() {
     let fake = stage0_answering("ALLOW", "GO").await;
-    let team = shipped("team-example.cedar");
-    let uri = fake.uri();
-    let mut env = live_env(&uri, "5000");
-    env.push(("STAGE0_POLICY", team.as_str()));
-    env.push(("STAGE0_AUDIT_LOG", "off"));
-    env.push(("STAGE0_APPROVALS", "off"));
-    let session = Session::start(&env).await;
+    let session = layered_session(&fake).await;
     let retry = json!({"workflowId": "payments-nightly", "retryCount": 2});
     let outcome = session.call("retry-workflow", retry).await;
     assert_eq!(outcome.field("verdict"), "DEFER");

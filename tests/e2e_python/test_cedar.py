@@ -36,17 +36,26 @@ def params(folder: str) -> StdioServerParameters:
     return StdioServerParameters(command=str(server_bin()), args=[], env=env, cwd=folder)
 
 
-@pytest.mark.parametrize(("mode", "revision"), REVISIONS)
-async def test_a_cedar_defer_is_approved_by_a_human_and_runs_once(mode: str, revision: str) -> None:
-    human = Human(content=APPROVE)
-    retry = {"workflowId": "payments-nightly", "retryCount": 2}
+async def call_once(
+    mode: str, revision: str, human: Human, tool: str, arguments: dict[str, Any]
+) -> Any:
+    """One call of `tool` by a fresh client at `revision`, its result validated by the SDK."""
     with tempfile.TemporaryDirectory() as folder, anyio.fail_after(TIMEOUT_SECONDS):
         async with Client(
             params(folder), mode=mode, elicitation_callback=human,
             read_timeout_seconds=TIMEOUT_SECONDS,
         ) as client:
             assert client.protocol_version == revision
-            result = await client.call_tool("retry-workflow", retry)
+            result = await client.call_tool(tool, arguments)
+            await client.session.validate_tool_result(tool, result)
+    return result
+
+
+@pytest.mark.parametrize(("mode", "revision"), REVISIONS)
+async def test_a_cedar_defer_is_approved_by_a_human_and_runs_once(mode: str, revision: str) -> None:
+    human = Human(content=APPROVE)
+    retry = {"workflowId": "payments-nightly", "retryCount": 2}
+    result = await call_once(mode, revision, human, "retry-workflow", retry)
     report = result.structured_content
     assert result.is_error is False, result
     assert (report["mode"], report["verdict"], report["executed"]) == ("cedar", "ALLOW", True)
@@ -59,16 +68,8 @@ async def test_a_cedar_defer_is_approved_by_a_human_and_runs_once(mode: str, rev
 @pytest.mark.parametrize(("mode", "revision"), REVISIONS)
 async def test_a_cedar_deny_names_its_policy_and_runs_nothing(mode: str, revision: str) -> None:
     human = Human(content=APPROVE)
-    with tempfile.TemporaryDirectory() as folder, anyio.fail_after(TIMEOUT_SECONDS):
-        async with Client(
-            params(folder), mode=mode, elicitation_callback=human,
-            read_timeout_seconds=TIMEOUT_SECONDS,
-        ) as client:
-            assert client.protocol_version == revision
-            result = await client.call_tool(
-                "publish-content", {"content": "Launch", "channel": "public"}
-            )
-            await client.session.validate_tool_result("publish-content", result)
+    public = {"content": "Launch", "channel": "public"}
+    result = await call_once(mode, revision, human, "publish-content", public)
     report = result.structured_content
     assert result.is_error is True
     assert (report["verdict"], report["executed"]) == ("DENY", False)
