@@ -576,3 +576,65 @@ async fn sixty_four_clients_sending_four_megabyte_calls_stay_under_the_memory_bo
     println!("peak RSS with 64 calls of 3.9 MiB sent at once ({served} served): {peak_mib} MiB");
     assert!(peak_mib < PEAK_RSS_BOUND_MIB, "peak RSS {peak_mib} MiB");
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_call_in_flight_finish_and_closes_the_audit_log() {
+    // A Stage0 that takes its time, so that a call is in flight when the signal comes.
+    let slow = bounded("the fake Stage0 to start", MockServer::start()).await;
+    Mock::given(method("POST"))
+        .and(path("/check"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"verdict": "ALLOW", "decision": "GO", "reason": "ok"}))
+                .set_delay(std::time::Duration::from_secs(2)),
+        )
+        .mount(&slow)
+        .await;
+    let stage0 = slow.uri();
+    let server = std::sync::Arc::new(
+        HttpServer::start(&[
+            ("STAGE0_API_KEY", common::SECRET_KEY),
+            ("STAGE0_BASE_URL", stage0.as_str()),
+        ])
+        .await,
+    );
+    let in_flight = tokio::spawn({
+        let server = std::sync::Arc::clone(&server);
+        async move {
+            server
+                .call(None, "research-topic", json!({"topic": "Rust"}))
+                .await
+        }
+    });
+    bounded("the check to reach Stage0", async {
+        while slow
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let pid = server
+        .child
+        .id()
+        .expect("the server is running")
+        .to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(term.expect("kill runs").success());
+
+    let answer = bounded("the call in flight", in_flight).await.unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.report()["executed"], true);
+    let mut server = std::sync::Arc::into_inner(server).expect("the only handle");
+    let status = bounded("the server to exit", server.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let kinds: Vec<Value> = server.records().iter().map(|r| r["kind"].clone()).collect();
+    assert_eq!(kinds, [json!("decision"), json!("outcome")]);
+}

@@ -21,12 +21,13 @@
 //!
 //! The protected resource metadata (RFC 9728) is served at
 //! `/.well-known/oauth-protected-resource/mcp` and at the root form. Stopping (SIGTERM in the
-//! binary) stops accepting connections, lets calls in flight finish, and closes the audit log.
+//! binary) refuses new requests (`503`), lets those in flight finish (within the request
+//! deadline), then ends rmcp's sessions and streams and closes the audit log.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ use reqwest::Url;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::claims::Operator;
@@ -105,6 +107,10 @@ struct Gate {
     challenge: Option<HeaderValue>,
     in_flight: AtomicUsize,
     bytes_in_flight: AtomicUsize,
+    /// Set when the server stops: new requests are refused (`503`) while those in flight finish.
+    closing: AtomicBool,
+    /// Woken when the last request in flight is answered.
+    drained: Notify,
     per_principal: Mutex<HashMap<String, usize>>,
     max_in_flight: usize,
     max_per_principal: usize,
@@ -120,7 +126,9 @@ struct Admitted<'a> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.gate.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.gate.drained.notify_waiters();
+        }
         self.gate
             .bytes_in_flight
             .fetch_sub(self.bytes, Ordering::AcqRel);
@@ -150,8 +158,10 @@ impl Gate {
         let too_many_bytes = taken > 0 && bytes_before + bytes > self.max_bytes;
         if taken >= self.max_in_flight || mine >= self.max_per_principal || too_many_bytes {
             drop(counts);
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.bytes_in_flight.fetch_sub(bytes, Ordering::AcqRel);
+            if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.drained.notify_waiters();
+            }
             return None;
         }
         counts.insert(principal.to_owned(), mine + 1);
@@ -160,6 +170,25 @@ impl Gate {
             principal: principal.to_owned(),
             bytes,
         })
+    }
+}
+
+impl Gate {
+    /// Refuses new requests and waits, at most `bound`, until those in flight are answered.
+    async fn drain(&self, bound: Duration) {
+        self.closing.store(true, Ordering::Release);
+        let drained = async {
+            loop {
+                let notified = self.drained.notified();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(bound, drained).await.is_err() {
+            tracing::warn!("stopping with calls still in flight after {bound:?}");
+        }
     }
 }
 
@@ -191,6 +220,8 @@ impl GuardedServer {
             }),
             in_flight: AtomicUsize::new(0),
             bytes_in_flight: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            drained: Notify::new(),
             per_principal: Mutex::new(HashMap::new()),
             max_in_flight: config.max_calls_in_flight.max(1),
             max_per_principal: config.max_calls_per_principal.max(1),
@@ -227,6 +258,7 @@ impl GuardedServer {
                 .route("/.well-known/oauth-protected-resource/mcp", metadata);
         }
 
+        let draining = Arc::clone(&gate);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|error| HttpError::Io(config.listen, error))?;
@@ -248,7 +280,9 @@ impl GuardedServer {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 stop.await;
-                tracing::info!("stopping: no new connections; calls in flight finish");
+                tracing::info!("stopping: new calls are refused; calls in flight finish");
+                draining.drain(config.request_timeout).await;
+                // Only now are rmcp's sessions and streams ended.
                 shutdown.cancel();
             })
             .await
@@ -317,6 +351,10 @@ async fn authorize(State(gate): State<Arc<Gate>>, mut request: Request, next: Ne
         .get(header::CONTENT_LENGTH)
         .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
         .map_or(MAX_BODY_BYTES, |length| length.min(MAX_BODY_BYTES));
+    // One that slips in as stopping begins is counted, and `drain` waits for it too.
+    if gate.closing.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the server is stopping").into_response();
+    }
     let Some(_admitted) = gate.admit(&principal, bytes) else {
         tracing::warn!(principal = %escaped(&principal), "HTTP request refused: too many in flight");
         let mut response = (
