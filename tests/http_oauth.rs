@@ -459,16 +459,7 @@ async fn sixty_four_concurrent_clients_are_each_answered_exactly_once() {
 #[tokio::test]
 async fn a_call_over_the_principals_bound_is_refused_at_once_with_429() {
     // A Stage0 that takes its time, so that the first call is still in flight.
-    let slow = bounded("the fake Stage0 to start", MockServer::start()).await;
-    Mock::given(method("POST"))
-        .and(path("/check"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"verdict": "ALLOW", "decision": "GO", "reason": "ok"}))
-                .set_delay(std::time::Duration::from_secs(3)),
-        )
-        .mount(&slow)
-        .await;
+    let slow = slow_stage0(3).await;
     let key = ed25519("k1");
     let issuer = issuer(&[&key]).await;
     let (iss, stage0) = (issuer.uri(), slow.uri());
@@ -580,16 +571,7 @@ async fn sixty_four_clients_sending_four_megabyte_calls_stay_under_the_memory_bo
 #[tokio::test]
 async fn sigterm_lets_the_call_in_flight_finish_and_closes_the_audit_log() {
     // A Stage0 that takes its time, so that a call is in flight when the signal comes.
-    let slow = bounded("the fake Stage0 to start", MockServer::start()).await;
-    Mock::given(method("POST"))
-        .and(path("/check"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"verdict": "ALLOW", "decision": "GO", "reason": "ok"}))
-                .set_delay(std::time::Duration::from_secs(2)),
-        )
-        .mount(&slow)
-        .await;
+    let slow = slow_stage0(2).await;
     let stage0 = slow.uri();
     let server = std::sync::Arc::new(
         HttpServer::start(&[
@@ -637,4 +619,39 @@ async fn sigterm_lets_the_call_in_flight_finish_and_closes_the_audit_log() {
     assert!(status.success(), "{status:?}");
     let kinds: Vec<Value> = server.records().iter().map(|r| r["kind"].clone()).collect();
     assert_eq!(kinds, [json!("decision"), json!("outcome")]);
+}
+
+/// A fake Stage0 that allows every call after `seconds`.
+async fn slow_stage0(seconds: u64) -> MockServer {
+    let slow = bounded("the fake Stage0 to start", MockServer::start()).await;
+    Mock::given(method("POST"))
+        .and(path("/check"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"verdict": "ALLOW", "decision": "GO", "reason": "ok"}))
+                .set_delay(std::time::Duration::from_secs(seconds)),
+        )
+        .mount(&slow)
+        .await;
+    slow
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_is_answered_408_and_nothing_runs() {
+    let slow = slow_stage0(5).await;
+    let stage0 = slow.uri();
+    let server = HttpServer::start(&[
+        ("STAGE0_API_KEY", common::SECRET_KEY),
+        ("STAGE0_BASE_URL", stage0.as_str()),
+        ("STAGE0_TIMEOUT_MS", "10000"),
+        ("STAGE0_HTTP_REQUEST_TIMEOUT_S", "1"),
+    ])
+    .await;
+    let answer = server
+        .call(None, "research-topic", json!({"topic": "Rust"}))
+        .await;
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(!format!("{:?}", answer.json).contains(STAND_IN));
+    let executed = server.records().iter().any(|r| r["executed"] == true);
+    assert!(!executed, "{:?}", server.records());
 }
