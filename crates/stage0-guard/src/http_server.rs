@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,16 +104,30 @@ struct Gate {
     validator: Option<TokenValidator>,
     /// `WWW-Authenticate` of a `401`.
     challenge: Option<HeaderValue>,
-    in_flight: AtomicUsize,
-    bytes_in_flight: AtomicUsize,
-    /// Set when the server stops: new requests are refused (`503`) while those in flight finish.
-    closing: AtomicBool,
+    in_flight: Mutex<InFlight>,
     /// Woken when the last request in flight is answered.
     drained: Notify,
-    per_principal: Mutex<HashMap<String, usize>>,
     max_in_flight: usize,
     max_per_principal: usize,
     max_bytes: usize,
+}
+
+/// The requests being served now.
+#[derive(Debug, Default)]
+struct InFlight {
+    calls: usize,
+    bytes: usize,
+    per_principal: HashMap<String, usize>,
+    /// Set when the server stops: new requests are refused (`503`) while those in flight finish.
+    closing: bool,
+}
+
+/// Why a request was not let in.
+enum Refusal {
+    /// A bound is reached: `429`.
+    Busy,
+    /// The server is stopping: `503`.
+    Stopping,
 }
 
 /// A request's places in the in-flight counts, given back when it is answered.
@@ -126,61 +139,59 @@ struct Admitted<'a> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        if self.gate.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.gate.drained.notify_waiters();
-        }
-        self.gate
-            .bytes_in_flight
-            .fetch_sub(self.bytes, Ordering::AcqRel);
-        let mut counts = self
-            .gate
-            .per_principal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.principal) {
+        let mut in_flight = self.gate.lock();
+        in_flight.calls -= 1;
+        in_flight.bytes -= self.bytes;
+        if let Some(count) = in_flight.per_principal.get_mut(&self.principal) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.principal);
+                in_flight.per_principal.remove(&self.principal);
             }
+        }
+        if in_flight.calls == 0 {
+            self.gate.drained.notify_waiters();
         }
     }
 }
 
 impl Gate {
-    /// Takes a place for a request of `principal` with a body of `bytes`, or `None` when a
-    /// bound is reached. A request is always let in when nothing else is in flight, however
-    /// large its body (it is at most [`MAX_BODY_BYTES`] anyway).
-    fn admit(&self, principal: &str, bytes: usize) -> Option<Admitted<'_>> {
-        let taken = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let bytes_before = self.bytes_in_flight.fetch_add(bytes, Ordering::AcqRel);
-        let mut counts = self.per_principal.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = counts.get(principal).copied().unwrap_or(0);
-        let too_many_bytes = taken > 0 && bytes_before + bytes > self.max_bytes;
-        if taken >= self.max_in_flight || mine >= self.max_per_principal || too_many_bytes {
-            drop(counts);
-            self.bytes_in_flight.fetch_sub(bytes, Ordering::AcqRel);
-            if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.drained.notify_waiters();
-            }
-            return None;
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for a request of `principal` with a body of `bytes`, or says why not. A
+    /// request is always let in when nothing else is in flight, however large its body (it is at
+    /// most [`MAX_BODY_BYTES`] anyway).
+    fn admit(&self, principal: &str, bytes: usize) -> Result<Admitted<'_>, Refusal> {
+        let mut in_flight = self.lock();
+        if in_flight.closing {
+            return Err(Refusal::Stopping);
         }
-        counts.insert(principal.to_owned(), mine + 1);
-        Some(Admitted {
+        let mine = in_flight.per_principal.get(principal).copied().unwrap_or(0);
+        let too_many_bytes = in_flight.calls > 0 && in_flight.bytes + bytes > self.max_bytes;
+        if in_flight.calls >= self.max_in_flight || mine >= self.max_per_principal || too_many_bytes
+        {
+            return Err(Refusal::Busy);
+        }
+        in_flight.calls += 1;
+        in_flight.bytes += bytes;
+        in_flight
+            .per_principal
+            .insert(principal.to_owned(), mine + 1);
+        Ok(Admitted {
             gate: self,
             principal: principal.to_owned(),
             bytes,
         })
     }
-}
 
-impl Gate {
     /// Refuses new requests and waits, at most `bound`, until those in flight are answered.
     async fn drain(&self, bound: Duration) {
-        self.closing.store(true, Ordering::Release);
+        self.lock().closing = true;
         let drained = async {
             loop {
                 let notified = self.drained.notified();
-                if self.in_flight.load(Ordering::Acquire) == 0 {
+                if self.lock().calls == 0 {
                     return;
                 }
                 notified.await;
@@ -218,11 +229,8 @@ impl GuardedServer {
             challenge: resource_metadata.as_ref().and_then(|url| {
                 HeaderValue::from_str(&format!("Bearer resource_metadata=\"{url}\"")).ok()
             }),
-            in_flight: AtomicUsize::new(0),
-            bytes_in_flight: AtomicUsize::new(0),
-            closing: AtomicBool::new(false),
+            in_flight: Mutex::new(InFlight::default()),
             drained: Notify::new(),
-            per_principal: Mutex::new(HashMap::new()),
             max_in_flight: config.max_calls_in_flight.max(1),
             max_per_principal: config.max_calls_per_principal.max(1),
             max_bytes: config.max_bytes_in_flight.max(1),
@@ -351,21 +359,23 @@ async fn authorize(State(gate): State<Arc<Gate>>, mut request: Request, next: Ne
         .get(header::CONTENT_LENGTH)
         .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
         .map_or(MAX_BODY_BYTES, |length| length.min(MAX_BODY_BYTES));
-    // One that slips in as stopping begins is counted, and `drain` waits for it too.
-    if gate.closing.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the server is stopping").into_response();
-    }
-    let Some(_admitted) = gate.admit(&principal, bytes) else {
-        tracing::warn!(principal = %escaped(&principal), "HTTP request refused: too many in flight");
-        let mut response = (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many calls in flight: retry later",
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+    let _admitted = match gate.admit(&principal, bytes) {
+        Ok(admitted) => admitted,
+        Err(Refusal::Stopping) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "the server is stopping").into_response();
+        }
+        Err(Refusal::Busy) => {
+            tracing::warn!(principal = %escaped(&principal), "HTTP request refused: too many in flight");
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many calls in flight: retry later",
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
     };
     if let Some(operator) = operator {
         request.extensions_mut().insert::<Operator>(operator);
