@@ -344,7 +344,7 @@ async fn run(http: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<()> {
     );
     let stop = shutdown.cancelled_owned();
     let server = stage0_server(guard);
-    if server.guard().mode() == Mode::Cedar || server.guard().mode() == Mode::CedarStage0 {
+    if matches!(server.guard().mode(), Mode::Cedar | Mode::CedarStage0) {
         tokio::spawn(reload_on_hangup(Arc::clone(server.guard())));
     }
     match http {

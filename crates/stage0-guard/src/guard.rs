@@ -682,11 +682,7 @@ impl Guard {
             None => None,
             Some(policy) => match serde_json::to_value(&call) {
                 Ok(serde_json::Value::Object(arguments)) => {
-                    let principal = provenance
-                        .actor_id
-                        .as_deref()
-                        .or(operator.actor_id.as_deref())
-                        .unwrap_or(cedar::ANONYMOUS);
+                    let principal = operator.actor_id.as_deref().unwrap_or(cedar::ANONYMOUS);
                     Some(Local {
                         arguments,
                         recent_calls: policy.observe(principal, T::NAME),
