@@ -87,7 +87,8 @@ impl TokenError {
 #[derive(Debug, Default)]
 struct Keys {
     jwks_url: Option<Url>,
-    set: Option<JwkSet>,
+    /// The usable keys of the last key set fetched, each with its `kid`, decoded once.
+    set: Option<Vec<(Option<String>, DecodingKey)>>,
     fetched_at: Option<Instant>,
 }
 
@@ -176,8 +177,7 @@ impl TokenValidator {
                 Err(why) => tracing::warn!(why = %escaped(&why), "JWKS refetch failed"),
             }
         }
-        let jwk = find(&keys, kid, alg).ok_or(TokenError::UnknownKey)?;
-        DecodingKey::from_jwk(jwk).map_err(|error| TokenError::Invalid(error.to_string()))
+        find(&keys, kid, alg).cloned().ok_or(TokenError::UnknownKey)
     }
 
     /// Fetches the key set (finding its URL first when needed) into `keys`.
@@ -193,8 +193,15 @@ impl TokenValidator {
             }
         };
         let set: JwkSet = self.get_json(&url).await?;
-        tracing::info!(keys = set.keys.len(), jwks_url = %url, "issuer keys fetched");
-        keys.set = Some(set);
+        let mut usable = Vec::with_capacity(set.keys.len());
+        for jwk in &set.keys {
+            match DecodingKey::from_jwk(jwk) {
+                Ok(key) => usable.push((jwk.common.key_id.clone(), key)),
+                Err(error) => tracing::warn!(kid = ?jwk.common.key_id, %error, "JWKS key skipped"),
+            }
+        }
+        tracing::info!(keys = usable.len(), jwks_url = %url, "issuer keys fetched");
+        keys.set = Some(usable);
         Ok(())
     }
 
@@ -238,23 +245,14 @@ impl TokenValidator {
 }
 
 /// The key of `keys` with id `kid`, or without a `kid` the only one whose family fits `alg`.
-fn find<'k>(
-    keys: &'k Keys,
-    kid: Option<&str>,
-    alg: Algorithm,
-) -> Option<&'k jsonwebtoken::jwk::Jwk> {
+fn find<'k>(keys: &'k Keys, kid: Option<&str>, alg: Algorithm) -> Option<&'k DecodingKey> {
     let set = keys.set.as_ref()?;
-    match kid {
-        Some(kid) => set.find(kid),
-        None => {
-            let fits = |jwk: &&jsonwebtoken::jwk::Jwk| {
-                DecodingKey::from_jwk(jwk).is_ok_and(|key| key.family() == alg.family())
-            };
-            let mut fitting = set.keys.iter().filter(fits);
-            let only = fitting.next()?;
-            fitting.next().is_none().then_some(only)
-        }
-    }
+    let mut fitting = set.iter().filter(|(id, key)| match kid {
+        Some(kid) => id.as_deref() == Some(kid),
+        None => key.family() == alg.family(),
+    });
+    let (_, only) = fitting.next()?;
+    fitting.next().is_none().then_some(only)
 }
 
 /// The highest valid role in a role claim (a string or an array of strings); `viewer` when the
