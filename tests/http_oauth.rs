@@ -480,17 +480,7 @@ async fn a_call_over_the_principals_bound_is_refused_at_once_with_429() {
         }
     });
     // The first call is in flight once the fake Stage0 has its check.
-    bounded("the first check to reach Stage0", async {
-        while slow
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .is_empty()
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until_checked(&slow).await;
     let second = server
         .call(Some(&token), "research-topic", json!({"topic": "b"}))
         .await;
@@ -588,17 +578,7 @@ async fn sigterm_lets_the_call_in_flight_finish_and_closes_the_audit_log() {
                 .await
         }
     });
-    bounded("the check to reach Stage0", async {
-        while slow
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .is_empty()
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until_checked(&slow).await;
     let pid = server
         .child
         .id()
@@ -619,6 +599,22 @@ async fn sigterm_lets_the_call_in_flight_finish_and_closes_the_audit_log() {
     assert!(status.success(), "{status:?}");
     let kinds: Vec<Value> = server.records().iter().map(|r| r["kind"].clone()).collect();
     assert_eq!(kinds, [json!("decision"), json!("outcome")]);
+}
+
+/// Returns once `stage0` has received a check (within [`common::BOUND`]): the call that sent it
+/// is then in flight.
+async fn until_checked(stage0: &MockServer) {
+    bounded("a check to reach Stage0", async {
+        while stage0
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 }
 
 /// A fake Stage0 that allows every call after `seconds`.
