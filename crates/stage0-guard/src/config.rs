@@ -93,7 +93,7 @@ pub const DEFAULT_HTTP_MAX_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// The deadline of one HTTP request when `STAGE0_HTTP_REQUEST_TIMEOUT_S` is not set, in seconds:
 /// longer than the default wait for a human's approval (300 s).
-pub const DEFAULT_HTTP_REQUEST_TIMEOUT_S: u64 = 360;
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT_S: usize = 360;
 
 /// Why [`Config::policy`] or [`Config::guard`] could not set up the policy decision point.
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +316,7 @@ impl Config {
 /// The HTTP mode's settings, read through `set` (a variable's trimmed, non-empty value).
 fn http_config(set: &impl Fn(&str) -> Option<String>) -> Result<HttpConfig, ConfigError> {
     let invalid = |name: &'static str, value: String| ConfigError::InvalidHttpSetting(name, value);
+    // A whole number from 1 (a count, a number of seconds).
     let count = |name: &'static str, default: usize| match set(name) {
         None => Ok(default),
         Some(raw) => raw
@@ -349,14 +350,6 @@ fn http_config(set: &impl Fn(&str) -> Option<String>) -> Result<HttpConfig, Conf
             .unwrap_or_default(),
         role_claim: set("STAGE0_OAUTH_ROLE_CLAIM").unwrap_or_else(|| DEFAULT_ROLE_CLAIM.to_owned()),
     });
-    let timeout_s = match set("STAGE0_HTTP_REQUEST_TIMEOUT_S") {
-        None => DEFAULT_HTTP_REQUEST_TIMEOUT_S,
-        Some(raw) => raw
-            .parse::<u64>()
-            .ok()
-            .filter(|s| *s >= 1)
-            .ok_or_else(|| invalid("STAGE0_HTTP_REQUEST_TIMEOUT_S", raw))?,
-    };
     Ok(HttpConfig {
         listen,
         public_url,
@@ -373,7 +366,10 @@ fn http_config(set: &impl Fn(&str) -> Option<String>) -> Result<HttpConfig, Conf
             "STAGE0_HTTP_MAX_BYTES_IN_FLIGHT",
             DEFAULT_HTTP_MAX_BYTES_IN_FLIGHT,
         )?,
-        request_timeout: Duration::from_secs(timeout_s),
+        request_timeout: Duration::from_secs(count(
+            "STAGE0_HTTP_REQUEST_TIMEOUT_S",
+            DEFAULT_HTTP_REQUEST_TIMEOUT_S,
+        )? as u64),
     })
 }
 
@@ -598,6 +594,35 @@ mod tests {
         );
         let missing = config(&[("STAGE0_POLICY", "/nonexistent/policy.cedar")]).unwrap();
         assert!(matches!(missing.policy(), Err(SetupError::Policy(_))));
+    }
+
+    #[test]
+    fn the_http_settings_have_defaults_and_unusable_ones_are_refused_by_name() {
+        let http = config(&[]).unwrap().http;
+        assert_eq!(http.listen.to_string(), DEFAULT_HTTP_LISTEN);
+        assert_eq!(http.oauth, None);
+        assert_eq!(http.request_timeout, Duration::from_secs(360));
+        let oauth = config(&[
+            ("STAGE0_OAUTH_ISSUER", "https://auth.example.test"),
+            ("STAGE0_PUBLIC_URL", "https://stage0.example.test/"),
+        ])
+        .unwrap()
+        .http
+        .oauth
+        .unwrap();
+        assert_eq!(oauth.audience, "https://stage0.example.test/mcp");
+        assert_eq!(oauth.role_claim, DEFAULT_ROLE_CLAIM);
+        for (name, value) in [
+            ("STAGE0_HTTP_LISTEN", "localhost"),
+            ("STAGE0_PUBLIC_URL", "ftp://x"),
+            ("STAGE0_HTTP_REQUEST_TIMEOUT_S", "0"),
+            ("STAGE0_HTTP_MAX_BYTES_IN_FLIGHT", "lots"),
+        ] {
+            assert_eq!(
+                config(&[(name, value)]).unwrap_err(),
+                ConfigError::InvalidHttpSetting(name, value.to_owned())
+            );
+        }
     }
 
     #[test]
