@@ -15,35 +15,14 @@
 mod common;
 mod fake_stage0;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{RawServer, bounded, live_env};
+use common::{RawServer, bounded, call, live_env, temp_log, text};
 use fake_stage0::{FakeStage0, Reply};
 use serde_json::{Map, Value, json};
 use stage0_guard::audit::verify::{self, Verified};
-use tempfile::TempDir;
 
 type Record = Map<String, Value>;
-
-/// A temporary folder and the path of an audit log in it (not created).
-fn temp_log() -> (TempDir, PathBuf) {
-    let dir = TempDir::new().expect("a temporary folder");
-    let path = dir.path().join("audit.jsonl");
-    (dir, path)
-}
-
-/// `path` as the value of `STAGE0_AUDIT_LOG`.
-fn text(path: &Path) -> &str {
-    path.to_str().expect("a UTF-8 temporary path")
-}
-
-/// A `tools/call` request of `tool` with `arguments`, as request `id`.
-fn call(id: u64, tool: &str, arguments: Value) -> Value {
-    json!({
-        "jsonrpc": "2.0", "id": id, "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments}
-    })
-}
 
 /// A string field of a record ("" when absent).
 fn field<'a>(record: &'a Record, name: &str) -> &'a str {

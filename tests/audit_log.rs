@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{
-    BIN, Outcome, RawServer, SECRET_KEY, STAND_IN, Session, audit_records, bounded, live_env,
+    BIN, Outcome, RawServer, SECRET_KEY, STAND_IN, Session, audit_records, bounded, call, live_env,
+    temp_log, text,
 };
 use fake_stage0::{FakeStage0, Reply};
 use serde_json::{Map, Value, json};
@@ -29,26 +30,6 @@ use tempfile::TempDir;
 use tokio::task::JoinSet;
 
 type Record = Map<String, Value>;
-
-/// A temporary folder and the path of an audit log in it (not created).
-fn temp_log() -> (TempDir, PathBuf) {
-    let dir = TempDir::new().expect("a temporary folder");
-    let path = dir.path().join("audit.jsonl");
-    (dir, path)
-}
-
-/// `path` as the value of `STAGE0_AUDIT_LOG`.
-fn text(path: &Path) -> &str {
-    path.to_str().expect("a UTF-8 temporary path")
-}
-
-/// A `tools/call` request of `tool` with `arguments`, as request `id`.
-fn call(id: u64, tool: &str, arguments: Value) -> Value {
-    json!({
-        "jsonrpc": "2.0", "id": id, "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments}
-    })
-}
 
 /// Call number `n` of a mixed load: `ALLOW`s, `DENY`s, report-only checks, retries (from the
 /// sixth per workflow, `DEFER`s the client cannot be asked about) and invalid arguments.

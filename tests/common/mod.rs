@@ -14,7 +14,7 @@
 pub mod memory;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -440,4 +440,24 @@ pub fn audit_records(path: &Path) -> Vec<serde_json::Map<String, Value>> {
             })
         })
         .collect()
+}
+
+/// A temporary folder and the path of an audit log in it (not created).
+pub fn temp_log() -> (TempDir, PathBuf) {
+    let dir = TempDir::new().expect("a temporary folder");
+    let path = dir.path().join("audit.jsonl");
+    (dir, path)
+}
+
+/// `path` as the value of `STAGE0_AUDIT_LOG`.
+pub fn text(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
+}
+
+/// A `tools/call` request of `tool` with `arguments`, as request `id`.
+pub fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments}
+    })
 }
