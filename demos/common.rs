@@ -474,11 +474,15 @@ fn print_mode_note(mode: Mode) {
 
 /// Where the calls were recorded, and how to check the record.
 fn print_audit_note(audit: Option<&AuditLog>) {
-    match audit {
-        Some(log) => println!(
+    match audit.map(AuditLog::path) {
+        Some(Some(path)) => println!(
             "\nEvery call above is recorded in the audit log {path}.\n\
              Check its hash chain with `cargo run -- audit verify {path}`, read it with `audit show`.",
-            path = log.path().display()
+            path = path.display()
+        ),
+        Some(None) => println!(
+            "\nEvery call above is recorded in the audit chain in PostgreSQL (STAGE0_DATABASE_URL).\n\
+             Check it with `cargo run -- audit verify --database`, read it with `audit show --database`."
         ),
         None => println!("\nThe audit log is off (STAGE0_AUDIT_LOG=off)."),
     }

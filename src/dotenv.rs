@@ -64,7 +64,7 @@ pub const SETTINGS: [&str; 12] = [
 /// Settings `.env` may never set, only the environment: a Cedar policy (and its schema) decides
 /// every call, and the HTTP mode's listener and OAuth settings decide who may call at all, so a
 /// planted file naming one would choose who authorises the agent.
-pub const ENVIRONMENT_ONLY: [&str; 8] = [
+pub const ENVIRONMENT_ONLY: [&str; 9] = [
     "STAGE0_POLICY",
     "STAGE0_POLICY_SCHEMA",
     "STAGE0_POLICY_SHADOW",
@@ -73,6 +73,7 @@ pub const ENVIRONMENT_ONLY: [&str; 8] = [
     "STAGE0_OAUTH_ISSUER",
     "STAGE0_OAUTH_JWKS_URL",
     "STAGE0_OAUTH_ROLE_CLAIM",
+    "STAGE0_DATABASE_URL",
 ];
 
 /// A larger `.env` is ignored whole; a few settings take a few hundred bytes.

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use mcp_server_stage0::audit_command::{self, Source};
 use mcp_server_stage0::dotenv::{self, DotEnv};
 use mcp_server_stage0::policy_command::{self, EvalCall};
 use mcp_server_stage0::server::{SERVER_NAME, stage0_server};
 use stage0_guard::Guard;
-use stage0_guard::audit;
 use stage0_guard::audit::show::Selection;
 use stage0_guard::claims::ActorRole;
 use stage0_guard::config::{Config, redact_userinfo};
@@ -89,13 +89,16 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain: exit 0 and print the file's path, record count and last hash when it
-    /// holds, exit 1 and name the file and its first bad record when it does not
+    /// Check the hash chain: exit 0 and print the log's place, record count and last hash when it
+    /// holds, exit 1 and name the log and its first bad record when it does not
     Verify {
         /// The log file [default: STAGE0_AUDIT_LOG, else the per-user default]
         path: Option<PathBuf>,
+        /// Read the chain in this PostgreSQL database instead [alone: STAGE0_DATABASE_URL]
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        database: Option<String>,
     },
-    /// Print records readably (the file's path goes to stderr)
+    /// Print records readably (the log's place goes to stderr)
     Show {
         /// Only the last N records (of those selected)
         #[arg(long, value_name = "N")]
@@ -105,7 +108,38 @@ enum AuditCommand {
         request_id: Option<String>,
         /// The log file [default: STAGE0_AUDIT_LOG, else the per-user default]
         path: Option<PathBuf>,
+        /// Read the chain in this PostgreSQL database instead [alone: STAGE0_DATABASE_URL]
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        database: Option<String>,
     },
+    /// Write the chain of a PostgreSQL database to stdout as JSON Lines, the file log's format
+    /// (which `audit verify FILE` accepts)
+    Export {
+        /// The database [alone: STAGE0_DATABASE_URL]
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        database: Option<String>,
+    },
+}
+
+/// `audit verify|show|export`: exit 0, or 1 for a log that does not verify.
+fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { path, database } => {
+            audit_command::verify(Source::new(path, database)?)
+        }
+        AuditCommand::Show {
+            last,
+            request_id,
+            path,
+            database,
+        } => audit_command::show(
+            Source::new(path, database)?,
+            &Selection { request_id, last },
+        ),
+        AuditCommand::Export { database } => {
+            audit_command::export(Some(database.unwrap_or_default()).filter(|url| !url.is_empty()))
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -150,58 +184,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// `audit verify` and `audit show`: exit 0, or 1 for a log that does not verify.
-fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
-    let (path, selection) = match command {
-        AuditCommand::Verify { path } => (path, None),
-        AuditCommand::Show {
-            last,
-            request_id,
-            path,
-        } => (path, Some(Selection { request_id, last })),
-    };
-    let path = match path {
-        Some(path) => path,
-        None => configured_log()?,
-    };
-    // Always say which file was read: the default may come from a `.env` in this folder.
-    let path = std::path::absolute(&path).unwrap_or(path);
-    let read = |error| {
-        anyhow::Error::new(error).context(format!("cannot read the audit log `{}`", path.display()))
-    };
-    if let Some(selection) = selection {
-        eprintln!("reading the audit log {}", escaped(path.display()));
-        return match audit::show::show(&path, &selection, &mut std::io::stdout().lock()) {
-            // `audit show | head` closes the pipe early; that is not a failure.
-            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(read(error)),
-            _ => Ok(ExitCode::SUCCESS),
-        };
-    }
-    Ok(match audit::verify::verify_file(&path).map_err(read)? {
-        Ok(verified) => {
-            println!(
-                "ok: {}: {} records, {} torn line(s) recovered, {} unfinished call(s) named, {} \
-                 call(s) without an outcome yet, last hash {}",
-                escaped(path.display()),
-                verified.records,
-                verified.recoveries,
-                verified.unfinished,
-                verified.open,
-                verified.last_hash
-            );
-            ExitCode::SUCCESS
-        }
-        Err(broken) => {
-            println!(
-                "BROKEN at {}: {}",
-                escaped(path.display()),
-                escaped(&broken)
-            );
-            ExitCode::from(1)
-        }
-    })
 }
 
 /// `policy validate` and `policy eval`: exit 0, or 1 for an invalid policy.
@@ -288,19 +270,6 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The log the server would write: `STAGE0_AUDIT_LOG` (from the environment, or ./.env under
-/// it), else the per-user default. What ./.env set or was refused goes to stderr.
-fn configured_log() -> anyhow::Result<PathBuf> {
-    let dotenv = DotEnv::read(Path::new(".env"), dotenv::environment);
-    for note in dotenv.notes() {
-        eprintln!("mcp-server-stage0: {note}");
-    }
-    Config::from_lookup(dotenv.lookup(dotenv::environment))?
-        .audit
-        .path
-        .context("auditing is off (`STAGE0_AUDIT_LOG=off`): give the log's PATH")
 }
 
 /// Serves stdio, or HTTP when `http` is `Some` (with the `--listen` address, if given).

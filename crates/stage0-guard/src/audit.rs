@@ -18,7 +18,9 @@
 //! rewritten, and a rewrite shows against a last hash kept elsewhere: the server logs the head
 //! (`seq` and `hash`) when it opens and closes the log, and `audit verify` prints it.
 
+mod batch;
 pub mod chain;
+pub mod database;
 pub mod record;
 pub mod show;
 pub mod verify;
@@ -40,10 +42,13 @@ use crate::claims::Provenance;
 use crate::ledger::AttemptLedger;
 use crate::policy::Mode;
 use crate::policy::wire::{Intent, Issue, PolicyResponse};
+use batch::Message;
+use database::{DatabaseLedger, DatabaseUrl, DatabaseWriter};
 use record::{Event, Status};
-use writer::{Message, Writer};
+use writer::Writer;
 
-pub use writer::{LINGER, Torn};
+pub use batch::LINGER;
+pub use writer::Torn;
 
 /// Where the audit log goes and how durably it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +60,9 @@ pub struct AuditConfig {
     /// tool body runs. `off` keeps the records through a killed process but not through a power
     /// loss or an operating-system crash.
     pub sync: bool,
+    /// `STAGE0_DATABASE_URL`: the audit chain and the attempt ledger in this PostgreSQL database,
+    /// shared by every server that names it, instead of a file (`path` is then `None`).
+    pub database: Option<DatabaseUrl>,
 }
 
 /// The issue code of the `DENY` a call gets when its decision record cannot be written.
@@ -156,8 +164,11 @@ pub struct AuditLog {
 
 #[derive(Debug)]
 struct Inner {
-    path: PathBuf,
+    /// The file; `None` for a database.
+    path: Option<PathBuf>,
     ledger: Arc<AttemptLedger>,
+    /// With a database: the shared ledger, read before each counted call.
+    shared: Option<DatabaseLedger>,
     spent: SpentNonceSet,
     state: State,
 }
@@ -169,6 +180,23 @@ enum State {
         thread: Mutex<Option<JoinHandle<()>>>,
     },
     Unavailable(Unavailable),
+}
+
+impl State {
+    /// Starts the writer thread, which makes its appender with `start` and runs the group-commit
+    /// loop into it.
+    fn writing<A: batch::Appender>(
+        start: impl FnOnce() -> A + Send + 'static,
+    ) -> std::io::Result<State> {
+        let (inbox, messages) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || batch::run(&mut start(), &messages))?;
+        Ok(State::Open {
+            inbox,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
 }
 
 /// What opening a log found.
@@ -201,46 +229,74 @@ impl AuditLog {
             hash: hash.to_owned(),
             recovered,
         };
-        let (inbox, messages) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("audit-writer".to_owned())
-            .spawn(move || writer.run(messages))
-            .map_err(|source| AuditError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        let state = State::Open {
-            inbox,
-            thread: Mutex::new(Some(thread)),
-        };
-        Ok((AuditLog::with_state(path, ledger, spent, state), opened))
+        let state = State::writing(move || writer).map_err(|source| AuditError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let log = AuditLog::with_state(Some(path), ledger, spent, state, None);
+        Ok((log, opened))
     }
+
+    /// Opens the chain and the attempt ledger in the PostgreSQL database at `url`
+    /// (`STAGE0_DATABASE_URL`), shared with every other server that uses it (`database.rs`), and
+    /// starts the writer thread, which connects at once and logs the chain's head. A database
+    /// that cannot be reached does not stop anything: that is logged, every call is denied
+    /// (`AUDIT_UNAVAILABLE`) while it lasts, and each batch connects again.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error when the writer thread or its runtime cannot be started.
+    pub fn open_database(url: DatabaseUrl) -> std::io::Result<AuditLog> {
+        let shared = DatabaseLedger::new(url.clone());
+        let writer = DatabaseWriter::new(url)?;
+        let state = State::writing(move || {
+            let mut writer = writer;
+            writer.connect();
+            writer
+        })?;
+        Ok(AuditLog::with_state(
+            None,
+            Arc::new(AttemptLedger::default()),
+            SpentNonceSet::default(),
+            state,
+            Some(shared),
+        ))
+    }
+
     /// A log that could not be opened: every call is failed closed with `error` as the reason.
     pub fn unavailable(path: &Path, error: &AuditError) -> AuditLog {
         let state = State::Unavailable(Unavailable::new(error.to_string()));
         let ledger = Arc::new(AttemptLedger::default());
-        AuditLog::with_state(path, ledger, SpentNonceSet::default(), state)
+        AuditLog::with_state(Some(path), ledger, SpentNonceSet::default(), state, None)
     }
 
     fn with_state(
-        path: &Path,
+        path: Option<&Path>,
         ledger: Arc<AttemptLedger>,
         spent: SpentNonceSet,
         state: State,
+        shared: Option<DatabaseLedger>,
     ) -> AuditLog {
         AuditLog {
             inner: Arc::new(Inner {
-                path: path.to_owned(),
+                path: path.map(Path::to_owned),
                 ledger,
+                shared,
                 spent,
                 state,
             }),
         }
     }
 
-    /// The file this log writes.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// The file this log writes; `None` for a database ([`open_database`](AuditLog::open_database)).
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The shared attempt ledger in the database, when the log is one (`open_database`); `None`
+    /// for a file, whose ledger is [`ledger`](AuditLog::ledger).
+    pub fn shared_ledger(&self) -> Option<&DatabaseLedger> {
+        self.inner.shared.as_ref()
     }
 
     /// The attempt ledger rebuilt from the log's records; the guard counts retries in it.

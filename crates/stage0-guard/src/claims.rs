@@ -172,6 +172,21 @@ impl Operator {
         self.vouch_counting(claims, ledger, false)
     }
 
+    /// The attempt ledger's keys of the workflows whose retries `claims` claim to count, as
+    /// [`vouch`](Operator::vouch) would count them for this operator.
+    pub fn retry_keys(&self, claims: &[Claim<'_>]) -> Vec<[u8; 32]> {
+        claims
+            .iter()
+            .filter_map(|claim| match claim {
+                Claim::RetryCount { workflow_id, .. } => Some(AttemptLedger::key_for(
+                    self.actor_id.as_deref(),
+                    workflow_id,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The principal this operator configured: its actor id and role ceiling.
     pub fn principal(&self) -> Principal {
         Principal {

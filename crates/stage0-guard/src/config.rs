@@ -13,6 +13,7 @@ use reqwest::Url;
 
 use crate::approval::state::{self, KeyError, StateKey};
 use crate::approval::{Approvals, DEFAULT_APPROVAL_TIMEOUT_S};
+use crate::audit::database::DatabaseUrl;
 use crate::audit::{self, AuditConfig, AuditLog};
 use crate::claims::{ActorRole, Operator};
 use crate::escape::escaped;
@@ -104,6 +105,9 @@ pub enum SetupError {
     /// The Cedar policy or schema is invalid or unreadable; carries every diagnostic.
     #[error("the Cedar policy cannot be used: {0}")]
     Policy(#[from] LoadError),
+    /// The thread that writes the audit database, or its runtime, could not be started.
+    #[error("the audit database writer cannot be started: {0}")]
+    AuditWriter(#[source] std::io::Error),
 }
 
 /// Why the configuration cannot be used; the server refuses to start with it.
@@ -129,6 +133,15 @@ pub enum ConfigError {
     /// `STAGE0_AUDIT_SYNC` is not `on` or `off`; carries the value.
     #[error("`STAGE0_AUDIT_SYNC` must be `on` or `off`, got `{0}`")]
     InvalidAuditSync(String),
+    /// `STAGE0_DATABASE_URL` cannot be used.
+    #[error(transparent)]
+    InvalidDatabaseUrl(#[from] audit::database::InvalidDatabaseUrl),
+    /// `STAGE0_DATABASE_URL` is set beside a variable that only applies to the file log.
+    #[error(
+        "`STAGE0_DATABASE_URL` puts the audit log in PostgreSQL, so `{0}` cannot be set beside it \
+         (the database commits every record synchronously)"
+    )]
+    FileLogVariableWithDatabase(&'static str),
     /// The value of `STAGE0_MAX_CALLS_IN_FLIGHT`, which is not a whole number from 1.
     #[error("`STAGE0_MAX_CALLS_IN_FLIGHT` must be a whole number of calls from 1, got `{0}`")]
     InvalidMaxCallsInFlight(String),
@@ -240,9 +253,16 @@ impl Config {
             Some(other) => return Err(ConfigError::InvalidApprovals(other.to_owned())),
         };
 
+        let database = set("STAGE0_DATABASE_URL")
+            .map(|url| url.parse::<DatabaseUrl>())
+            .transpose()?;
         let path = match set("STAGE0_AUDIT_LOG") {
+            Some(_) if database.is_some() => {
+                return Err(ConfigError::FileLogVariableWithDatabase("STAGE0_AUDIT_LOG"));
+            }
             Some(off) if off == "off" => None,
             Some(path) => Some(PathBuf::from(path)),
+            None if database.is_some() => None,
             None => Some(audit::default_path().ok_or(ConfigError::NoAuditLogPath)?),
         };
         let max_calls_in_flight = match set("STAGE0_MAX_CALLS_IN_FLIGHT") {
@@ -253,6 +273,11 @@ impl Config {
                 .filter(|calls| *calls >= 1)
                 .ok_or(ConfigError::InvalidMaxCallsInFlight(raw))?,
         };
+        if database.is_some() && set("STAGE0_AUDIT_SYNC").is_some() {
+            return Err(ConfigError::FileLogVariableWithDatabase(
+                "STAGE0_AUDIT_SYNC",
+            ));
+        }
         let sync = match set("STAGE0_AUDIT_SYNC").as_deref() {
             None | Some("on") => true,
             Some("off") => false,
@@ -296,7 +321,11 @@ impl Config {
                 actor_id: set("STAGE0_ACTOR_ID"),
             },
             approvals,
-            audit: AuditConfig { path, sync },
+            audit: AuditConfig {
+                path,
+                sync,
+                database,
+            },
             unenforced_guardrails: match set("STAGE0_UNENFORCED_GUARDRAILS").as_deref() {
                 None | Some("warn") => UnenforcedGuardrails::Warn,
                 Some("deny") => UnenforcedGuardrails::Deny,
@@ -427,11 +456,18 @@ impl Config {
         if let Some(key) = &self.request_state_key {
             guard = guard.with_state_key(key.clone());
         }
-        Ok(match &self.audit.path {
-            Some(path) => guard.with_audit(open_audit_log(path, self.audit.sync)),
-            None => guard,
+        Ok(match (&self.audit.database, &self.audit.path) {
+            (Some(url), _) => guard.with_audit(open_audit_database(url)?),
+            (None, Some(path)) => guard.with_audit(open_audit_log(path, self.audit.sync)),
+            (None, None) => guard,
         })
     }
+}
+
+/// Opens the audit chain and attempt ledger in the database at `url`. A database that cannot be
+/// reached now does not stop the server: its calls are denied until it can be.
+fn open_audit_database(url: &DatabaseUrl) -> Result<AuditLog, SetupError> {
+    AuditLog::open_database(url.clone()).map_err(SetupError::AuditWriter)
 }
 
 /// Opens the audit log at `path` (made absolute), or makes the unavailable log that fails every
@@ -540,7 +576,8 @@ mod tests {
             config.audit,
             AuditConfig {
                 path: Some(PathBuf::from("/var/log/stage0/audit.jsonl")),
-                sync: false
+                sync: false,
+                database: None,
             }
         );
     }
@@ -631,6 +668,24 @@ mod tests {
             config(&[("STAGE0_AUDIT_LOG", "off")]).unwrap().audit.path,
             None
         );
+    }
+
+    #[test]
+    fn a_database_url_replaces_the_file_log_and_refuses_its_settings() {
+        const URL: &str = "postgres://stage0:s3cret@db.internal:5432/audit";
+        let audit = config(&[("STAGE0_DATABASE_URL", URL)]).unwrap().audit;
+        assert_eq!(audit.path, None);
+        assert_eq!(audit.database, Some(URL.parse().unwrap()));
+        for (name, value) in [("STAGE0_AUDIT_LOG", "off"), ("STAGE0_AUDIT_SYNC", "on")] {
+            assert_eq!(
+                config(&[("STAGE0_DATABASE_URL", URL), (name, value)]).err(),
+                Some(ConfigError::FileLogVariableWithDatabase(name))
+            );
+        }
+        let refused = config(&[("STAGE0_DATABASE_URL", "postgres://u:s3cret@h:port/db")])
+            .err()
+            .expect("an unreadable URL is refused");
+        assert!(!refused.to_string().contains("s3cret"), "{refused}");
     }
 
     #[test]

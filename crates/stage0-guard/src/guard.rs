@@ -672,9 +672,10 @@ impl Guard {
                 return Err(render::invalid_arguments(T::NAME, &problem));
             }
         };
+        let ledger = self.ledger_for(operator, &mut call).await;
         let provenance = match counting {
-            Counting::Count => operator.vouch(call.claims(), &self.ledger),
-            Counting::Continue => operator.vouch_again(call.claims(), &self.ledger),
+            Counting::Count => operator.vouch(call.claims(), &ledger),
+            Counting::Continue => operator.vouch_again(call.claims(), &ledger),
         };
         let mut intent = call.intent();
         provenance.annotate(&mut intent.context);
@@ -701,6 +702,29 @@ impl Guard {
             },
         };
         Ok((call, provenance, intent, local))
+    }
+
+    /// The attempt ledger `call` is vouched with: this server's own, or, with a shared ledger in
+    /// a database, the counts of the call's workflows read from it now. A count that cannot be
+    /// read is taken as 0: the decision record of a call that saw fewer attempts than the ledger
+    /// counts is refused when it is committed (`audit/database.rs`), so nothing runs on it.
+    async fn ledger_for(
+        &self,
+        operator: &Operator,
+        call: &mut impl ToolIntent,
+    ) -> Arc<AttemptLedger> {
+        let Some(shared) = self.audit.as_ref().and_then(AuditLog::shared_ledger) else {
+            return Arc::clone(&self.ledger);
+        };
+        let keys = operator.retry_keys(&call.claims());
+        if keys.is_empty() {
+            return Arc::clone(&self.ledger);
+        }
+        let counts = shared.attempts(&keys).await.unwrap_or_else(|error| {
+            tracing::warn!(error = %escaped(&error), "the shared attempt ledger could not be read");
+            vec![0; keys.len()]
+        });
+        Arc::new(AttemptLedger::seeded(keys.into_iter().zip(counts)))
     }
 
     /// Asks the policy decision point about `intent` and records the verdict; a verdict whose

@@ -218,6 +218,19 @@ impl AttemptLedger {
         }
     }
 
+    /// A ledger that counts exactly `counts` (key, attempts seen) and nothing else: a call's
+    /// view of a shared ledger read just before (`audit/database.rs`).
+    pub fn seeded(counts: impl ExactSizeIterator<Item = ([u8; 32], u64)>) -> Self {
+        let ledger = AttemptLedger::with_capacity(counts.len());
+        {
+            let mut attempts = ledger.lock();
+            for (key, count) in counts {
+                attempts.recent.push(key, count);
+            }
+        }
+        ledger
+    }
+
     /// Counts one more attempt at `workflow_id` and returns how many were seen before it (or
     /// more, for a workflow forgotten and seen again: never fewer).
     ///

@@ -1,19 +1,13 @@
 //! The one writer of an audit log: a thread that seals records into the chain and appends them.
 //!
-//! Callers send records over a channel and wait for their answer. The writer takes every record
-//! that is waiting (up to [`MAX_BATCH`]), seals them in order, appends them with one `write` and
-//! makes them durable with one `fdatasync`, then answers each caller: concurrent calls share an
-//! fsync (group commit) instead of paying one each, and no caller hears "written" before its
-//! record is on disk. With `STAGE0_AUDIT_SYNC=off` the fsync is skipped: records still reach the
-//! file before the caller is answered, so they survive the process being killed, but not a power
-//! loss or an operating-system crash.
-//!
-//! A record nobody waits for (an `outcome`: the call has ended, its result stands) rides on the
-//! next batch: the writer holds a batch of only such records for at most [`LINGER`], so that the
-//! next call's `decision` carries it through the same fsync, and writes it alone once
-//! [`LINGER`] has passed, or at [`Message::Close`]. A crash before then loses it; the next open
-//! names every call that has a `decision` and no `outcome` in an `unfinished` record (see
-//! [`Writer::open`]), so the log says so instead of keeping a silent gap.
+//! Batches come from the group-commit loop (`batch.rs`): the writer seals each batch in order,
+//! appends it with one `write` and makes it durable with one `fdatasync`. With
+//! `STAGE0_AUDIT_SYNC=off` the fsync is skipped: records still reach the file before the caller
+//! is answered, so they survive the process being killed, but not a power loss or an
+//! operating-system crash. An `outcome` record rides on the next batch (`batch.rs`); a crash
+//! before then loses it, and the next open names every call that has a `decision` and no
+//! `outcome` in an `unfinished` record (see [`Writer::open`]), so the log says so instead of
+//! keeping a silent gap.
 //!
 //! Each batch is appended under an exclusive lock on the file (`flock` on Unix), taken within
 //! [`LOCK_WAIT`] or not at all (the batch is then refused, and its calls denied), after catching
@@ -40,36 +34,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
 
+use super::batch::Appender;
 use super::chain::{self, GENESIS};
 use super::record::{Event, RecoveryRecord, UnfinishedRecord};
 use super::{AuditError, LOCK_WAIT, Unavailable};
 use crate::approval::state::SpentNonceSet;
 use crate::escape::escaped;
 use crate::ledger::AttemptLedger;
-
-/// The most records sealed and appended in one batch (one write, one fsync).
-const MAX_BATCH: usize = 256;
-
-/// The longest a record nobody waits for is held for a batch to ride on: 5 ms.
-pub const LINGER: Duration = Duration::from_millis(5);
-
-/// What callers send the writer.
-pub(super) enum Message {
-    /// Seal and append `record`; answer `done` with its `seq` once it is durable or, without
-    /// `done`, write it with the next batch (within [`LINGER`]).
-    Append {
-        record: Map<String, Value>,
-        done: Option<oneshot::Sender<Result<u64, Unavailable>>>,
-    },
-    /// Finish what was sent before, then stop.
-    Close,
-}
 
 /// A torn last line: where it starts and how long it is, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,105 +164,8 @@ impl Writer {
         (self.seq, &self.hash)
     }
 
-    /// Answers messages until [`Message::Close`] or until every sender is gone, then writes
-    /// what is left.
-    pub(super) fn run(mut self, inbox: Receiver<Message>) {
-        let mut records = Vec::new();
-        let mut replies = Vec::new();
-        // Set while the batch holds only records nobody waits for: when to write it anyway.
-        let mut deadline: Option<Instant> = None;
-        loop {
-            let first = match deadline {
-                None => inbox.recv().ok(),
-                Some(until) => {
-                    match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                        Ok(message) => Some(message),
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.answer(&mut records, &mut replies);
-                            deadline = None;
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => None,
-                    }
-                }
-            };
-            let mut next = first;
-            let mut closing = next.is_none();
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Append { record, done } => {
-                        records.push(record);
-                        replies.push(done);
-                    }
-                    Message::Close => {
-                        closing = true;
-                        break;
-                    }
-                }
-                if records.len() < MAX_BATCH {
-                    next = inbox.try_recv().ok();
-                }
-            }
-            let awaited = replies.iter().any(Option::is_some);
-            if closing || awaited || records.len() >= MAX_BATCH {
-                self.answer(&mut records, &mut replies);
-                deadline = None;
-            } else if !records.is_empty() {
-                deadline.get_or_insert_with(|| Instant::now() + LINGER);
-            }
-            if closing {
-                break;
-            }
-        }
-        tracing::info!(
-            path = %escaped(self.path.display()),
-            seq = self.seq,
-            hash = %self.hash,
-            "audit log closed"
-        );
-    }
-
-    /// Commits the batch in `records` and answers those who wait. Records nobody waits for that
-    /// could not be written are counted in the log of the server; the next open names their
-    /// calls in an `unfinished` record.
-    fn answer(
-        &mut self,
-        records: &mut Vec<Map<String, Value>>,
-        replies: &mut Vec<Option<oneshot::Sender<Result<u64, Unavailable>>>>,
-    ) {
-        if records.is_empty() {
-            return;
-        }
-        match self.commit(std::mem::take(records)) {
-            Ok(seqs) => {
-                for (done, seq) in replies.drain(..).zip(seqs) {
-                    // A caller that stopped waiting (a cancelled call) needs no answer.
-                    if let Some(done) = done {
-                        let _ = done.send(Ok(seq));
-                    }
-                }
-            }
-            Err(why) => {
-                let mut unawaited = 0;
-                for done in replies.drain(..) {
-                    match done {
-                        Some(done) => drop(done.send(Err(why.clone()))),
-                        None => unawaited += 1,
-                    }
-                }
-                if unawaited > 0 {
-                    tracing::error!(
-                        records = unawaited,
-                        why = %escaped(&why),
-                        "outcome records not written; the next start names their calls as unfinished"
-                    );
-                }
-            }
-        }
-    }
-
     /// Appends `records` as one batch, or refuses them all once the writer has stopped.
-    fn commit(&mut self, records: Vec<Map<String, Value>>) -> Result<Vec<u64>, Unavailable> {
+    fn append_batch(&mut self, records: Vec<Map<String, Value>>) -> Result<Vec<u64>, Unavailable> {
         if let Some(why) = &self.stopped {
             return Err(why.clone());
         }
@@ -613,6 +491,41 @@ impl Writer {
             offset,
             why: why.to_owned(),
         }
+    }
+}
+
+impl Appender for Writer {
+    /// Records nobody waits for that could not be written are counted in the log of the server;
+    /// the next open names their calls in an `unfinished` record.
+    fn commit(
+        &mut self,
+        records: Vec<Map<String, Value>>,
+        awaited: &[bool],
+    ) -> Vec<Result<u64, Unavailable>> {
+        let count = records.len();
+        match self.append_batch(records) {
+            Ok(seqs) => seqs.into_iter().map(Ok).collect(),
+            Err(why) => {
+                let unawaited = awaited.iter().filter(|awaited| !**awaited).count();
+                if unawaited > 0 {
+                    tracing::error!(
+                        records = unawaited,
+                        why = %escaped(&why),
+                        "outcome records not written; the next start names their calls as unfinished"
+                    );
+                }
+                vec![Err(why); count]
+            }
+        }
+    }
+
+    fn closed(&mut self) {
+        tracing::info!(
+            path = %escaped(self.path.display()),
+            seq = self.seq,
+            hash = %self.hash,
+            "audit log closed"
+        );
     }
 }
 
