@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod memory;
+pub mod postgres;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
