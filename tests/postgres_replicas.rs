@@ -150,6 +150,12 @@ async fn a_lying_agent_alternating_between_two_replicas_is_deferred_at_its_sixth
     let ledger = pg.psql("SELECT attempts FROM stage0_ledger");
     assert_eq!(ledger.trim(), "7", "one row, every attempt counted once");
     verify_ok(&url).await;
+    let shown = audit(&url, &["show", "--database", "--last", "2"]).await;
+    let shown = String::from_utf8(shown.stdout).expect("UTF-8");
+    assert!(
+        shown.contains("#16 ") && shown.contains("outcome  retry-workflow blocked"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
@@ -345,6 +351,31 @@ async fn with_postgres_stopped_calls_are_denied_and_run_nothing_and_succeed_once
     for outcome in &outcomes {
         assert!(ended.contains(outcome.field("request_id")), "{outcome:?}");
     }
+    verify_ok(&url).await;
+}
+
+#[tokio::test]
+async fn replicas_starting_at_once_on_a_new_database_apply_each_migration_once() {
+    let pg = Postgres::start();
+    let url = url_of(&pg);
+    let env = replica_env(&url);
+    let replicas = bounded(
+        "four starts",
+        join_all((0..4).map(|_| Session::start(&env))),
+    )
+    .await;
+    let outcomes = join_all(
+        replicas
+            .iter()
+            .map(|replica| replica.call("research-topic", json!({"topic": "t"}))),
+    )
+    .await;
+    assert!(outcomes.iter().all(|o| o.structured["executed"] == true));
+    for replica in replicas {
+        stop(replica).await;
+    }
+    let applied = pg.psql("SELECT string_agg(version::text, ',') FROM stage0_migrations");
+    assert_eq!(applied.trim(), "1");
     verify_ok(&url).await;
 }
 
