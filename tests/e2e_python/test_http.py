@@ -83,15 +83,21 @@ class Issuer:
 
 
 @contextmanager
-def http_server(issuer: Issuer, folder: str) -> Iterator[str]:
-    """The server binary in HTTP mode on a free loopback port; yields its `/mcp` URL."""
+def http_server(
+    issuer: Issuer, folder: str, settings: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The server binary in HTTP mode on a free loopback port, with `settings` added to its
+    environment; yields its `/mcp` URL. Its audit log is in `folder`, unless `settings` puts it in
+    a database."""
     env = {
         "PATH": "/usr/bin:/bin",
         "STAGE0_OAUTH_ISSUER": issuer.url,
         "STAGE0_PUBLIC_URL": PUBLIC_URL,
-        "STAGE0_AUDIT_LOG": str(Path(folder) / "audit.jsonl"),
         "RUST_LOG": "info,rmcp=warn",
+        **(settings or {}),
     }
+    if "STAGE0_DATABASE_URL" not in env:
+        env["STAGE0_AUDIT_LOG"] = str(Path(folder) / "audit.jsonl")
     process = subprocess.Popen(
         [str(server_bin()), "http", "--listen", "127.0.0.1:0"],
         env=env, cwd=folder, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
