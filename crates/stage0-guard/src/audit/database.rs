@@ -23,9 +23,10 @@
 //! (`AUDIT_UNAVAILABLE`); the next batch connects again, so calls succeed again by themselves once
 //! the database is back. A record nobody waits for (an `outcome`) is kept and written with a
 //! later batch. A commit whose answer was lost (the connection dropped during `COMMIT`) is
-//! resolved by reading the chain back once connected again: the batch was written exactly when
-//! the row of its last `seq` holds its hash. Every wait on the database is bounded by
-//! [`DATABASE_WAIT`].
+//! resolved by reading the chain back once connected again, under the chain's lock (so after the
+//! lost transaction has ended either way): the batch was written exactly when the row of its last
+//! `seq` holds its hash. Every wait on the database is bounded by [`DATABASE_WAIT`]; a question
+//! the database does not answer in time is a batch not written.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -502,16 +503,25 @@ impl Chain {
             .collect())
     }
 
-    /// Whether the chain holds the record `head` names: read once connected again.
+    /// Whether the chain holds the record `head` names, read once connected again under the
+    /// chain's lock: the transaction whose answer was lost held that lock until it committed or
+    /// rolled back, so once this read has it, the answer is final.
     async fn holds(&mut self, head: &(u64, String)) -> Result<bool, DatabaseError> {
-        let client = self.take_connection().await?;
-        let row = bounded(client.query_opt(
-            "SELECT hash FROM stage0_audit WHERE seq = $1",
-            &[&(head.0 as i64)],
-        ))
+        let mut client = self.take_connection().await?;
+        let tx = bounded(client.transaction()).await?;
+        let read = bounded(async {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK])
+                .await?;
+            tx.query_opt(
+                "SELECT hash FROM stage0_audit WHERE seq = $1",
+                &[&(head.0 as i64)],
+            )
+            .await
+        })
         .await?;
+        bounded(tx.commit()).await?;
         self.client = Some(client);
-        Ok(row.is_some_and(|row| row.get::<_, String>(0) == head.1))
+        Ok(read.is_some_and(|row| row.get::<_, String>(0) == head.1))
     }
 }
 
