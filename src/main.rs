@@ -304,7 +304,11 @@ async fn run(http: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<()> {
         actor_role = %config.operator.actor_role,
         actor_id = %escaped(config.operator.actor_id.as_deref().unwrap_or("(unset)")),
         approvals = ?config.approvals,
-        audit_log = %escaped(config.audit.path.as_deref().map_or("off".into(), Path::to_string_lossy)),
+        audit_log = %match (&config.audit.database, &config.audit.path) {
+            (Some(database), _) => database.shown().to_owned(),
+            (None, Some(path)) => escaped(path.display()).to_string(),
+            (None, None) => "off".to_owned(),
+        },
         audit_sync = config.audit.sync,
         max_calls_in_flight = config.max_calls_in_flight,
         from_dotenv = %from_dotenv(&dotenv),

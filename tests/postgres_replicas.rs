@@ -241,9 +241,46 @@ async fn the_same_workflow_called_at_once_through_two_replicas_is_never_decided_
     assert_eq!(refused.len() + seen.len(), 16, "{outcomes:?}");
     for outcome in refused {
         assert_eq!(outcome.field("verdict"), "DENY");
+        assert_eq!(outcome.structured["issues"][0]["code"], "LEDGER_CONFLICT");
         assert!(!outcome.text.contains(STAND_IN));
     }
     verify_ok(&url).await;
+}
+
+#[tokio::test]
+async fn calls_of_one_workflow_at_once_through_one_replica_are_counted_one_after_another() {
+    let pg = Postgres::start();
+    let url = url_of(&pg);
+    let replica = Session::start(&replica_env(&url)).await;
+    let calls = (0..12).map(|_| {
+        replica.call(
+            "retry-workflow",
+            json!({"workflowId": "nightly-export", "retryCount": 0}),
+        )
+    });
+    let outcomes = bounded("12 calls", join_all(calls)).await;
+    stop(replica).await;
+    let mut observed: Vec<u64> = outcomes
+        .iter()
+        .map(|o| {
+            o.structured["provenance"]["retry_count"]["observed"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("counted: {o:?}"))
+        })
+        .collect();
+    observed.sort_unstable();
+    assert_eq!(observed, (0..12).collect::<Vec<_>>());
+    let verdicts: Vec<&str> = outcomes.iter().map(|o| o.field("verdict")).collect();
+    assert_eq!(
+        verdicts.iter().filter(|v| **v == "ALLOW").count(),
+        5,
+        "{verdicts:?}"
+    );
+    assert_eq!(
+        verdicts.iter().filter(|v| **v == "DEFER").count(),
+        7,
+        "{verdicts:?}"
+    );
 }
 
 #[tokio::test]

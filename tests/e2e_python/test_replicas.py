@@ -102,5 +102,6 @@ async def test_an_approval_state_sealed_by_one_replica_is_answered_once_through_
     assert replayed_through_a.is_error is True
     assert replayed_through_a.structured_content["executed"] is False
     assert replayed_through_a.structured_content["verdict"] == "DENY"
+    assert replayed_through_a.structured_content["issues"][0]["code"] == "STATE_ALREADY_ANSWERED"
     text = " ".join(block.text for block in replayed_through_a.content if block.type == "text")
     assert "answered before" in text, text

@@ -145,14 +145,41 @@ pub enum AuditError {
     },
 }
 
-/// Why a record was not written: the reason a call was failed closed. Cheap to clone.
+/// The issue code of the `DENY` a call gets when the shared attempt ledger had counted another
+/// attempt at its workflow (through another replica) after the call read its count: it was
+/// decided on a count the ledger had moved past (`audit/database.rs`). Calling again reads the
+/// new count.
+pub const LEDGER_CONFLICT: &str = "LEDGER_CONFLICT";
+
+/// The issue code of the `DENY` a call gets when the MRTR approval state it answers was answered
+/// before through another replica (its nonce is in the shared chain, `audit/database.rs`).
+pub const STATE_ALREADY_ANSWERED: &str = "STATE_ALREADY_ANSWERED";
+
+/// Why a record was not written: the reason a call was failed closed, and the issue code that
+/// says so ([`AUDIT_UNAVAILABLE`], or for a database's refusal [`LEDGER_CONFLICT`] or
+/// [`STATE_ALREADY_ANSWERED`]). Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unavailable(Arc<str>);
+#[error("{why}")]
+pub struct Unavailable {
+    why: Arc<str>,
+    code: &'static str,
+}
 
 impl Unavailable {
     fn new(why: impl Into<Arc<str>>) -> Self {
-        Unavailable(why.into())
+        Unavailable::refused(AUDIT_UNAVAILABLE, why)
+    }
+
+    fn refused(code: &'static str, why: impl Into<Arc<str>>) -> Self {
+        Unavailable {
+            why: why.into(),
+            code,
+        }
+    }
+
+    /// The issue code of the `DENY` this failure gives a call.
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 }
 
@@ -378,17 +405,18 @@ fn closed() -> Unavailable {
 }
 
 /// `policy` replaced by the `DENY` of a call whose decision record could not be written: decision
-/// `ERROR`, issue `AUDIT_UNAVAILABLE`, the same `request_id`, `stage0_request_id` and
-/// `policy_version`.
+/// `ERROR`, the issue [`Unavailable::code`] (`AUDIT_UNAVAILABLE` unless a database refused the
+/// record), the same `request_id`, `stage0_request_id` and `policy_version`.
 pub fn fail_closed(policy: PolicyResponse, why: &Unavailable) -> PolicyResponse {
-    let mut denied = PolicyResponse::fail_closed(
-        format!("The audit log is unavailable, so nothing may run: {why}"),
-        policy.request_id,
-    );
+    let reason = match why.code() {
+        AUDIT_UNAVAILABLE => format!("The audit log is unavailable, so nothing may run: {why}"),
+        _ => format!("The audit log refused the record, so nothing may run: {why}"),
+    };
+    let mut denied = PolicyResponse::fail_closed(reason, policy.request_id);
     denied.stage0_request_id = policy.stage0_request_id;
     denied.policy_version = policy.policy_version;
     denied.issues = vec![Issue {
-        code: AUDIT_UNAVAILABLE.to_owned(),
+        code: why.code().to_owned(),
         severity: "HIGH".to_owned(),
         message: why.to_string(),
     }];
@@ -408,6 +436,9 @@ pub struct CallTrail<'a> {
     decisions: u32,
     /// Named by the outcome record, once the guard has sorted the `ALLOW`'s guardrails.
     guardrails: Guardrails,
+    /// The call's turns at its workflows in a shared ledger, held until its first decision is
+    /// recorded ([`DatabaseLedger::turns`]).
+    turns: Vec<database::Turn>,
 }
 
 /// The guardrails of an `ALLOW`, sorted by whether the tool's body enforces them.
@@ -437,6 +468,7 @@ impl<'a> CallTrail<'a> {
             deferred_request_id: None,
             decisions: 0,
             guardrails: Guardrails::default(),
+            turns: Vec::new(),
         }
     }
 
@@ -495,7 +527,15 @@ impl<'a> CallTrail<'a> {
             shadow: policy.shadow.as_ref(),
             check_latency_ms: record::millis(latency),
         });
-        log.append(&event).await.map(drop)
+        let recorded = log.append(&event).await.map(drop);
+        // Counted (or refused): the next call of the workflow may read its count.
+        self.turns.clear();
+        recorded
+    }
+
+    /// Holds `turns` until the call's first decision is recorded (or the call ends).
+    pub fn hold(&mut self, turns: Vec<database::Turn>) {
+        self.turns = turns;
     }
 
     /// Writes the `approval` record of how asking a human ended, and waits until it is durable.

@@ -134,7 +134,7 @@ pub enum ConfigError {
     #[error("`STAGE0_AUDIT_SYNC` must be `on` or `off`, got `{0}`")]
     InvalidAuditSync(String),
     /// `STAGE0_DATABASE_URL` cannot be used.
-    #[error(transparent)]
+    #[error("`STAGE0_DATABASE_URL`: {0}")]
     InvalidDatabaseUrl(#[from] audit::database::InvalidDatabaseUrl),
     /// `STAGE0_DATABASE_URL` is set beside a variable that only applies to the file log.
     #[error(

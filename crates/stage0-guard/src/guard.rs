@@ -302,7 +302,7 @@ impl Guard {
         let repeated = repeated_key(context);
         let operator = self.operator(context);
         let prepared = self
-            .prepare::<T>(operator, arguments, repeated, &trail, Counting::Count)
+            .prepare::<T>(operator, arguments, repeated, &mut trail, Counting::Count)
             .await;
         let (call, mut provenance, mut intent, local) = match prepared {
             Ok(prepared) => prepared,
@@ -360,7 +360,13 @@ impl Guard {
         let repeated = repeated_key(context);
         let operator = self.operator(context);
         let prepared = self
-            .prepare::<T>(operator, arguments, repeated, &trail, Counting::Continue)
+            .prepare::<T>(
+                operator,
+                arguments,
+                repeated,
+                &mut trail,
+                Counting::Continue,
+            )
             .await;
         let (call, mut provenance, mut intent, local) = match prepared {
             Ok(prepared) => prepared,
@@ -521,7 +527,7 @@ impl Guard {
         let repeated = repeated_key(request);
         let operator = self.operator(request);
         let prepared = self
-            .prepare::<T>(operator, arguments, repeated, &trail, Counting::Count)
+            .prepare::<T>(operator, arguments, repeated, &mut trail, Counting::Count)
             .await;
         let (_, provenance, intent, local) = match prepared {
             Ok(prepared) => prepared,
@@ -654,7 +660,7 @@ impl Guard {
         operator: &Operator,
         arguments: JsonObject,
         repeated: Option<&DuplicateKey>,
-        trail: &CallTrail<'_>,
+        trail: &mut CallTrail<'_>,
         counting: Counting,
     ) -> Result<(T, Provenance, Intent, Option<Local>), CallToolResult> {
         let read = match repeated {
@@ -672,7 +678,7 @@ impl Guard {
                 return Err(render::invalid_arguments(T::NAME, &problem));
             }
         };
-        let ledger = self.ledger_for(operator, &mut call).await;
+        let ledger = self.ledger_for(operator, &mut call, counting, trail).await;
         let provenance = match counting {
             Counting::Count => operator.vouch(call.claims(), &ledger),
             Counting::Continue => operator.vouch_again(call.claims(), &ledger),
@@ -705,13 +711,18 @@ impl Guard {
     }
 
     /// The attempt ledger `call` is vouched with: this server's own, or, with a shared ledger in
-    /// a database, the counts of the call's workflows read from it now. A count that cannot be
-    /// read is taken as 0: the decision record of a call that saw fewer attempts than the ledger
-    /// counts is refused when it is committed (`audit/database.rs`), so nothing runs on it.
+    /// a database, the counts of the call's workflows read from it now. A call that counts an
+    /// attempt first waits for its turn at its workflows, and `trail` holds the turn until the
+    /// decision is recorded, so the calls of one workflow through this server are counted one
+    /// after another. A count that cannot be read is taken as 0: the decision record of a call
+    /// that saw fewer attempts than the ledger counts is refused when it is committed
+    /// (`audit/database.rs`), so nothing runs on it.
     async fn ledger_for(
         &self,
         operator: &Operator,
         call: &mut impl ToolIntent,
+        counting: Counting,
+        trail: &mut CallTrail<'_>,
     ) -> Arc<AttemptLedger> {
         let Some(shared) = self.audit.as_ref().and_then(AuditLog::shared_ledger) else {
             return Arc::clone(&self.ledger);
@@ -719,6 +730,9 @@ impl Guard {
         let keys = operator.retry_keys(&call.claims());
         if keys.is_empty() {
             return Arc::clone(&self.ledger);
+        }
+        if counting == Counting::Count {
+            trail.hold(shared.turns(&keys).await);
         }
         let counts = shared.attempts(&keys).await.unwrap_or_else(|error| {
             tracing::warn!(error = %escaped(&error), "the shared attempt ledger could not be read");
@@ -852,7 +866,7 @@ enum Reviewed {
 }
 
 /// Whether preparing a call counts an attempt in the ledger.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Counting {
     /// A new call: one more attempt.
     Count,

@@ -39,9 +39,9 @@ use serde_json::{Map, Value};
 use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls, Transaction};
 
-use super::Unavailable;
 use super::batch::Appender;
 use super::chain::{self, GENESIS};
+use super::{LEDGER_CONFLICT, STATE_ALREADY_ANSWERED, Unavailable};
 use crate::escape::escaped;
 
 /// How long any one step with the database may take before it counts as unreachable: connecting,
@@ -87,24 +87,24 @@ pub struct DatabaseUrl {
     shown: Arc<str>,
 }
 
-/// Why a `STAGE0_DATABASE_URL` cannot be used.
+/// Why a database URL (`STAGE0_DATABASE_URL`, `audit … --database URL`) cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidDatabaseUrl {
     /// It is not a connection string the driver reads (the text is not repeated: it may hold a
     /// password).
     #[error(
-        "`STAGE0_DATABASE_URL` is not a PostgreSQL connection URL \
+        "the database URL is not a PostgreSQL connection URL \
          (postgres://USER:PASSWORD@HOST:PORT/DATABASE)"
     )]
     Unreadable,
     /// It asks for TLS (`sslmode=require`), which this server does not offer.
     #[error(
-        "`STAGE0_DATABASE_URL` asks for TLS (`sslmode=require`), which this server does not \
-         speak: reach PostgreSQL over a private network or a Unix socket (docs/deployment.md)"
+        "the database URL asks for TLS (`sslmode=require`), which this server does not speak: \
+         reach PostgreSQL over a private network or a Unix socket (docs/deployment.md)"
     )]
     TlsRequired,
     /// It names no host.
-    #[error("`STAGE0_DATABASE_URL` names no host")]
+    #[error("the database URL names no host")]
     NoHost,
 }
 
@@ -186,8 +186,9 @@ impl Eq for DatabaseUrl {}
 /// wait past [`DATABASE_WAIT`], or a chain whose head does not check out.
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
-    /// The driver's error (its text holds its causes: it is not a `source` too).
-    #[error("database: {0}")]
+    /// The driver's error, shown with its causes (PostgreSQL's own message, or the operating
+    /// system's), which the driver keeps apart from its text.
+    #[error("database: {}", with_causes(.0))]
     Driver(tokio_postgres::Error),
     /// No answer within [`DATABASE_WAIT`].
     #[error("database: no answer within {} s", DATABASE_WAIT.as_secs())]
@@ -203,6 +204,21 @@ pub enum DatabaseError {
         /// What is wrong with it.
         why: String,
     },
+}
+
+/// `error`'s text followed by each of its causes': `db error: ERROR: permission denied …`.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(next) = cause {
+        let more = next.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = next.source();
+    }
+    text
 }
 
 impl From<tokio_postgres::Error> for DatabaseError {
@@ -224,6 +240,21 @@ async fn bounded<T, E: Into<DatabaseError>>(
 /// same transaction as its version's row, under an advisory lock, so replicas starting at once
 /// apply each exactly once.
 async fn migrate(client: &mut Client) -> Result<(), DatabaseError> {
+    // Up to date: nothing to create, so no lock and no right to CREATE needed.
+    let latest = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    let exists: bool = client
+        .query_one("SELECT to_regclass('stage0_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if exists {
+        let applied: Option<i32> = client
+            .query_one("SELECT max(version) FROM stage0_migrations", &[])
+            .await?
+            .get(0);
+        if applied == Some(latest) {
+            return Ok(());
+        }
+    }
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -255,12 +286,22 @@ async fn migrate(client: &mut Client) -> Result<(), DatabaseError> {
     Ok(())
 }
 
-/// Reads the attempt counts of the ledger for the calls of one replica.
+/// How many turns [`DatabaseLedger::turns`] spreads the workflows over: two workflows whose keys
+/// share their first byte take turns too, which costs a wait, never a wrong count.
+const TURNS: usize = 256;
+
+/// Reads the attempt counts of the ledger for the calls of one replica, and makes the calls of
+/// one workflow through it take turns.
 #[derive(Debug)]
 pub struct DatabaseLedger {
     url: DatabaseUrl,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    turns: Vec<Arc<tokio::sync::Mutex<()>>>,
 }
+
+/// A call's turn at its workflows: while it is held, no other call through this replica reads or
+/// counts them. Dropping it ends the turn.
+pub type Turn = tokio::sync::OwnedMutexGuard<()>;
 
 impl DatabaseLedger {
     /// A reader of the ledger at `url`; it connects when first used, on the runtime using it.
@@ -268,7 +309,24 @@ impl DatabaseLedger {
         DatabaseLedger {
             url,
             client: tokio::sync::Mutex::new(None),
+            turns: (0..TURNS).map(|_| Arc::default()).collect(),
         }
+    }
+
+    /// Waits for this call's turn at each of `keys` (taken in one order, so two calls never wait
+    /// for each other). A call holds its turns from reading the counts until its decision record
+    /// is committed: the calls of one workflow through one replica are then counted one after
+    /// another, and only a call through another replica can find the count moved
+    /// ([`LEDGER_CONFLICT`]).
+    pub async fn turns(&self, keys: &[[u8; 32]]) -> Vec<Turn> {
+        let mut indexes: Vec<usize> = keys.iter().map(|key| usize::from(key[0])).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let mut turns = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            turns.push(Arc::clone(&self.turns[index]).lock_owned().await);
+        }
+        turns
     }
 
     /// The attempts counted for each of `keys` (0 for a key without a row), read within
@@ -326,8 +384,20 @@ struct Chain {
     client: Option<Client>,
     /// Records nobody waits for whose batch failed, oldest first: written before the next batch.
     kept: Vec<Map<String, Value>>,
+    /// A batch whose `COMMIT` answer was lost and could not be read back: the `seq` and `hash` of
+    /// its last record, and its records nobody waits for, written again only if the chain does
+    /// not hold it.
+    unsettled: Option<Unsettled>,
     /// The head after this writer's last commit: for the log at close.
     head: (u64, String),
+}
+
+/// A batch whose `COMMIT` answer was lost and could not be read back.
+struct Unsettled {
+    /// The `seq` and `hash` of its last record.
+    head: (u64, String),
+    /// Its records nobody waits for.
+    records: Vec<Map<String, Value>>,
 }
 
 /// One record of a batch, once the transaction has looked at it: sealed, or refused and why.
@@ -351,6 +421,7 @@ impl DatabaseWriter {
             url,
             client: None,
             kept: Vec::new(),
+            unsettled: None,
             head: (0, GENESIS.to_owned()),
         };
         Ok(DatabaseWriter { runtime, chain })
@@ -389,23 +460,49 @@ impl Appender for DatabaseWriter {
         records: Vec<Map<String, Value>>,
         awaited: &[bool],
     ) -> Vec<Result<u64, Unavailable>> {
-        let kept = std::mem::take(&mut self.chain.kept);
+        let mut kept = std::mem::take(&mut self.chain.kept);
+        // A batch whose commit could not be read back is settled first, so that its records are
+        // written again only if the chain does not hold them.
+        if let Some(unsettled) = self.chain.unsettled.take() {
+            let head = &unsettled.head;
+            match self.runtime.block_on(self.chain.holds(head)) {
+                Ok(true) => tracing::warn!(
+                    seq = head.0,
+                    "a commit whose answer was lost was found in the chain"
+                ),
+                Ok(false) => {
+                    kept.splice(0..0, unsettled.records);
+                }
+                Err(error) => {
+                    self.chain.unsettled = Some(unsettled);
+                    return self.refuse(kept, records, awaited, &error);
+                }
+            }
+        }
         let from = kept.len();
-        let batch: Vec<Map<String, Value>> = kept.into_iter().chain(records).collect();
+        let mut batch: Vec<Map<String, Value>> = kept.into_iter().chain(records).collect();
         match self.runtime.block_on(self.chain.commit(&batch)) {
             Ok(mut looked) => looked.split_off(from),
-            Err(error) => {
+            Err(Failure::NotWritten(error)) => {
+                let records = batch.split_off(from);
+                self.refuse(batch, records, awaited, &error)
+            }
+            Err(Failure::Unknown(error, head)) => {
+                let records = batch.split_off(from);
+                let mut unawaited = batch;
+                unawaited.extend(unawaited_only(records, awaited));
                 tracing::error!(
                     database = %self.chain.url.shown(),
                     error = %escaped(&error),
-                    records = batch.len(),
-                    "audit records not written to the database: their calls are denied"
+                    seq = head.0,
+                    "a commit whose answer was lost could not be read back: its calls are denied; \
+                     the next batch reads it back first"
                 );
-                let why = Unavailable::new(error.to_string());
-                let mut batch = batch;
-                let records = batch.split_off(from);
-                self.keep(batch, records, awaited);
-                vec![Err(why); awaited.len()]
+                self.chain.unsettled = Some(Unsettled {
+                    head,
+                    records: unawaited,
+                });
+                vec![Err(Unavailable::new(error.to_string())); awaited.len()]
             }
         }
     }
@@ -416,12 +513,17 @@ impl Appender for DatabaseWriter {
             database = %self.chain.url.shown(),
             seq,
             hash = %hash,
-            kept = self.chain.kept.len(),
-            "audit database closed"
+            "audit database closed (seq and hash: the chain's head after this replica's last commit)"
         );
-        if !self.chain.kept.is_empty() {
+        let unwritten = self.chain.kept.len()
+            + self
+                .chain
+                .unsettled
+                .as_ref()
+                .map_or(0, |batch| batch.records.len());
+        if unwritten > 0 {
             tracing::error!(
-                records = self.chain.kept.len(),
+                records = unwritten,
                 "outcome records never reached the database (it was unreachable until the end)"
             );
         }
@@ -429,22 +531,23 @@ impl Appender for DatabaseWriter {
 }
 
 impl DatabaseWriter {
-    /// Keeps what nobody waits for of a failed batch: the records kept before it, then the new
-    /// ones with `awaited` false, at most [`MAX_KEPT`] (the oldest go first).
-    fn keep(
+    /// Refuses a batch that was not written: logs why, keeps what nobody waits for (the records
+    /// `kept` before it, then those of `records` with `awaited` false, at most [`MAX_KEPT`], the
+    /// oldest dropped first) and answers every caller with the error.
+    fn refuse(
         &mut self,
-        kept: Vec<Map<String, Value>>,
+        mut kept: Vec<Map<String, Value>>,
         records: Vec<Map<String, Value>>,
         awaited: &[bool],
-    ) {
-        let mut kept = kept;
-        kept.extend(
-            records
-                .into_iter()
-                .zip(awaited)
-                .filter(|(_, awaited)| !**awaited)
-                .map(|(record, _)| record),
+        error: &DatabaseError,
+    ) -> Vec<Result<u64, Unavailable>> {
+        tracing::error!(
+            database = %self.chain.url.shown(),
+            error = %escaped(error),
+            records = kept.len() + records.len(),
+            "audit records not written to the database: their calls are denied"
         );
+        kept.extend(unawaited_only(records, awaited));
         if kept.len() > MAX_KEPT {
             let dropped = kept.len() - MAX_KEPT;
             kept.drain(..dropped);
@@ -454,6 +557,34 @@ impl DatabaseWriter {
             );
         }
         self.chain.kept = kept;
+        vec![Err(Unavailable::new(error.to_string())); awaited.len()]
+    }
+}
+
+/// The records of `records` that nobody waits for (`awaited` false), in order.
+fn unawaited_only(
+    records: Vec<Map<String, Value>>,
+    awaited: &[bool],
+) -> impl Iterator<Item = Map<String, Value>> + '_ {
+    records
+        .into_iter()
+        .zip(awaited)
+        .filter(|(_, awaited)| !**awaited)
+        .map(|(record, _)| record)
+}
+
+/// Why a batch was not committed.
+enum Failure {
+    /// It was not written.
+    NotWritten(DatabaseError),
+    /// Its `COMMIT`'s answer was lost and the chain could not be read back: it may have been
+    /// written, exactly when the row of its last record (`seq`, `hash`) holds that hash.
+    Unknown(DatabaseError, (u64, String)),
+}
+
+impl From<DatabaseError> for Failure {
+    fn from(error: DatabaseError) -> Self {
+        Failure::NotWritten(error)
     }
 }
 
@@ -476,20 +607,21 @@ impl Chain {
     async fn commit(
         &mut self,
         batch: &[Map<String, Value>],
-    ) -> Result<Vec<Result<u64, Unavailable>>, DatabaseError> {
+    ) -> Result<Vec<Result<u64, Unavailable>>, Failure> {
         let mut client = self.take_connection().await?;
         let tx = bounded(client.transaction()).await?;
         let (looked, head) = bounded(append(&tx, batch)).await?;
         if let Err(error) = bounded(tx.commit()).await {
             drop(client);
             // The COMMIT may have been applied before its answer was lost: the chain says.
-            if !self.holds(&head).await? {
-                return Err(error);
+            match self.holds(&head).await {
+                Ok(true) => tracing::warn!(
+                    seq = head.0,
+                    "a commit whose answer was lost was found in the chain"
+                ),
+                Ok(false) => return Err(Failure::NotWritten(error)),
+                Err(unread) => return Err(Failure::Unknown(unread, head)),
             }
-            tracing::warn!(
-                seq = head.0,
-                "a commit whose answer was lost was found in the chain"
-            );
         } else {
             self.client = Some(client);
         }
@@ -595,11 +727,14 @@ async fn append(
         if let Some((key, observed)) = counted(record) {
             let count = counts.entry(key.to_vec()).or_insert(0);
             if *count as u64 != observed {
-                looked.push(Looked::Refused(Unavailable::new(format!(
-                    "the attempt ledger counts {count} earlier attempts at this workflow, and \
-                     this call saw {observed}: another call of the same workflow was counted \
-                     first (through another replica); call again"
-                ))));
+                looked.push(Looked::Refused(Unavailable::refused(
+                    LEDGER_CONFLICT,
+                    format!(
+                        "the attempt ledger counts {count} earlier attempts at this workflow, and \
+                         this call saw {observed}: another call of the same workflow was counted \
+                         first, through another replica; call again"
+                    ),
+                )));
                 continue;
             }
             *count += 1;
@@ -609,8 +744,9 @@ async fn append(
         if let Some(nonce) = &nonce
             && !spent.insert(nonce.clone())
         {
-            looked.push(Looked::Refused(Unavailable::new(
-                "this approval state was answered before (through another replica)",
+            looked.push(Looked::Refused(Unavailable::refused(
+                STATE_ALREADY_ANSWERED,
+                "this approval state was answered before, through another replica",
             )));
             continue;
         }
