@@ -400,12 +400,6 @@ struct Unsettled {
     records: Vec<Map<String, Value>>,
 }
 
-/// One record of a batch, once the transaction has looked at it: sealed, or refused and why.
-enum Looked {
-    Sealed(u64),
-    Refused(Unavailable),
-}
-
 impl DatabaseWriter {
     /// A writer for the chain at `url`, with the runtime it will run on. Nothing is connected
     /// yet: [`connect`](DatabaseWriter::connect) does that, on the writer thread.
@@ -447,7 +441,7 @@ impl DatabaseWriter {
                 tracing::error!(
                     database = %chain.url.shown(),
                     error = %escaped(&error),
-                    "database unreachable: every tool call is denied until it is reachable"
+                    "the audit database cannot be used now: every tool call is denied until it can"
                 );
             }
         }
@@ -482,7 +476,7 @@ impl Appender for DatabaseWriter {
         let from = kept.len();
         let mut batch: Vec<Map<String, Value>> = kept.into_iter().chain(records).collect();
         match self.runtime.block_on(self.chain.commit(&batch)) {
-            Ok(mut looked) => looked.split_off(from),
+            Ok(mut written) => written.split_off(from),
             Err(Failure::NotWritten(error)) => {
                 let records = batch.split_off(from);
                 self.refuse(batch, records, awaited, &error)
@@ -610,7 +604,7 @@ impl Chain {
     ) -> Result<Vec<Result<u64, Unavailable>>, Failure> {
         let mut client = self.take_connection().await?;
         let tx = bounded(client.transaction()).await?;
-        let (looked, head) = bounded(append(&tx, batch)).await?;
+        let (written, head) = bounded(append(&tx, batch)).await?;
         if let Err(error) = bounded(tx.commit()).await {
             drop(client);
             // The COMMIT may have been applied before its answer was lost: the chain says.
@@ -626,13 +620,7 @@ impl Chain {
             self.client = Some(client);
         }
         self.head = head;
-        Ok(looked
-            .into_iter()
-            .map(|looked| match looked {
-                Looked::Sealed(seq) => Ok(seq),
-                Looked::Refused(why) => Err(why),
-            })
-            .collect())
+        Ok(written)
     }
 
     /// Whether the chain holds the record `head` names, read once connected again under the
@@ -687,7 +675,7 @@ async fn head(client: &impl tokio_postgres::GenericClient) -> Result<(u64, Strin
 async fn append(
     tx: &Transaction<'_>,
     batch: &[Map<String, Value>],
-) -> Result<(Vec<Looked>, (u64, String)), DatabaseError> {
+) -> Result<(Vec<Result<u64, Unavailable>>, (u64, String)), DatabaseError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK])
         .await?;
     let (mut seq, mut hash) = head(tx).await?;
@@ -722,12 +710,12 @@ async fn append(
     }
     let mut changed: HashSet<Vec<u8>> = HashSet::new();
     let mut rows: (Vec<i64>, Vec<String>, Vec<Option<String>>, Vec<String>) = Default::default();
-    let mut looked = Vec::with_capacity(batch.len());
+    let mut written = Vec::with_capacity(batch.len());
     for record in batch {
         if let Some((key, observed)) = counted(record) {
             let count = counts.entry(key.to_vec()).or_insert(0);
             if *count as u64 != observed {
-                looked.push(Looked::Refused(Unavailable::refused(
+                written.push(Err(Unavailable::refused(
                     LEDGER_CONFLICT,
                     format!(
                         "the attempt ledger counts {count} earlier attempts at this workflow, and \
@@ -744,7 +732,7 @@ async fn append(
         if let Some(nonce) = &nonce
             && !spent.insert(nonce.clone())
         {
-            looked.push(Looked::Refused(Unavailable::refused(
+            written.push(Err(Unavailable::refused(
                 STATE_ALREADY_ANSWERED,
                 "this approval state was answered before, through another replica",
             )));
@@ -759,7 +747,7 @@ async fn append(
         rows.2.push(nonce);
         rows.3
             .push(String::from_utf8(sealed.line).expect("a sealed line is UTF-8 JSON"));
-        looked.push(Looked::Sealed(seq));
+        written.push(Ok(seq));
     }
     if !rows.0.is_empty() {
         tx.execute(
@@ -780,7 +768,7 @@ async fn append(
         )
         .await?;
     }
-    Ok((looked, (seq, hash)))
+    Ok((written, (seq, hash)))
 }
 
 /// The ledger key a `decision` record counts an attempt for, and how many attempts its call saw
