@@ -90,6 +90,23 @@ async fn relay(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Option<Cut
     }
 }
 
+/// Waits (bounded) until the chain holds the `outcome` record of the call that ended in `ended`.
+async fn outcome_committed(pg: &Postgres, ended: &common::Outcome) {
+    let query = format!(
+        "SELECT count(*) FROM stage0_audit WHERE line::jsonb ->> 'kind' = 'outcome' \
+         AND line::jsonb ->> 'request_id' = '{}'",
+        ended.field("request_id")
+    );
+    let deadline = std::time::Instant::now() + common::BOUND;
+    while pg.psql(&query).trim() != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcome was never committed"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test]
 async fn a_commit_whose_answer_is_lost_is_resolved_by_reading_the_chain() {
     let pg = Postgres::start();
@@ -101,13 +118,18 @@ async fn a_commit_whose_answer_is_lost_is_resolved_by_reading_the_chain() {
     ])
     .await;
     let research = |topic: &str| replica.call("research-topic", json!({"topic": topic}));
-    assert_eq!(research("before").await.structured["executed"], true);
+    let before = research("before").await;
+    assert_eq!(before.structured["executed"], true);
 
+    // Each cut must meet the next call's own COMMIT, not that of the outcome record still riding
+    // on the batch after the previous call (`audit/batch.rs`).
+    outcome_committed(&pg, &before).await;
     relay.arm(Cut::AfterPostgresHasIt);
     let committed = research("committed, answer lost").await;
     assert_eq!(committed.structured["executed"], true, "{committed:?}");
     assert!(committed.text.contains(STAND_IN));
 
+    outcome_committed(&pg, &committed).await;
     relay.arm(Cut::BeforePostgresHasIt);
     let rolled_back = research("rolled back").await;
     assert_eq!(rolled_back.field("verdict"), "DENY", "{rolled_back:?}");
