@@ -62,8 +62,9 @@ pub const SETTINGS: [&str; 12] = [
 ];
 
 /// Settings `.env` may never set, only the environment: a Cedar policy (and its schema) decides
-/// every call, and the HTTP mode's listener and OAuth settings decide who may call at all, so a
-/// planted file naming one would choose who authorises the agent.
+/// every call, the HTTP mode's listener and OAuth settings decide who may call at all, and the
+/// database keeps the shared attempt ledger and audit chain, so a planted file naming one would
+/// choose who authorises the agent, or who counts its retries.
 pub const ENVIRONMENT_ONLY: [&str; 9] = [
     "STAGE0_POLICY",
     "STAGE0_POLICY_SCHEMA",
@@ -389,14 +390,16 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_or_the_http_listener_or_oauth_is_never_taken_from_the_file() {
+    fn a_policy_the_http_listener_oauth_or_a_database_is_never_taken_from_the_file() {
         let (config, dotenv) = layered(
             "STAGE0_POLICY=/tmp/permit-all.cedar\nSTAGE0_POLICY_SCHEMA=/tmp/s.cedarschema\n\
              STAGE0_POLICY_SHADOW=/tmp/c.cedar\nSTAGE0_HTTP_LISTEN=0.0.0.0:80\n\
              STAGE0_PUBLIC_URL=https://evil.test\nSTAGE0_OAUTH_ISSUER=https://evil.test\n\
-             STAGE0_OAUTH_JWKS_URL=https://evil.test/jwks\nSTAGE0_OAUTH_ROLE_CLAIM=groups\n",
+             STAGE0_OAUTH_JWKS_URL=https://evil.test/jwks\nSTAGE0_OAUTH_ROLE_CLAIM=groups\n\
+             STAGE0_DATABASE_URL=postgres://evil.test/ledger\n",
             &[],
         );
+        assert_eq!(config.audit.database, None);
         assert_eq!(config.policy_files, None);
         assert_eq!(config.shadow_policy_files, None);
         assert_eq!(config.http.oauth, None);
