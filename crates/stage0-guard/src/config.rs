@@ -135,7 +135,7 @@ pub enum ConfigError {
     InvalidAuditSync(String),
     /// `STAGE0_DATABASE_URL` cannot be used.
     #[error("`STAGE0_DATABASE_URL`: {0}")]
-    InvalidDatabaseUrl(#[from] audit::database::InvalidDatabaseUrl),
+    InvalidDatabaseUrl(audit::database::InvalidDatabaseUrl),
     /// `STAGE0_DATABASE_URL` is set beside a variable that only applies to the file log.
     #[error(
         "`STAGE0_DATABASE_URL` puts the audit log in PostgreSQL, so `{0}` cannot be set beside it \
@@ -255,7 +255,8 @@ impl Config {
 
         let database = set("STAGE0_DATABASE_URL")
             .map(|url| url.parse::<DatabaseUrl>())
-            .transpose()?;
+            .transpose()
+            .map_err(ConfigError::InvalidDatabaseUrl)?;
         let path = match set("STAGE0_AUDIT_LOG") {
             Some(_) if database.is_some() => {
                 return Err(ConfigError::FileLogVariableWithDatabase("STAGE0_AUDIT_LOG"));

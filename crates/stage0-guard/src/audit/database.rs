@@ -251,7 +251,8 @@ async fn migrate(client: &mut Client) -> Result<(), DatabaseError> {
             .query_one("SELECT max(version) FROM stage0_migrations", &[])
             .await?
             .get(0);
-        if applied == Some(latest) {
+        // A newer release may have migrated further: this one needs only what it knows.
+        if applied >= Some(latest) {
             return Ok(());
         }
     }
@@ -314,7 +315,8 @@ impl DatabaseLedger {
     }
 
     /// Waits for this call's turn at each of `keys` (taken in one order, so two calls never wait
-    /// for each other). A call holds its turns from reading the counts until its decision record
+    /// for each other), at most [`DATABASE_WAIT`] for each; a turn not had by then is gone
+    /// without. A call holds its turns from reading the counts until its decision record
     /// is committed: the calls of one workflow through one replica are then counted one after
     /// another, and only a call through another replica can find the count moved
     /// ([`LEDGER_CONFLICT`]).
@@ -324,7 +326,14 @@ impl DatabaseLedger {
         indexes.dedup();
         let mut turns = Vec::with_capacity(indexes.len());
         for index in indexes {
-            turns.push(Arc::clone(&self.turns[index]).lock_owned().await);
+            let turn = Arc::clone(&self.turns[index]).lock_owned();
+            match tokio::time::timeout(DATABASE_WAIT, turn).await {
+                Ok(turn) => turns.push(turn),
+                // Going on without the turn risks a LEDGER_CONFLICT, never a wrong count.
+                Err(_) => tracing::warn!(
+                    "waited {DATABASE_WAIT:?} for a turn at a workflow: going on without it"
+                ),
+            }
         }
         turns
     }
@@ -460,10 +469,13 @@ impl Appender for DatabaseWriter {
         if let Some(unsettled) = self.chain.unsettled.take() {
             let head = &unsettled.head;
             match self.runtime.block_on(self.chain.holds(head)) {
-                Ok(true) => tracing::warn!(
-                    seq = head.0,
-                    "a commit whose answer was lost was found in the chain"
-                ),
+                Ok(true) => {
+                    tracing::warn!(
+                        seq = head.0,
+                        "a commit whose answer was lost was found in the chain"
+                    );
+                    self.chain.head = unsettled.head;
+                }
                 Ok(false) => {
                     kept.splice(0..0, unsettled.records);
                 }
@@ -720,7 +732,8 @@ async fn append(
                     format!(
                         "the attempt ledger counts {count} earlier attempts at this workflow, and \
                          this call saw {observed}: another call of the same workflow was counted \
-                         first, through another replica; call again"
+                         first (through another replica), or the count could not be read; call \
+                         again"
                     ),
                 )));
                 continue;
@@ -734,7 +747,7 @@ async fn append(
         {
             written.push(Err(Unavailable::refused(
                 STATE_ALREADY_ANSWERED,
-                "this approval state was answered before, through another replica",
+                "this approval state was answered before (its nonce is in the chain)",
             )));
             continue;
         }
