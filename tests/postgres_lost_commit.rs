@@ -118,8 +118,8 @@ async fn relay(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Option<Cut
     }
 }
 
-#[tokio::test]
-async fn a_commit_whose_answer_is_lost_is_resolved_by_reading_the_chain() {
+/// A cluster, a relay to it, and a replica on the cluster through the relay.
+async fn through_relay() -> (Postgres, Relay, Session) {
     let pg = Postgres::start();
     let relay = Relay::start(pg.port()).await;
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", relay.port);
@@ -128,6 +128,12 @@ async fn a_commit_whose_answer_is_lost_is_resolved_by_reading_the_chain() {
         ("STAGE0_APPROVALS", "off"),
     ])
     .await;
+    (pg, relay, replica)
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_resolved_by_reading_the_chain() {
+    let (pg, relay, replica) = through_relay().await;
     let research = |topic: &str| replica.call("research-topic", json!({"topic": topic}));
     let before = research("before").await;
     assert_eq!(before.structured["executed"], true);
@@ -167,14 +173,7 @@ async fn a_commit_whose_answer_is_lost_is_resolved_by_reading_the_chain() {
 
 #[tokio::test]
 async fn a_lost_commit_that_cannot_be_read_back_is_settled_before_the_next_batch() {
-    let pg = Postgres::start();
-    let relay = Relay::start(pg.port()).await;
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", relay.port);
-    let replica = Session::start(&[
-        ("STAGE0_DATABASE_URL", url.as_str()),
-        ("STAGE0_APPROVALS", "off"),
-    ])
-    .await;
+    let (pg, relay, replica) = through_relay().await;
     let research = |topic: &str| replica.call("research-topic", json!({"topic": topic}));
     let before = research("before").await;
     assert_eq!(before.structured["executed"], true);

@@ -105,6 +105,14 @@ fn assert_contiguous(chain: &[Record]) {
     }
 }
 
+/// Two replicas on `url`, started one after the other.
+async fn two_replicas(url: &str) -> [Session; 2] {
+    [
+        Session::start(&replica_env(url)).await,
+        Session::start(&replica_env(url)).await,
+    ]
+}
+
 /// Stops `session` and checks its stderr for the password.
 async fn stop(session: Session) {
     let stderr = session.stop().await;
@@ -118,10 +126,7 @@ async fn stop(session: Session) {
 async fn a_lying_agent_alternating_between_two_replicas_is_deferred_at_its_sixth_call() {
     let pg = Postgres::start();
     let url = url_of(&pg);
-    let replicas = [
-        Session::start(&replica_env(&url)).await,
-        Session::start(&replica_env(&url)).await,
-    ];
+    let replicas = two_replicas(&url).await;
     let mut verdicts = Vec::new();
     for attempt in 0..7 {
         // The agent claims every time that this is its first try.
@@ -162,10 +167,7 @@ async fn a_lying_agent_alternating_between_two_replicas_is_deferred_at_its_sixth
 async fn two_replicas_with_32_calls_in_flight_each_write_one_chain_that_verifies() {
     let pg = Postgres::start();
     let url = url_of(&pg);
-    let replicas = [
-        Session::start(&replica_env(&url)).await,
-        Session::start(&replica_env(&url)).await,
-    ];
+    let replicas = two_replicas(&url).await;
     let calls = replicas.iter().flat_map(|replica| {
         (0..32).map(move |n| replica.call("research-topic", json!({"topic": format!("t{n}")})))
     });
@@ -201,10 +203,7 @@ async fn two_replicas_with_32_calls_in_flight_each_write_one_chain_that_verifies
 async fn the_same_workflow_called_at_once_through_two_replicas_is_never_decided_on_a_stale_count() {
     let pg = Postgres::start();
     let url = url_of(&pg);
-    let replicas = [
-        Session::start(&replica_env(&url)).await,
-        Session::start(&replica_env(&url)).await,
-    ];
+    let replicas = two_replicas(&url).await;
     let calls = replicas.iter().flat_map(|replica| {
         (0..8).map(move |_| {
             replica.call(
