@@ -7,7 +7,10 @@
 //!   in-memory duplex pipe: the whole MCP path without a process or an OS pipe;
 //! - `result/*`: building the tool result (text and `structuredContent`) from a verdict;
 //! - `approval_state/*`: sealing the `requestState` of an approval asked over MRTR, and opening it
-//!   (verification, the call's bindings, the spent-nonce check) and spending its nonce.
+//!   (verification, the call's bindings, the spent-nonce check) and spending its nonce;
+//! - `audit/seal_*`: sealing one audit record into the hash chain (its line and `hash`), as the
+//!   audit writer thread does for every record: a `research-topic` call's `decision` and
+//!   `outcome`, as the server writes them.
 //!
 //! The end-to-end figures (process, pipes, memory, live mode) are in `benches/e2e.rs`; what each
 //! figure means and what bounds it is in BENCHMARKS.md.
@@ -23,6 +26,7 @@ use rmcp::model::CallToolRequestParams;
 use serde_json::{Map, Value, json};
 use stage0_guard::approval::Approvals;
 use stage0_guard::approval::state::{ApprovalStates, CallBinding, StateKey, arguments_sha256};
+use stage0_guard::audit::chain;
 use stage0_guard::claims::{ActorRole, Operator, Principal, Provenance};
 use stage0_guard::guard::Guard;
 use stage0_guard::policy::wire::{Intent, PolicyResponse};
@@ -214,12 +218,69 @@ fn approval_state(c: &mut Criterion) {
     });
 }
 
+/// A `research-topic` call's `decision` and `outcome` records, as the server hands them to the
+/// audit writer (without the chain fields, which sealing adds).
+fn audit_records() -> [(&'static str, Map<String, Value>); 2] {
+    let decision = json!({
+        "kind": "decision",
+        "call_id": "1bc1fca6-f23b-480c-8bf4-9cfd8f1c7fa8",
+        "request_id": "48af4432-de7d-4fe5-b952-242afc26899d",
+        "tool": "research-topic",
+        "arguments_sha256": "3ca951d8e51e4b0e827319b5a6963ad38a78ce8cfc4443814cc1cf2db4a2a80d",
+        "goal": "Research and summarize: Rust async runtimes",
+        "side_effects": [],
+        "context": {},
+        "provenance": {},
+        "verdict": "ALLOW",
+        "decision": "GO",
+        "reason": "Informational operation with no high-risk side effects",
+        "policy_version": "simulated-v1.0.0",
+        "risk_score": 15,
+        "issues": [],
+        "mode": "simulator",
+        "check_latency_ms": 0.004
+    });
+    let outcome = json!({
+        "kind": "outcome",
+        "call_id": "1bc1fca6-f23b-480c-8bf4-9cfd8f1c7fa8",
+        "request_id": "48af4432-de7d-4fe5-b952-242afc26899d",
+        "tool": "research-topic",
+        "arguments_sha256": "3ca951d8e51e4b0e827319b5a6963ad38a78ce8cfc4443814cc1cf2db4a2a80d",
+        "status": "ok",
+        "executed": true,
+        "guardrails_enforced": ["read_only"],
+        "duration_ms": 0.001
+    });
+    let object = |value| match value {
+        Value::Object(object) => object,
+        _ => unreachable!("a literal object"),
+    };
+    [("decision", object(decision)), ("outcome", object(outcome))]
+}
+
+fn audit_seal(c: &mut Criterion) {
+    let prev = "676705e5603119deef3bf17b57a7568253469cde738cdd2abf49cdb6ab657cfa";
+    for (kind, record) in audit_records() {
+        c.bench_function(&format!("audit/seal_{kind}"), |b| {
+            b.iter_batched(
+                || record.clone(),
+                |record| {
+                    let ts = "2026-12-01T05:38:48.790498Z".to_owned();
+                    chain::seal(record, black_box(7), ts, black_box(prev))
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
 criterion_group!(
     benches,
     simulator_decision,
     response_parsing,
     structured_result,
     guarded_call,
-    approval_state
+    approval_state,
+    audit_seal
 );
 criterion_main!(benches);

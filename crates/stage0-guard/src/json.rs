@@ -182,24 +182,13 @@ pub fn canonical_object(object: &Map<String, Value>) -> Vec<u8> {
     out
 }
 
+/// `value`'s canonical JSON, appended to `out`.
 fn write_value(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(number) => {
-            if let Some(integer) = number.as_u64() {
-                out.extend_from_slice(integer.to_string().as_bytes());
-            } else if let Some(integer) = number.as_i64() {
-                out.extend_from_slice(integer.to_string().as_bytes());
-            } else {
-                // A `Number` holds only finite doubles, which RFC 8785 always writes.
-                let double = number.as_f64().unwrap_or_default();
-                let written = serde_json_canonicalizer::to_vec(&double)
-                    .expect("a finite double canonicalises");
-                out.extend_from_slice(&written);
-            }
-        }
+        Value::Number(number) => write_number(number, out),
         Value::String(text) => write_string(text, out),
         Value::Array(items) => {
             out.push(b'[');
@@ -215,11 +204,44 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// An integer with all its digits; any other number as RFC 8785 writes a double.
+fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) {
+    if number.is_u64() || number.is_i64() {
+        // `serde_json` writes a `Number` holding an integer with exactly its digits (`itoa`).
+        serde_json::to_writer(&mut *out, number).expect("writing to a Vec cannot fail");
+    } else {
+        // A `Number` holds only finite doubles, which RFC 8785 always writes.
+        let double = number.as_f64().unwrap_or_default();
+        serde_json_canonicalizer::to_writer(&double, out).expect("a finite double canonicalises");
+    }
+}
+
 fn write_object(object: &Map<String, Value>, out: &mut Vec<u8>) {
-    let mut members: Vec<(&String, &Value)> = object.iter().collect();
-    members.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+    let mut members: Vec<(&str, &Value)> = object
+        .iter()
+        .map(|(key, value)| (key.as_str(), value))
+        .collect();
+    sort_members(&mut members);
     out.push(b'{');
-    for (index, (key, value)) in members.into_iter().enumerate() {
+    write_members(&members, out);
+    out.push(b'}');
+}
+
+/// Sorts an object's members (distinct keys) into RFC 8785's order: by the keys' UTF-16 code
+/// units. For ASCII keys (nearly every key) that is the order of their bytes, which is cheaper to
+/// compare.
+pub(crate) fn sort_members(members: &mut [(&str, &Value)]) {
+    if members.iter().all(|(key, _)| key.is_ascii()) {
+        members.sort_unstable_by_key(|&(key, _)| key);
+    } else {
+        members.sort_unstable_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+    }
+}
+
+/// `members`, in the order given, as the inside of a canonical JSON object (`"key":value`
+/// separated by commas, no braces), appended to `out`.
+pub(crate) fn write_members(members: &[(&str, &Value)], out: &mut Vec<u8>) {
+    for (index, (key, value)) in members.iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
@@ -227,7 +249,6 @@ fn write_object(object: &Map<String, Value>, out: &mut Vec<u8>) {
         out.push(b':');
         write_value(value, out);
     }
-    out.push(b'}');
 }
 
 /// `text` as a JSON string. `serde_json` escapes exactly what RFC 8785 does: `"`, `\`, and the

@@ -46,6 +46,9 @@ use crate::approval::state::SpentNonceSet;
 use crate::escape::escaped;
 use crate::ledger::AttemptLedger;
 
+/// About the length of a `decision` record's line, in bytes: what a batch's buffer is sized by.
+const LINE_BYTES: usize = 1024;
+
 /// A torn last line: where it starts and how long it is, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Torn {
@@ -230,7 +233,8 @@ impl Writer {
         records: Vec<Map<String, Value>>,
     ) -> Result<(Vec<u64>, Option<Torn>), AuditError> {
         let torn = self.catch_up()?;
-        let mut buffer = Vec::new();
+        // Room for lines of about a `decision`'s size, so that sealing seldom has to grow it.
+        let mut buffer = Vec::with_capacity(LINE_BYTES * records.len());
         if let Some(torn) = torn {
             let torn_sha256 = self.torn_sha256(torn)?;
             buffer.push(b'\n');
@@ -286,11 +290,9 @@ impl Writer {
     fn seal_into(&mut self, buffer: &mut Vec<u8>, record: Map<String, Value>) -> u64 {
         let seq = self.seq + 1;
         let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let sealed = chain::seal(record, seq, ts, &self.hash);
-        buffer.extend_from_slice(&sealed.line);
+        self.hash = chain::seal_into(buffer, &record, seq, ts, &self.hash);
         buffer.push(b'\n');
         self.seq = seq;
-        self.hash = sealed.hash;
         seq
     }
 
