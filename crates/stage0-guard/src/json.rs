@@ -14,6 +14,7 @@
 //! 8785 except for that: an integer is written with all its digits. For every integer within
 //! ±2^53, and every document without integers beyond it, the bytes are exactly RFC 8785's.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -66,13 +67,21 @@ pub fn first_duplicate_key(json: &[u8]) -> Result<Option<DuplicateKey>, serde_js
     Ok(found)
 }
 
+/// Where a value is: under a key of an object or at an index of an array.
+enum Segment<'de> {
+    Key(Cow<'de, str>),
+    Index(usize),
+}
+
 /// Walks one JSON value, noting the first repeated key in `found`; `path` is where the value is.
-struct Scan<'a> {
-    path: &'a mut Vec<String>,
+/// Keys are borrowed from the JSON text unless they hold escapes: the scan reads every line
+/// from the client, so it allocates nothing per key or per item (BENCHMARKS.md).
+struct Scan<'a, 'de> {
+    path: &'a mut Vec<Segment<'de>>,
     found: &'a mut Option<DuplicateKey>,
 }
 
-impl<'de> DeserializeSeed<'de> for Scan<'_> {
+impl<'de> DeserializeSeed<'de> for Scan<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -80,7 +89,7 @@ impl<'de> DeserializeSeed<'de> for Scan<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Scan<'_> {
+impl<'de> Visitor<'de> for Scan<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,7 +128,7 @@ impl<'de> Visitor<'de> for Scan<'_> {
                 while items.next_element::<IgnoredAny>()?.is_some() {}
                 return Ok(());
             }
-            self.path.push(index.to_string());
+            self.path.push(Segment::Index(index));
             let more = items.next_element_seed(Scan {
                 path: self.path,
                 found: self.found,
@@ -133,20 +142,19 @@ impl<'de> Visitor<'de> for Scan<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<(), A::Error> {
-        let mut keys = HashSet::new();
-        while let Some(key) = members.next_key::<String>()? {
+        let mut keys = SeenKeys::default();
+        while let Some(key) = members.next_key_seed(KeySeed)? {
             if self.found.is_some() {
                 members.next_value::<IgnoredAny>()?;
                 continue;
             }
-            self.path.push(key);
-            let key = self.path.last().expect("just pushed");
             if !keys.insert(key.clone()) {
                 *self.found = Some(DuplicateKey {
-                    key: key.clone(),
-                    pointer: pointer(self.path),
+                    key: key.clone().into_owned(),
+                    pointer: pointer(self.path, &key),
                 });
             }
+            self.path.push(Segment::Key(key));
             members.next_value_seed(Scan {
                 path: self.path,
                 found: self.found,
@@ -157,12 +165,71 @@ impl<'de> Visitor<'de> for Scan<'_> {
     }
 }
 
-/// The JSON Pointer (RFC 6901) of `path`: each segment after a `/`, with `~` as `~0` and `/` as
-/// `~1`.
-fn pointer(path: &[String]) -> String {
-    path.iter()
-        .map(|segment| format!("/{}", segment.replace('~', "~0").replace('/', "~1")))
-        .collect()
+/// How many keys of an object [`SeenKeys`] searches one by one before it hashes the rest.
+const FEW_KEYS: usize = 16;
+
+/// The keys of one object read so far. Most objects have a few keys, which a list finds sooner
+/// than a hash set hashes them; past [`FEW_KEYS`] a hash set keeps a huge object's scan linear.
+#[derive(Default)]
+struct SeenKeys<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: HashSet<Cow<'de, str>>,
+}
+
+impl<'de> SeenKeys<'de> {
+    /// Adds `key`; `false` when it was there already.
+    fn insert(&mut self, key: Cow<'de, str>) -> bool {
+        if self.few.contains(&key) {
+            return false;
+        }
+        if self.few.len() < FEW_KEYS {
+            self.few.push(key);
+            true
+        } else {
+            self.many.insert(key)
+        }
+    }
+}
+
+/// Reads a key, borrowed from the JSON text when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(key))
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(key.to_owned()))
+    }
+}
+
+/// The JSON Pointer (RFC 6901) of the member `key` of the object at `path`: each segment after a
+/// `/`, with `~` as `~0` and `/` as `~1`.
+fn pointer(path: &[Segment<'_>], key: &str) -> String {
+    let escaped = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    let mut pointer = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(key) => pointer.push_str(&format!("/{}", escaped(key))),
+            Segment::Index(index) => pointer.push_str(&format!("/{index}")),
+        }
+    }
+    pointer + "/" + &escaped(key)
 }
 
 /// `value` as canonical JSON: RFC 8785 (keys sorted by their UTF-16 code units, no white space,
@@ -282,6 +349,24 @@ mod tests {
             ("7", None),
         ] {
             assert_eq!(duplicate(json).as_deref(), expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_is_found_in_an_object_of_any_size() {
+        // Keys k0..k99, then one more: the first keys are searched one by one, the later ones
+        // hashed, and a repeat is found among either, escaped or not.
+        let object = |last: &str| {
+            let keys: Vec<String> = (0..100).map(|n| format!(r#""k{n}":{n}"#)).collect();
+            format!("{{{},{last}}}", keys.join(","))
+        };
+        for (last, expected) in [
+            (r#""k3":0"#, Some("/k3")),
+            (r#""k97":0"#, Some("/k97")),
+            (r#""k\u0039\u0039":0"#, Some("/k99")),
+            (r#""k100":0"#, None),
+        ] {
+            assert_eq!(duplicate(&object(last)).as_deref(), expected, "{last}");
         }
     }
 
