@@ -2,7 +2,8 @@
 //!
 //! stdout carries JSON-RPC and nothing else; every log line goes to stderr. The process exits 0
 //! on stdin EOF, SIGINT or SIGTERM, and 2 with a message when the configuration is unusable.
-//! `mcp-server-stage0 audit verify|show` reads the audit log instead (exit 1: it does not verify);
+//! `mcp-server-stage0 audit verify|show|export` reads the audit log, a file or the chain in
+//! PostgreSQL, instead (`src/audit_command.rs`; exit 1: it does not verify);
 //! `mcp-server-stage0 policy validate|eval` checks a Cedar policy (exit 1: it is invalid). With a
 //! Cedar policy (`STAGE0_POLICY`), SIGHUP reads it again (`Guard::reload_policy`).
 
