@@ -37,7 +37,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 use tokio::runtime::Runtime;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use super::batch::Appender;
 use super::chain::{self, GENESIS};
@@ -390,7 +391,7 @@ pub(super) struct DatabaseWriter {
 
 struct Chain {
     url: DatabaseUrl,
-    client: Option<Client>,
+    client: Option<Connection>,
     /// Records nobody waits for whose batch failed, oldest first: written before the next batch.
     kept: Vec<Map<String, Value>>,
     /// A batch whose `COMMIT` answer was lost and could not be read back: the `seq` and `hash` of
@@ -400,6 +401,57 @@ struct Chain {
     /// The head after this writer's last commit: for the log at close.
     head: (u64, String),
 }
+
+/// The writer's connection, with the statements of a batch prepared once for it.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+/// The statements of a batch (`append`), prepared when the writer connects: a batch then costs
+/// one round trip for each step, not two (parse, then run).
+struct Statements {
+    lock: Statement,
+    head: Statement,
+    counts: Statement,
+    nonces: Statement,
+    insert: Statement,
+    count: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        let (lock, head, counts, nonces, insert, count) = tokio::try_join!(
+            client.prepare("SELECT pg_advisory_xact_lock($1)"),
+            client.prepare(HEAD),
+            client.prepare("SELECT key, attempts FROM stage0_ledger WHERE key = ANY($1)"),
+            client.prepare("SELECT nonce_sha256 FROM stage0_audit WHERE nonce_sha256 = ANY($1)"),
+            client.prepare(
+                "INSERT INTO stage0_audit (seq, hash, nonce_sha256, line)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])"
+            ),
+            client.prepare(
+                "INSERT INTO stage0_ledger (key, attempts)
+                 SELECT * FROM unnest($1::bytea[], $2::int8[])
+                 ON CONFLICT (key) DO UPDATE SET attempts = excluded.attempts, updated_at = now()"
+            ),
+        )?;
+        Ok(Statements {
+            lock,
+            head,
+            counts,
+            nonces,
+            insert,
+            count,
+        })
+    }
+}
+
+/// The parameters of one statement (held in a variable while statements run side by side).
+type Parameters<'a, const N: usize> = [&'a (dyn ToSql + Sync); N];
+
+/// The chain's last record.
+const HEAD: &str = "SELECT seq, hash, line FROM stage0_audit ORDER BY seq DESC LIMIT 1";
 
 /// A batch whose `COMMIT` answer was lost and could not be read back.
 struct Unsettled {
@@ -435,10 +487,15 @@ impl DatabaseWriter {
     pub(super) fn connect(&mut self) {
         let chain = &mut self.chain;
         let head = self.runtime.block_on(async {
-            let client = chain.take_connection().await?;
-            let read = bounded(head(&client)).await;
-            chain.client = Some(client);
-            read
+            let connection = chain.take_connection().await?;
+            let read = bounded(
+                connection
+                    .client
+                    .query_opt(&connection.statements.head, &[]),
+            )
+            .await;
+            chain.client = Some(connection);
+            head(read?)
         });
         match head {
             Ok((seq, hash)) => {
@@ -597,13 +654,14 @@ impl From<DatabaseError> for Failure {
 impl Chain {
     /// The connection, taken out to be used (and put back when it is still good); opened, and
     /// the schema migrated, if there is none.
-    async fn take_connection(&mut self) -> Result<Client, DatabaseError> {
-        match self.client.take().filter(|client| !client.is_closed()) {
-            Some(client) => Ok(client),
+    async fn take_connection(&mut self) -> Result<Connection, DatabaseError> {
+        match self.client.take().filter(|open| !open.client.is_closed()) {
+            Some(connection) => Ok(connection),
             None => {
                 let mut client = bounded(self.url.connect()).await?;
                 bounded(migrate(&mut client)).await?;
-                Ok(client)
+                let statements = bounded(Statements::prepare(&client)).await?;
+                Ok(Connection { client, statements })
             }
         }
     }
@@ -614,9 +672,12 @@ impl Chain {
         &mut self,
         batch: &[Map<String, Value>],
     ) -> Result<Vec<Result<u64, Unavailable>>, Failure> {
-        let mut client = self.take_connection().await?;
+        let Connection {
+            mut client,
+            statements,
+        } = self.take_connection().await?;
         let tx = bounded(client.transaction()).await?;
-        let (written, head) = bounded(append(&tx, batch)).await?;
+        let (written, head) = bounded(append(&tx, &statements, batch)).await?;
         if let Err(error) = bounded(tx.commit()).await {
             drop(client);
             // The COMMIT may have been applied before its answer was lost: the chain says.
@@ -629,7 +690,7 @@ impl Chain {
                 Err(unread) => return Err(Failure::Unknown(unread, head)),
             }
         } else {
-            self.client = Some(client);
+            self.client = Some(Connection { client, statements });
         }
         self.head = head;
         Ok(written)
@@ -639,10 +700,10 @@ impl Chain {
     /// chain's lock: the transaction whose answer was lost held that lock until it committed or
     /// rolled back, so once this read has it, the answer is final.
     async fn holds(&mut self, head: &(u64, String)) -> Result<bool, DatabaseError> {
-        let mut client = self.take_connection().await?;
-        let tx = bounded(client.transaction()).await?;
+        let mut connection = self.take_connection().await?;
+        let tx = bounded(connection.client.transaction()).await?;
         let read = bounded(async {
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK])
+            tx.execute(&connection.statements.lock, &[&CHAIN_LOCK])
                 .await?;
             tx.query_opt(
                 "SELECT hash FROM stage0_audit WHERE seq = $1",
@@ -652,20 +713,14 @@ impl Chain {
         })
         .await?;
         bounded(tx.commit()).await?;
-        self.client = Some(client);
+        self.client = Some(connection);
         Ok(read.is_some_and(|row| row.get::<_, String>(0) == head.1))
     }
 }
 
-/// The `seq` and `hash` of the chain's last record, its line checked as `audit verify` checks
-/// it (the genesis head for an empty chain).
-async fn head(client: &impl tokio_postgres::GenericClient) -> Result<(u64, String), DatabaseError> {
-    let row = client
-        .query_opt(
-            "SELECT seq, hash, line FROM stage0_audit ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await?;
+/// The `seq` and `hash` of the chain's last record, read as `row` ([`HEAD`]), its line checked as
+/// `audit verify` checks it (the genesis head for an empty chain).
+fn head(row: Option<Row>) -> Result<(u64, String), DatabaseError> {
     let Some(row) = row else {
         return Ok((0, GENESIS.to_owned()));
     };
@@ -686,40 +741,29 @@ async fn head(client: &impl tokio_postgres::GenericClient) -> Result<(u64, Strin
 /// new head.
 async fn append(
     tx: &Transaction<'_>,
+    statements: &Statements,
     batch: &[Map<String, Value>],
 ) -> Result<(Vec<Result<u64, Unavailable>>, (u64, String)), DatabaseError> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK])
-        .await?;
-    let (mut seq, mut hash) = head(tx).await?;
     let keys: Vec<Vec<u8>> = batch
         .iter()
         .filter_map(|record| counted(record).map(|(key, _)| key.to_vec()))
         .collect();
-    let mut counts: HashMap<Vec<u8>, i64> = HashMap::new();
-    if !keys.is_empty() {
-        for row in tx
-            .query(
-                "SELECT key, attempts FROM stage0_ledger WHERE key = ANY($1)",
-                &[&keys],
-            )
-            .await?
-        {
-            counts.insert(row.get(0), row.get(1));
-        }
-    }
     let nonces: Vec<&str> = batch.iter().filter_map(nonce).collect();
-    let mut spent: HashSet<String> = HashSet::new();
-    if !nonces.is_empty() {
-        for row in tx
-            .query(
-                "SELECT nonce_sha256 FROM stage0_audit WHERE nonce_sha256 = ANY($1)",
-                &[&nonces],
-            )
-            .await?
-        {
-            spent.insert(row.get(0));
-        }
-    }
+    // One round trip: PostgreSQL runs them in order, so the reads see the chain under the lock.
+    let (lock, keys_read, nonces_read): (Parameters<1>, Parameters<1>, Parameters<1>) =
+        ([&CHAIN_LOCK], [&keys], [&nonces]);
+    let (_, head_row, count_rows, nonce_rows) = tokio::try_join!(
+        tx.execute(&statements.lock, &lock),
+        tx.query_opt(&statements.head, &[]),
+        tx.query(&statements.counts, &keys_read),
+        tx.query(&statements.nonces, &nonces_read),
+    )?;
+    let (mut seq, mut hash) = head(head_row)?;
+    let mut counts: HashMap<Vec<u8>, i64> = count_rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut spent: HashSet<String> = nonce_rows.iter().map(|row| row.get(0)).collect();
     let mut changed: HashSet<Vec<u8>> = HashSet::new();
     let mut rows: (Vec<i64>, Vec<String>, Vec<Option<String>>, Vec<String>) = Default::default();
     let mut written = Vec::with_capacity(batch.len());
@@ -762,25 +806,15 @@ async fn append(
             .push(String::from_utf8(sealed.line).expect("a sealed line is UTF-8 JSON"));
         written.push(Ok(seq));
     }
-    if !rows.0.is_empty() {
-        tx.execute(
-            "INSERT INTO stage0_audit (seq, hash, nonce_sha256, line)
-             SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])",
-            &[&rows.0, &rows.1, &rows.2, &rows.3],
-        )
-        .await?;
-    }
-    if !changed.is_empty() {
-        let keys: Vec<Vec<u8>> = changed.into_iter().collect();
-        let attempts: Vec<i64> = keys.iter().map(|key| counts[key]).collect();
-        tx.execute(
-            "INSERT INTO stage0_ledger (key, attempts)
-             SELECT * FROM unnest($1::bytea[], $2::int8[])
-             ON CONFLICT (key) DO UPDATE SET attempts = excluded.attempts, updated_at = now()",
-            &[&keys, &attempts],
-        )
-        .await?;
-    }
+    let keys: Vec<Vec<u8>> = changed.into_iter().collect();
+    let attempts: Vec<i64> = keys.iter().map(|key| counts[key]).collect();
+    // One round trip for both (either may have no rows).
+    let inserted: Parameters<4> = [&rows.0, &rows.1, &rows.2, &rows.3];
+    let counted: Parameters<2> = [&keys, &attempts];
+    tokio::try_join!(
+        tx.execute(&statements.insert, &inserted),
+        tx.execute(&statements.count, &counted),
+    )?;
     Ok((written, (seq, hash)))
 }
 
