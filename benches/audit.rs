@@ -34,45 +34,24 @@
 
 #[path = "common/line_client.rs"]
 mod line_client;
+#[path = "common/measure.rs"]
+mod measure;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use line_client::{RESEARCH_TOPIC, Server, cpu_ns, load_average, server_binary, watchdog};
+use measure::{Budget, RECORD_BYTES, count_lines, filesystem, fsync_floor, micros, p50_p99};
 
 /// The whole run is aborted after this long: a hung server must not hang the bench forever.
 const WATCHDOG: Duration = Duration::from_secs(10 * 60);
 
 /// Calls kept in flight by the pipelined runs.
 const IN_FLIGHT: usize = 64;
-
-/// The size of an audit record's line, about that of a `research-topic` decision, in bytes.
-const RECORD_BYTES: usize = 600;
-
-/// How long each configuration is measured, and the bounds on its call count.
-struct Budget {
-    seconds: f64,
-    /// The fewest and the most measured calls with one call in flight.
-    sequential: (usize, usize),
-    /// The same with [`IN_FLIGHT`]; the fewest is also the pipelined warm-up.
-    pipelined: (usize, usize),
-}
-
-impl Budget {
-    fn new(quick: bool) -> Budget {
-        Budget {
-            seconds: if quick { 0.5 } else { 3.0 },
-            sequential: (200, 20_000),
-            pipelined: (1_000, 50_000),
-        }
-    }
-}
 
 /// Where the server keeps its audit log.
 #[derive(Clone, Copy, PartialEq)]
@@ -132,7 +111,7 @@ fn main() {
     for audit in [Audit::Off, Audit::NoFsync, Audit::Fsync] {
         if audit == Audit::Fsync {
             // Right before the runs it bounds: on a shared VM it moves tenfold within minutes.
-            floors.push(fsync_floor(logs.path(), &budget));
+            floors.push(fsync_floor(logs.path(), budget.seconds));
         }
         for in_flight in [1, IN_FLIGHT] {
             rows.push(measure(
@@ -159,7 +138,7 @@ fn main() {
             row.traced = traced.traced;
         }
     }
-    floors.push(fsync_floor(logs.path(), &budget));
+    floors.push(fsync_floor(logs.path(), budget.seconds));
     let load_after = load_average();
 
     println!("\nserver {}", binary.display());
@@ -264,21 +243,11 @@ fn measure(
             server.pipelined(RESEARCH_TOPIC, 2, calls, in_flight, |_| {}),
         )
     } else {
-        let start = Instant::now();
-        let mut calls = 0;
-        while start.elapsed().as_secs_f64() < budget.seconds / 10.0 {
-            server.call_timed(2 + calls as u64, RESEARCH_TOPIC);
-            calls += 1;
-        }
-        (calls, start.elapsed())
+        budget.warm_up(|n| {
+            server.call_timed(2 + n, RESEARCH_TOPIC);
+        })
     };
-    let (fewest, most) = if pipelined {
-        budget.pipelined
-    } else {
-        budget.sequential
-    };
-    let calls = ((warm_up as f64 / warm_up_time.as_secs_f64() * budget.seconds) as usize)
-        .clamp(fewest, most);
+    let calls = budget.calls(pipelined, warm_up, warm_up_time);
     let first = 2 + warm_up as u64;
 
     let cpu_before = cpu_ns(pid);
@@ -339,61 +308,6 @@ fn find_program(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|folder| folder.join(program))
         .find(|path| path.is_file())
-}
-
-fn count_lines(path: &Path) -> usize {
-    let file = File::open(path).expect("the audit log is readable");
-    BufReader::new(file).split(b'\n').count()
-}
-
-/// p50 and p99 of appending one record-sized line to a file in `folder` and `fdatasync`ing it:
-/// the floor of a durable record on this disk, whatever the server does.
-fn fsync_floor(folder: &Path, budget: &Budget) -> (Duration, Duration) {
-    let path = folder.join("fsync-floor");
-    let mut file = File::options()
-        .append(true)
-        .create(true)
-        .open(&path)
-        .expect("a file in the logs folder");
-    let line = "x".repeat(RECORD_BYTES - 1) + "\n";
-    let start = Instant::now();
-    let mut times = Vec::new();
-    while times.len() < 20 || start.elapsed().as_secs_f64() < budget.seconds / 3.0 {
-        let started = Instant::now();
-        file.write_all(line.as_bytes()).expect("a write");
-        file.sync_data().expect("an fdatasync");
-        times.push(started.elapsed());
-    }
-    drop(file);
-    std::fs::remove_file(&path).expect("the floor file can be removed");
-    p50_p99(&mut times)
-}
-
-/// The 50th and 99th percentiles of `times` (sorted in place; not empty).
-fn p50_p99(times: &mut [Duration]) -> (Duration, Duration) {
-    times.sort();
-    let at = |percent: usize| times[(times.len() * percent / 100).min(times.len() - 1)];
-    (at(50), at(99))
-}
-
-/// The type of the file system `path` is on, from the longest mount point that contains it in
-/// `/proc/self/mounts`.
-fn filesystem(path: &Path) -> String {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (device, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
-            path.starts_with(point)
-                .then(|| (point.len(), format!("{kind} on {device}")))
-        })
-        .max_by_key(|(length, _)| *length)
-        .map_or_else(|| "file system unknown".to_owned(), |(_, kind)| kind)
-}
-
-fn micros(duration: Duration) -> f64 {
-    (duration.as_secs_f64() * 1e7).round() / 10.0
 }
 
 fn print_table(rows: &[Row]) {

@@ -44,6 +44,8 @@
 
 #[path = "common/line_client.rs"]
 mod line_client;
+#[path = "common/measure.rs"]
+mod measure;
 
 // The bench uses the cluster's start, URL, data folder and `psql`; not its stop and restart.
 #[allow(dead_code)]
@@ -51,14 +53,13 @@ mod line_client;
 mod postgres;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use line_client::{RESEARCH_TOPIC, Server, cpu_ns, load_average, server_binary, watchdog};
+use measure::{Budget, count_lines, filesystem, fsync_floor, micros, p50_p99};
 use postgres::Postgres;
 
 /// The whole run is aborted after this long: a hung server must not hang the bench forever.
@@ -68,30 +69,8 @@ const WATCHDOG: Duration = Duration::from_secs(15 * 60);
 /// replicas' backends to be gone.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// The size of an audit record's line, about that of a `research-topic` decision, in bytes.
-const RECORD_BYTES: usize = 600;
-
 /// The `application_name` the server's connections carry (`database.rs`).
 const APPLICATION: &str = "mcp-server-stage0";
-
-/// How long each configuration is measured, and the bounds on its call count (per replica).
-struct Budget {
-    seconds: f64,
-    /// The fewest and the most measured calls with one call in flight.
-    sequential: (usize, usize),
-    /// The same with more; the fewest is also the pipelined warm-up.
-    pipelined: (usize, usize),
-}
-
-impl Budget {
-    fn new(quick: bool) -> Budget {
-        Budget {
-            seconds: if quick { 0.5 } else { 3.0 },
-            sequential: (200, 20_000),
-            pipelined: (1_000, 50_000),
-        }
-    }
-}
 
 /// Where the servers keep the audit log.
 #[derive(Clone, Copy, PartialEq)]
@@ -336,7 +315,7 @@ fn measure(binary: &Path, config: Config, budget: &Budget, dir: &Path, pg: &Post
         replicas,
         in_flight,
     } = config;
-    let floor = fsync_floor(dir, budget);
+    let floor = fsync_floor(dir, budget.seconds);
     let pipelined = in_flight > 1;
     assert!(
         pipelined || replicas == 1,
@@ -362,22 +341,12 @@ fn measure(binary: &Path, config: Config, budget: &Budget, dir: &Path, pg: &Post
         let calls = budget.pipelined.0;
         (calls, on_each(&mut servers, 2, calls, in_flight))
     } else {
-        let start = Instant::now();
-        let mut calls = 0;
-        while start.elapsed().as_secs_f64() < budget.seconds / 10.0 {
-            servers[0].call_timed(2 + calls as u64, RESEARCH_TOPIC);
-            calls += 1;
-        }
-        (calls, start.elapsed())
-    };
-    let (fewest, most) = if pipelined {
-        budget.pipelined
-    } else {
-        budget.sequential
+        budget.warm_up(|n| {
+            servers[0].call_timed(2 + n, RESEARCH_TOPIC);
+        })
     };
     // Per replica: they run at once, so each gets the whole budget of time.
-    let calls = ((warm_up as f64 / warm_up_time.as_secs_f64() * budget.seconds) as usize)
-        .clamp(fewest, most);
+    let calls = budget.calls(pipelined, warm_up, warm_up_time);
     let first = 2 + warm_up as u64;
     let made_before = replicas * (1 + warm_up);
     let window_before = life_before.map(|life| settle(pg, life.rows + 2 * made_before as u64));
@@ -576,61 +545,6 @@ fn cpu_since(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> Duration 
         .map(|(pid, ns)| ns.saturating_sub(before.get(pid).copied().unwrap_or(0)))
         .sum();
     Duration::from_nanos(ns)
-}
-
-fn count_lines(path: &Path) -> usize {
-    let file = File::open(path).expect("the audit log is readable");
-    BufReader::new(file).split(b'\n').count()
-}
-
-/// p50 and p99 of appending one record-sized line to a file in `folder` and `fdatasync`ing it:
-/// the floor of a durable record on this disk (`benches/audit.rs` measures the same).
-fn fsync_floor(folder: &Path, budget: &Budget) -> (Duration, Duration) {
-    let path: PathBuf = folder.join("fsync-floor");
-    let mut file = File::options()
-        .append(true)
-        .create(true)
-        .open(&path)
-        .expect("a file in the scratch folder");
-    let line = "x".repeat(RECORD_BYTES - 1) + "\n";
-    let start = Instant::now();
-    let mut times = Vec::new();
-    while times.len() < 20 || start.elapsed().as_secs_f64() < budget.seconds / 3.0 {
-        let started = Instant::now();
-        file.write_all(line.as_bytes()).expect("a write");
-        file.sync_data().expect("an fdatasync");
-        times.push(started.elapsed());
-    }
-    drop(file);
-    std::fs::remove_file(&path).expect("the floor file can be removed");
-    p50_p99(&mut times)
-}
-
-/// The 50th and 99th percentiles of `times` (sorted in place; not empty).
-fn p50_p99(times: &mut [Duration]) -> (Duration, Duration) {
-    times.sort();
-    let at = |percent: usize| times[(times.len() * percent / 100).min(times.len() - 1)];
-    (at(50), at(99))
-}
-
-/// The type of the file system `path` is on, from the longest mount point that contains it in
-/// `/proc/self/mounts`.
-fn filesystem(path: &Path) -> String {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (device, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
-            path.starts_with(point)
-                .then(|| (point.len(), format!("{kind} on {device}")))
-        })
-        .max_by_key(|(length, _)| *length)
-        .map_or_else(|| "file system unknown".to_owned(), |(_, kind)| kind)
-}
-
-fn micros(duration: Duration) -> f64 {
-    (duration.as_secs_f64() * 1e7).round() / 10.0
 }
 
 fn round2(value: f64) -> f64 {
