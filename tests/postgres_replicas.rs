@@ -443,3 +443,35 @@ async fn a_changed_or_deleted_row_is_named_by_audit_verify() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("line 2"), "{stdout}");
 }
+
+#[tokio::test]
+async fn the_audit_commands_say_what_is_wrong_with_a_database_they_cannot_read() {
+    let run = |args: Vec<String>| async move {
+        let output = bounded(
+            "an audit command",
+            tokio::process::Command::new(common::BIN)
+                .arg("audit")
+                .args(args)
+                .env_clear()
+                .output(),
+        )
+        .await
+        .expect("the audit command runs");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains(PASSWORD), "{stderr}");
+        stderr
+    };
+    let args = |args: &[&str]| args.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let both = run(args(&["verify", "audit.jsonl", "--database"])).await;
+    assert!(both.contains("not both"), "{both}");
+    let unset = run(args(&["export", "--database"])).await;
+    assert!(unset.contains("STAGE0_DATABASE_URL is not set"), "{unset}");
+    // Nothing listens on port 1 of 127.0.0.1: refused at once.
+    let url = format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/postgres");
+    let refused = run(args(&["verify", "--database", &url])).await;
+    assert!(
+        refused.contains("cannot read the audit chain in postgres://postgres@127.0.0.1:1/postgres"),
+        "{refused}"
+    );
+}
