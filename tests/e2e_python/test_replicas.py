@@ -69,13 +69,14 @@ async def test_a_lying_agent_across_two_replicas_is_deferred_at_its_sixth_call(
     issuer = Issuer()
     human = Human(content=APPROVE)
     token = issuer.token("alice", "developer")
-    with pg_cluster.cluster() as database, two_replicas(issuer, database) as urls:
-        with anyio.fail_after(TIMEOUT_SECONDS):
+    with pg_cluster.cluster() as database:
+        with two_replicas(issuer, database) as urls, anyio.fail_after(TIMEOUT_SECONDS):
             async with connect(urls[0], token, mode, human) as a, \
                     connect(urls[1], token, mode, human) as b:
                 assert (a.protocol_version, b.protocol_version) == (revision, revision)
                 results = [await (a, b)[n % 2].call_tool("retry-workflow", LYING)
                            for n in range(6)]
+        # Once the replicas have stopped: the last outcome rides on a batch after its answer.
         verified = verify(database)
     reports = [result.structured_content for result in results]
     observed = [report["provenance"]["retry_count"]["observed"] for report in reports]
@@ -90,8 +91,8 @@ async def test_an_approval_state_sealed_by_one_replica_is_answered_once_through_
     issuer = Issuer()
     token = issuer.token("alice", "developer")
     deferred = {"workflowId": "nightly-etl", "retryCount": 5}
-    with pg_cluster.cluster() as database, two_replicas(issuer, database) as urls:
-        with anyio.fail_after(TIMEOUT_SECONDS):
+    with pg_cluster.cluster() as database:
+        with two_replicas(issuer, database) as urls, anyio.fail_after(TIMEOUT_SECONDS):
             async with connect(urls[0], token, "auto", Human()) as a, \
                     connect(urls[1], token, "auto", Human()) as b:
                 state = (await ask(a, deferred)).request_state
