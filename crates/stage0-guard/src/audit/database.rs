@@ -526,13 +526,7 @@ impl Appender for DatabaseWriter {
         if let Some(unsettled) = self.chain.unsettled.take() {
             let head = &unsettled.head;
             match self.runtime.block_on(self.chain.holds(head)) {
-                Ok(true) => {
-                    tracing::warn!(
-                        seq = head.0,
-                        "a commit whose answer was lost was found in the chain"
-                    );
-                    self.chain.head = unsettled.head;
-                }
+                Ok(true) => self.chain.head = unsettled.head,
                 Ok(false) => {
                     kept.splice(0..0, unsettled.records);
                 }
@@ -682,10 +676,7 @@ impl Chain {
             drop(client);
             // The COMMIT may have been applied before its answer was lost: the chain says.
             match self.holds(&head).await {
-                Ok(true) => tracing::warn!(
-                    seq = head.0,
-                    "a commit whose answer was lost was found in the chain"
-                ),
+                Ok(true) => {}
                 Ok(false) => return Err(Failure::NotWritten(error)),
                 Err(unread) => return Err(Failure::Unknown(unread, head)),
             }
@@ -714,7 +705,14 @@ impl Chain {
         .await?;
         bounded(tx.commit()).await?;
         self.client = Some(connection);
-        Ok(read.is_some_and(|row| row.get::<_, String>(0) == head.1))
+        let found = read.is_some_and(|row| row.get::<_, String>(0) == head.1);
+        if found {
+            tracing::warn!(
+                seq = head.0,
+                "a commit whose answer was lost was found in the chain"
+            );
+        }
+        Ok(found)
     }
 }
 
@@ -744,11 +742,16 @@ async fn append(
     statements: &Statements,
     batch: &[Map<String, Value>],
 ) -> Result<(Vec<Result<u64, Unavailable>>, (u64, String)), DatabaseError> {
-    let keys: Vec<Vec<u8>> = batch
+    // What each record counts and spends, read from it once.
+    let claims: Vec<_> = batch
         .iter()
-        .filter_map(|record| counted(record).map(|(key, _)| key.to_vec()))
+        .map(|record| (counted(record), nonce(record)))
         .collect();
-    let nonces: Vec<&str> = batch.iter().filter_map(nonce).collect();
+    let keys: Vec<Vec<u8>> = claims
+        .iter()
+        .filter_map(|(counted, _)| counted.map(|(key, _)| key.to_vec()))
+        .collect();
+    let nonces: Vec<&str> = claims.iter().filter_map(|(_, nonce)| *nonce).collect();
     // One round trip: PostgreSQL runs them in order, so the reads see the chain under the lock.
     let (lock, keys_read, nonces_read): (Parameters<1>, Parameters<1>, Parameters<1>) =
         ([&CHAIN_LOCK], [&keys], [&nonces]);
@@ -767,8 +770,8 @@ async fn append(
     let mut changed: HashSet<Vec<u8>> = HashSet::new();
     let mut rows: (Vec<i64>, Vec<String>, Vec<Option<String>>, Vec<String>) = Default::default();
     let mut written = Vec::with_capacity(batch.len());
-    for record in batch {
-        if let Some((key, observed)) = counted(record) {
+    for (record, (counted, nonce)) in batch.iter().zip(claims) {
+        if let Some((key, observed)) = counted {
             let count = counts.entry(key.to_vec()).or_insert(0);
             if *count as u64 != observed {
                 written.push(Err(Unavailable::refused(
@@ -785,7 +788,7 @@ async fn append(
             *count += 1;
             changed.insert(key.to_vec());
         }
-        let nonce = nonce(record).map(str::to_owned);
+        let nonce = nonce.map(str::to_owned);
         if let Some(nonce) = &nonce
             && !spent.insert(nonce.clone())
         {
@@ -797,13 +800,14 @@ async fn append(
         }
         seq += 1;
         let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let sealed = chain::seal(record.clone(), seq, ts, &hash);
-        hash.clone_from(&sealed.hash);
+        // Sealed from the borrowed record: the batch keeps its records in case it fails.
+        let mut line = Vec::with_capacity(1024);
+        hash = chain::seal_into(&mut line, record, seq, ts, &hash);
         rows.0.push(seq as i64);
-        rows.1.push(sealed.hash);
+        rows.1.push(hash.clone());
         rows.2.push(nonce);
         rows.3
-            .push(String::from_utf8(sealed.line).expect("a sealed line is UTF-8 JSON"));
+            .push(String::from_utf8(line).expect("a sealed line is UTF-8 JSON"));
         written.push(Ok(seq));
     }
     let keys: Vec<Vec<u8>> = changed.into_iter().collect();
