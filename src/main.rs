@@ -138,7 +138,7 @@ fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
             &Selection { request_id, last },
         ),
         AuditCommand::Export { database } => {
-            audit_command::export(Some(database.unwrap_or_default()).filter(|url| !url.is_empty()))
+            audit_command::export(database.filter(|url| !url.is_empty()))
         }
     }
 }

@@ -41,19 +41,17 @@ fn replica_env(url: &str) -> Vec<(&str, &str)> {
     vec![("STAGE0_DATABASE_URL", url), ("STAGE0_APPROVALS", "off")]
 }
 
-/// Runs `mcp-server-stage0 audit ARGS` with `STAGE0_DATABASE_URL` set to `url`.
-async fn audit(url: &str, args: &[&str]) -> Output {
-    let output = bounded(
-        "an audit command",
-        tokio::process::Command::new(common::BIN)
-            .arg("audit")
-            .args(args)
-            .env_clear()
-            .env("STAGE0_DATABASE_URL", url)
-            .output(),
-    )
-    .await
-    .expect("the audit command runs");
+/// Runs `mcp-server-stage0 audit ARGS` with `STAGE0_DATABASE_URL` set to `url`, if any, and
+/// nothing else in its environment.
+async fn audit(url: Option<&str>, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(common::BIN);
+    command.arg("audit").args(args).env_clear();
+    if let Some(url) = url {
+        command.env("STAGE0_DATABASE_URL", url);
+    }
+    let output = bounded("an audit command", command.output())
+        .await
+        .expect("the audit command runs");
     let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -68,7 +66,7 @@ async fn audit(url: &str, args: &[&str]) -> Output {
 
 /// `audit verify --database`: its stdout, failing the test unless it exits 0.
 async fn verify_ok(url: &str) -> String {
-    let output = audit(url, &["verify", "--database"]).await;
+    let output = audit(Some(url), &["verify", "--database"]).await;
     let stdout = String::from_utf8(output.stdout).expect("UTF-8");
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     stdout
@@ -76,7 +74,7 @@ async fn verify_ok(url: &str) -> String {
 
 /// The chain, read with `audit export --database`, one record a line.
 async fn export(url: &str) -> Vec<Record> {
-    let output = audit(url, &["export", "--database"]).await;
+    let output = audit(Some(url), &["export", "--database"]).await;
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stdout)
         .expect("UTF-8")
@@ -155,7 +153,7 @@ async fn a_lying_agent_alternating_between_two_replicas_is_deferred_at_its_sixth
     let ledger = pg.psql("SELECT attempts FROM stage0_ledger");
     assert_eq!(ledger.trim(), "7", "one row, every attempt counted once");
     verify_ok(&url).await;
-    let shown = audit(&url, &["show", "--database", "--last", "2"]).await;
+    let shown = audit(Some(&url), &["show", "--database", "--last", "2"]).await;
     let shown = String::from_utf8(shown.stdout).expect("UTF-8");
     assert!(
         shown.contains("#16 ") && shown.contains("outcome  retry-workflow blocked"),
@@ -191,7 +189,7 @@ async fn two_replicas_with_32_calls_in_flight_each_write_one_chain_that_verifies
     }
     // The export is the file log's format: the file verifier accepts it as it is.
     let (_dir, path) = common::temp_log();
-    let output = audit(&url, &["export", "--database"]).await;
+    let output = audit(Some(&url), &["export", "--database"]).await;
     std::fs::write(&path, &output.stdout).expect("the export is written");
     let verified = stage0_guard::audit::verify::verify_file(&path)
         .expect("readable")
@@ -429,7 +427,7 @@ async fn a_changed_or_deleted_row_is_named_by_audit_verify() {
     verify_ok(&url).await;
 
     pg.psql("UPDATE stage0_audit SET line = replace(line, '\"ALLOW\"', '\"DENY\"') WHERE seq = 3");
-    let output = audit(&url, &["verify", "--database"]).await;
+    let output = audit(Some(&url), &["verify", "--database"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("BROKEN at database"), "{stdout}");
@@ -438,38 +436,30 @@ async fn a_changed_or_deleted_row_is_named_by_audit_verify() {
     pg.psql("UPDATE stage0_audit SET line = replace(line, '\"DENY\"', '\"ALLOW\"') WHERE seq = 3");
     verify_ok(&url).await;
     pg.psql("DELETE FROM stage0_audit WHERE seq = 2");
-    let output = audit(&url, &["verify", "--database"]).await;
+    let output = audit(Some(&url), &["verify", "--database"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("line 2"), "{stdout}");
 }
 
+/// `mcp-server-stage0 audit ARGS` without `STAGE0_DATABASE_URL`: its stderr, failing the test
+/// unless it exits 2 (an unusable command line or database).
+async fn audit_refused(args: &[&str]) -> String {
+    let output = audit(None, args).await;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn the_audit_commands_say_what_is_wrong_with_a_database_they_cannot_read() {
-    let run = |args: Vec<String>| async move {
-        let output = bounded(
-            "an audit command",
-            tokio::process::Command::new(common::BIN)
-                .arg("audit")
-                .args(args)
-                .env_clear()
-                .output(),
-        )
-        .await
-        .expect("the audit command runs");
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert!(!stderr.contains(PASSWORD), "{stderr}");
-        stderr
-    };
-    let args = |args: &[&str]| args.iter().map(ToString::to_string).collect::<Vec<_>>();
-    let both = run(args(&["verify", "audit.jsonl", "--database"])).await;
+    let both = audit_refused(&["verify", "audit.jsonl", "--database"]).await;
     assert!(both.contains("not both"), "{both}");
-    let unset = run(args(&["export", "--database"])).await;
+    let unset = audit_refused(&["export", "--database"]).await;
     assert!(unset.contains("STAGE0_DATABASE_URL is not set"), "{unset}");
     // Nothing listens on port 1 of 127.0.0.1: refused at once.
     let url = format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/postgres");
-    let refused = run(args(&["verify", "--database", &url])).await;
+    let refused = audit_refused(&["verify", "--database", &url]).await;
     assert!(
         refused.contains("cannot read the audit chain in postgres://postgres@127.0.0.1:1/postgres"),
         "{refused}"
