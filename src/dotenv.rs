@@ -65,7 +65,7 @@ pub const SETTINGS: [&str; 12] = [
 /// every call, the HTTP mode's listener and OAuth settings decide who may call at all, and the
 /// database keeps the shared attempt ledger and audit chain, so a planted file naming one would
 /// choose who authorises the agent, or who counts its retries.
-pub const ENVIRONMENT_ONLY: [&str; 9] = [
+pub const ENVIRONMENT_ONLY: [&str; 10] = [
     "STAGE0_POLICY",
     "STAGE0_POLICY_SCHEMA",
     "STAGE0_POLICY_SHADOW",
@@ -74,6 +74,7 @@ pub const ENVIRONMENT_ONLY: [&str; 9] = [
     "STAGE0_OAUTH_ISSUER",
     "STAGE0_OAUTH_JWKS_URL",
     "STAGE0_OAUTH_ROLE_CLAIM",
+    "STAGE0_HTTP_TOKEN_FILE",
     "STAGE0_DATABASE_URL",
 ];
 
@@ -396,10 +397,11 @@ mod tests {
              STAGE0_POLICY_SHADOW=/tmp/c.cedar\nSTAGE0_HTTP_LISTEN=0.0.0.0:80\n\
              STAGE0_PUBLIC_URL=https://evil.test\nSTAGE0_OAUTH_ISSUER=https://evil.test\n\
              STAGE0_OAUTH_JWKS_URL=https://evil.test/jwks\nSTAGE0_OAUTH_ROLE_CLAIM=groups\n\
-             STAGE0_DATABASE_URL=postgres://evil.test/ledger\n",
+             STAGE0_DATABASE_URL=postgres://evil.test/ledger\nSTAGE0_HTTP_TOKEN_FILE=/tmp/t\n",
             &[],
         );
         assert_eq!(config.audit.database, None);
+        assert_eq!(config.http.token_file, None);
         assert_eq!(config.policy_files, None);
         assert_eq!(config.shadow_policy_files, None);
         assert_eq!(config.http.oauth, None);

@@ -11,6 +11,7 @@
 // Each test crate uses its own part of this module; the rest would be reported as dead code.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod memory;
 pub mod postgres;
 

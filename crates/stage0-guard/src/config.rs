@@ -96,6 +96,29 @@ pub const DEFAULT_HTTP_MAX_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 /// longer than the default wait for a human's approval (300 s).
 pub const DEFAULT_HTTP_REQUEST_TIMEOUT_S: usize = 360;
 
+/// How long an HTTP client may take to send a request's headers, and how long a connection may
+/// idle between requests, when `STAGE0_HTTP_READ_TIMEOUT_S` is not set, in seconds.
+pub const DEFAULT_HTTP_READ_TIMEOUT_S: usize = 10;
+
+/// How long an HTTP client may take to send a request's body once its headers are in, when
+/// `STAGE0_HTTP_BODY_TIMEOUT_S` is not set, in seconds: a 4 MiB body at 70 KiB/s.
+pub const DEFAULT_HTTP_BODY_TIMEOUT_S: usize = 60;
+
+/// Connections served at once over HTTP when `STAGE0_HTTP_MAX_CONNECTIONS` is not set: half of
+/// the 1,024 file descriptors a process commonly has.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 512;
+
+/// Open 2025-11-25 sessions in total when `STAGE0_HTTP_MAX_SESSIONS` is not set (each holds a
+/// worker of some 72 KiB: 1,024 of them about 72 MiB).
+pub const DEFAULT_HTTP_MAX_SESSIONS: usize = 1024;
+
+/// Open 2025-11-25 sessions per principal when `STAGE0_HTTP_MAX_SESSIONS_PER_PRINCIPAL` is not
+/// set.
+pub const DEFAULT_HTTP_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
+
+/// The shortest life of a 2025-11-25 session without traffic: 2 minutes (rmcp's default is 5).
+pub const HTTP_SESSION_IDLE: Duration = Duration::from_secs(120);
+
 /// Why [`Config::policy`] or [`Config::guard`] could not set up the policy decision point.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -307,7 +330,7 @@ impl Config {
             }
         }
 
-        let http = http_config(&set)?;
+        let http = http_config(&set, Duration::from_secs(approval_timeout_s))?;
 
         Ok(Config {
             http,
@@ -343,8 +366,12 @@ impl Config {
     }
 }
 
-/// The HTTP mode's settings, read through `set` (a variable's trimmed, non-empty value).
-fn http_config(set: &impl Fn(&str) -> Option<String>) -> Result<HttpConfig, ConfigError> {
+/// The HTTP mode's settings, read through `set` (a variable's trimmed, non-empty value), for
+/// approvals that wait at most `approval_timeout` for a human.
+fn http_config(
+    set: &impl Fn(&str) -> Option<String>,
+    approval_timeout: Duration,
+) -> Result<HttpConfig, ConfigError> {
     let invalid = |name: &'static str, value: String| ConfigError::InvalidHttpSetting(name, value);
     // A whole number from 1 (a count, a number of seconds).
     let count = |name: &'static str, default: usize| match set(name) {
@@ -400,6 +427,22 @@ fn http_config(set: &impl Fn(&str) -> Option<String>) -> Result<HttpConfig, Conf
             "STAGE0_HTTP_REQUEST_TIMEOUT_S",
             DEFAULT_HTTP_REQUEST_TIMEOUT_S,
         )? as u64),
+        read_timeout: Duration::from_secs(count(
+            "STAGE0_HTTP_READ_TIMEOUT_S",
+            DEFAULT_HTTP_READ_TIMEOUT_S,
+        )? as u64),
+        body_timeout: Duration::from_secs(count(
+            "STAGE0_HTTP_BODY_TIMEOUT_S",
+            DEFAULT_HTTP_BODY_TIMEOUT_S,
+        )? as u64),
+        max_connections: count("STAGE0_HTTP_MAX_CONNECTIONS", DEFAULT_HTTP_MAX_CONNECTIONS)?,
+        max_sessions: count("STAGE0_HTTP_MAX_SESSIONS", DEFAULT_HTTP_MAX_SESSIONS)?,
+        max_sessions_per_principal: count(
+            "STAGE0_HTTP_MAX_SESSIONS_PER_PRINCIPAL",
+            DEFAULT_HTTP_MAX_SESSIONS_PER_PRINCIPAL,
+        )?,
+        session_idle_timeout: HTTP_SESSION_IDLE.max(approval_timeout + Duration::from_secs(30)),
+        token_file: set("STAGE0_HTTP_TOKEN_FILE").map(PathBuf::from),
     })
 }
 

@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod approval;
 pub mod audit;
 pub mod claims;

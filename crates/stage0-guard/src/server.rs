@@ -21,7 +21,9 @@ use rmcp::service::{RequestContext, ServerInitializeError};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::CallBounds;
 use crate::guard::{Guard, GuardedTool, Request, ToolIntent};
+use crate::json::DuplicateKey;
 use crate::render::ToolReport;
 use crate::{schema, transport};
 
@@ -233,14 +235,36 @@ impl ServerHandler for GuardedServer {
         self.info.clone()
     }
 
+    /// Routes a call to its tool. Over HTTP, the call holds its place in the server's bounds
+    /// until it has ended, and is ended at its deadline or when its client goes away
+    /// ([`CallBounds`], put in the request by `http_server.rs`); a repeated argument key found
+    /// there reaches the guard as over stdio.
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.router
-            .call(ToolCallContext::new(self, request, context))
-            .await
+        let (bounds, repeated) = match context.extensions.get_mut::<http::request::Parts>() {
+            Some(parts) => (
+                parts
+                    .extensions
+                    .get::<CallBounds>()
+                    .and_then(CallBounds::take),
+                parts.extensions.remove::<DuplicateKey>(),
+            ),
+            None => (None, None),
+        };
+        if let Some(repeated) = repeated {
+            context.extensions.insert(repeated);
+        }
+        let cancel = context.ct.clone();
+        let call = self
+            .router
+            .call(ToolCallContext::new(self, request, context));
+        match bounds {
+            Some(bounds) => bounds.hold(&cancel, call).await,
+            None => call.await,
+        }
     }
 
     async fn list_tools(
