@@ -318,7 +318,8 @@ impl AttemptLedger {
         let ledger = AttemptLedger::with_capacity(counts.len());
         {
             let mut attempts = ledger.lock();
-            let share = attempts.share(&ledger, actor_id, Instant::now());
+            let Attempts { shares, departed } = &mut *attempts;
+            let share = Attempts::share(shares, departed, &ledger, actor_id, Instant::now());
             for (key, count) in counts {
                 share.recent.push(key, count);
             }
@@ -402,6 +403,8 @@ impl AttemptLedger {
         self.len() == 0
     }
 
+    /// Counts one more attempt at `key` of `actor_id` and returns how many were seen before it
+    /// (see [`observe_key`](Self::observe_key)).
     fn count(&self, actor_id: Option<&str>, key: [u8; 32], pace: Pace) -> u64 {
         let now = match pace {
             Pace::At(now) => now,
@@ -409,7 +412,7 @@ impl AttemptLedger {
         };
         let mut attempts = self.lock();
         let Attempts { shares, departed } = &mut *attempts;
-        let share = Attempts::share_in(shares, departed, self, actor_id, now);
+        let share = Attempts::share(shares, departed, self, actor_id, now);
         if let Some(seen) = share.recent.get_mut(&key) {
             let before = *seen;
             *seen = before.saturating_add(1);
@@ -418,11 +421,12 @@ impl AttemptLedger {
         let cells = self.cells(&key);
         let before = share.forgotten.bound(&cells).max(departed.bound(&cells));
         let after = before.saturating_add(1);
-        let paced = match pace {
+        let admitted = match pace {
             Pace::At(now) => share.spend_new_workflow(now),
             Pace::Replay => true,
         };
-        if !paced {
+        if !admitted {
+            // Over the principal's pace: counted as an upper bound only.
             share.forgotten.raise(&cells, after);
         } else if let Some((gone, count)) = share.recent.push(key, after) {
             share.forgotten.raise(&self.cells(&gone), count);
@@ -463,19 +467,9 @@ fn share_key(actor_id: Option<&str>) -> [u8; 32] {
 }
 
 impl Attempts {
-    /// The share of `actor_id`, made (and the least recently seen one dropped, its counts
-    /// folded into the departed table) if it has none.
-    fn share(
-        &mut self,
-        ledger: &AttemptLedger,
-        actor_id: Option<&str>,
-        now: Instant,
-    ) -> &mut Share {
-        let Attempts { shares, departed } = self;
-        Attempts::share_in(shares, departed, ledger, actor_id, now)
-    }
-
-    fn share_in<'a>(
+    /// The share of `actor_id` in `shares`, made (and the least recently seen one dropped, its
+    /// counts folded into `departed`) if it has none.
+    fn share<'a>(
         shares: &'a mut LruCache<[u8; 32], Share>,
         departed: &mut Table,
         ledger: &AttemptLedger,
