@@ -322,6 +322,66 @@ async fn an_invalid_policy_stops_the_server_with_the_file_line_and_column() {
     assert!(stderr.contains("typo.cedar:1:"), "{stderr}");
 }
 
+/// Sets the permission bits of `path` to `mode`.
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[tokio::test]
+async fn a_policy_others_can_write_stops_the_server_and_is_not_reloaded() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let policy = policy_file(
+        dir.path(),
+        "policy.cedar",
+        "@id(\"RESEARCH\")\npermit (principal, action == Stage0::Action::\"research-topic\", resource);\n",
+    );
+    chmod(&policy, 0o666);
+    let output = run(
+        dir.path(),
+        &[],
+        &[("STAGE0_POLICY", policy.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("`{}`", policy.display())) && stderr.contains("mode 0666"),
+        "{stderr}"
+    );
+
+    chmod(&policy, 0o644);
+    let mut server = RawServer::spawn_with(&[
+        ("STAGE0_POLICY", policy.to_str().unwrap()),
+        ("STAGE0_AUDIT_LOG", log.to_str().unwrap()),
+    ]);
+    server.initialize(1).await;
+    let first = research(&mut server, 2).await;
+    assert_eq!(first["verdict"], "ALLOW");
+    std::fs::write(
+        &policy,
+        "@id(\"NOTHING\")\nforbid (principal, action, resource);\n",
+    )
+    .unwrap();
+    chmod(&policy, 0o666);
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hangup.success());
+    let refused = reload_record(&log, 1).await;
+    assert_eq!(refused["loaded"], false);
+    assert!(
+        refused["error"].as_str().unwrap().contains("mode 0666"),
+        "{refused}"
+    );
+    let second = research(&mut server, 3).await;
+    assert_eq!(second["verdict"], "ALLOW", "the old policy stays");
+    assert_eq!(second["policy_version"], first["policy_version"]);
+    server.kill().await;
+}
+
 #[tokio::test]
 async fn policy_validate_says_which_files_hold_and_which_do_not() {
     let dir = TempDir::new().unwrap();

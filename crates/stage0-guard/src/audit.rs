@@ -1158,4 +1158,43 @@ mod tests {
         assert_eq!(observe("other"), 0);
         reopened.close();
     }
+
+    #[tokio::test]
+    async fn a_principals_attempts_are_rebuilt_in_its_own_share_of_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = AuditLog::open(&path, false).unwrap();
+        let key = AttemptLedger::key_for(Some("alice"), &WorkflowId::new("etl").unwrap());
+        let provenance = Provenance {
+            actor_id: Some("alice".to_owned()),
+            workflow_key: Some(key),
+            ..Provenance::default()
+        };
+        let intent = Intent {
+            goal: "Retry workflow etl".to_owned(),
+            success_criteria: Vec::new(),
+            constraints: Vec::new(),
+            tools: Vec::new(),
+            side_effects: vec!["loop".to_owned()],
+            context: serde_json::Map::new(),
+        };
+        let policy = PolicyResponse::fail_closed("test".to_owned(), "r".to_owned());
+        for _ in 0..2 {
+            CallTrail::new(Some(&log), "retry-workflow", &JsonObject::new())
+                .decision(
+                    &intent,
+                    &provenance,
+                    &policy,
+                    Mode::Simulator,
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap();
+        }
+        log.close();
+        let (reopened, _) = AuditLog::open(&path, false).unwrap();
+        assert_eq!(reopened.ledger().seen_key(Some("alice"), key), 2);
+        assert_eq!(reopened.ledger().seen_key(None, key), 0, "not anybody's");
+        reopened.close();
+    }
 }

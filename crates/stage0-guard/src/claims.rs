@@ -211,11 +211,13 @@ impl Operator {
                     let key = AttemptLedger::key_for(self.actor_id.as_deref(), workflow_id);
                     let observed = if counting {
                         provenance.workflow_key = Some(key);
-                        ledger.observe_key(key)
+                        ledger.observe_key(self.actor_id.as_deref(), key)
                     } else {
                         // The deferred call counted its own attempt; what it saw was one less
                         // (or more, if calls came in between: over-counting is the safe side).
-                        ledger.seen_key(key).saturating_sub(1)
+                        ledger
+                            .seen_key(self.actor_id.as_deref(), key)
+                            .saturating_sub(1)
                     };
                     let claimed = *count;
                     *count = claimed.max(observed);

@@ -738,7 +738,10 @@ impl Guard {
             tracing::warn!(error = %escaped(&error), "the shared attempt ledger could not be read");
             vec![0; keys.len()]
         });
-        Arc::new(AttemptLedger::seeded(keys.into_iter().zip(counts)))
+        Arc::new(AttemptLedger::seeded(
+            operator.actor_id.as_deref(),
+            keys.into_iter().zip(counts),
+        ))
     }
 
     /// Asks the policy decision point about `intent` and records the verdict; a verdict whose

@@ -512,3 +512,94 @@ fn a_loaded_policy_set_can_be_shared_between_threads() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<CedarPolicy>();
 }
+
+/// Sets the permission bits of `path` to `mode`.
+#[cfg(unix)]
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_policy_file_others_can_write_is_refused_naming_it_and_its_mode() {
+    let dir = folder(&[("policy.cedar", VALID)]);
+    let file = dir.path().join("policy.cedar");
+    chmod(&file, 0o666);
+    let error = CedarPolicy::load(&file, None).unwrap_err();
+    assert!(
+        matches!(&error, LoadError::Untrusted { path, .. } if *path == file.canonicalize().unwrap()),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains(&*file.to_string_lossy()), "{message}");
+    assert!(message.contains("mode 0666"), "{message}");
+    // Group-writable is refused as well; writable by its owner only, it loads.
+    chmod(&file, 0o620);
+    assert!(matches!(
+        CedarPolicy::load(&file, None),
+        Err(LoadError::Untrusted { .. })
+    ));
+    chmod(&file, 0o644);
+    CedarPolicy::load(&file, None).expect("only its owner can write it");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_policy_file_in_a_folder_others_can_write_is_refused_and_a_sticky_one_is_not() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let file = open.join("policy.cedar");
+    std::fs::write(&file, VALID).unwrap();
+    chmod(&file, 0o644);
+    chmod(&open, 0o777);
+    let error = CedarPolicy::load(&file, None).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, LoadError::Untrusted { .. }), "{message}");
+    assert!(
+        message.contains(&format!("`{}`", open.canonicalize().unwrap().display())),
+        "{message}"
+    );
+    assert!(message.contains("mode 0777"), "{message}");
+    // A symbolic link from a safe folder does not hide the folder the file is in.
+    let link = dir.path().join("link.cedar");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    assert!(matches!(
+        CedarPolicy::load(&link, None),
+        Err(LoadError::Untrusted { .. })
+    ));
+    // With the sticky bit (as /tmp), others cannot replace the file: it loads.
+    chmod(&open, 0o1777);
+    CedarPolicy::load(&file, None).expect("a sticky folder above is accepted");
+    // But a policy folder anyone can add a `.cedar` file to is refused, sticky or not.
+    let error = CedarPolicy::load(&open, None).unwrap_err();
+    assert!(error.to_string().contains("mode 1777"), "{error}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_schema_others_can_write_is_refused() {
+    let dir = folder(&[("policy.cedar", VALID), ("stage0.cedarschema", SCHEMA)]);
+    let schema = dir.path().join("stage0.cedarschema");
+    chmod(&schema, 0o646);
+    let error = CedarPolicy::load(&dir.path().join("policy.cedar"), Some(&schema)).unwrap_err();
+    assert!(
+        matches!(&error, LoadError::Untrusted { path, .. } if *path == schema.canonicalize().unwrap()),
+        "{error}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_policy_file_owned_by_another_user_is_refused() {
+    let dir = folder(&[("policy.cedar", VALID)]);
+    let file = dir.path().join("policy.cedar");
+    // Only root can give a file away; run as another user, this test has nothing to check.
+    if std::os::unix::fs::chown(&file, Some(4_242), None).is_err() {
+        eprintln!("not root: a file cannot be given to another user here");
+        return;
+    }
+    let error = CedarPolicy::load(&file, None).unwrap_err();
+    assert!(error.to_string().contains("owned by uid 4242"), "{error}");
+}

@@ -340,7 +340,7 @@ impl Writer {
         let mut last: Option<LineAt> = None;
         let mut head_before_last = (self.seq, self.hash.clone());
         let mut unparsed: Option<(LineAt, chain::LineProblem)> = None;
-        let mut pending_key: Option<[u8; 32]> = None;
+        let mut pending_key: Option<Counted> = None;
         let mut pending_mark: Option<CallMark> = None;
         let mut torn = None;
         loop {
@@ -378,8 +378,8 @@ impl Writer {
                     if let Some((earlier, problem)) = unparsed.take() {
                         return Err(self.not_a_record(earlier, &problem));
                     }
-                    if let Some(key) = pending_key.take() {
-                        self.ledger.observe_key(key);
+                    if let Some(counted) = pending_key.take() {
+                        counted.replay(&self.ledger);
                     }
                     mark(&mut self.unfinished, pending_mark.take());
                     unparsed = Some((at, problem));
@@ -412,8 +412,8 @@ impl Writer {
                     "a recovery record that does not name the torn line just before it",
                 ));
             } else {
-                if let Some(key) = pending_key.take() {
-                    self.ledger.observe_key(key);
+                if let Some(counted) = pending_key.take() {
+                    counted.replay(&self.ledger);
                 }
                 mark(&mut self.unfinished, pending_mark.take());
             }
@@ -426,11 +426,7 @@ impl Writer {
                     ),
                 ));
             }
-            pending_key = checked
-                .record
-                .get("workflow_sha256")
-                .and_then(Value::as_str)
-                .and_then(ledger_key);
+            pending_key = Counted::in_record(&checked.record);
             if !self.opened {
                 pending_mark = call_mark(&checked);
             }
@@ -453,8 +449,8 @@ impl Writer {
         if let Some((earlier, problem)) = unparsed {
             return Err(self.not_a_record(earlier, &problem));
         }
-        if let Some(key) = pending_key {
-            self.ledger.observe_key(key);
+        if let Some(counted) = pending_key {
+            counted.replay(&self.ledger);
         }
         mark(&mut self.unfinished, pending_mark);
         self.end = offset;
@@ -562,11 +558,32 @@ fn field<'a>(record: &'a Map<String, Value>, name: &str) -> &'a str {
     record.get(name).and_then(Value::as_str).unwrap_or("")
 }
 
-/// The ledger key a `workflow_sha256` names: its 32 bytes.
-fn ledger_key(hex: &str) -> Option<[u8; 32]> {
-    let mut key = [0; 32];
-    hex::decode_to_slice(hex, &mut key).ok()?;
-    Some(key)
+/// The attempt a record counted in the ledger: its principal (`provenance.actor_id`, absent for
+/// a principal without one) and the key its `workflow_sha256` names.
+#[derive(Debug)]
+struct Counted {
+    actor_id: Option<String>,
+    key: [u8; 32],
+}
+
+impl Counted {
+    /// The attempt `record` counted; `None` when it counted none.
+    fn in_record(record: &Map<String, Value>) -> Option<Counted> {
+        let hex = record.get("workflow_sha256").and_then(Value::as_str)?;
+        let mut key = [0; 32];
+        hex::decode_to_slice(hex, &mut key).ok()?;
+        let actor_id = record
+            .get("provenance")
+            .and_then(|provenance| provenance.get("actor_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Some(Counted { actor_id, key })
+    }
+
+    /// Counts the attempt again in `ledger`, as the call counted it.
+    fn replay(self, ledger: &AttemptLedger) {
+        ledger.replay_key(self.actor_id.as_deref(), self.key);
+    }
 }
 
 /// Makes the directory entry of a new file durable.

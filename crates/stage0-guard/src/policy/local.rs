@@ -240,4 +240,28 @@ mod tests {
         assert_eq!(local.current().enforcing.version(), before);
         assert_eq!(research(&local.current()), Verdict::Allow);
     }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_reload_of_a_file_others_can_write_keeps_the_set_in_force() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("policy.cedar");
+        std::fs::write(&path, PERMIT).unwrap();
+        let files = PolicyFiles {
+            policies: path.clone(),
+            schema: None,
+        };
+        let local = LocalPolicy::load(files, None).unwrap();
+        let before = local.current().enforcing.version().to_owned();
+
+        std::fs::write(&path, FORBID).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let reload = local.reload();
+        let error = reload.result.expect_err("others can write the file");
+        assert!(matches!(error, LoadError::Untrusted { .. }), "{error}");
+        assert!(error.to_string().contains("mode 0666"), "{error}");
+        assert_eq!(local.current().enforcing.version(), before);
+        assert_eq!(research(&local.current()), Verdict::Allow);
+    }
 }

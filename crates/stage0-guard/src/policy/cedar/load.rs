@@ -4,6 +4,15 @@
 //! check) points at, and all of them are reported at once, so an operator fixes a policy set in
 //! one round. A policy set that loads has no parse error, no template, no bad annotation, no
 //! duplicate id, and passes Cedar's strict validation against the schema.
+//!
+//! Whoever can write a policy file decides every call, so on Unix a file is read only when
+//! nobody but its owner can change it, as OpenSSH's `StrictModes` asks of `authorized_keys`: the
+//! file (or the policy folder) must be owned by root or by the user the server runs as (its
+//! effective uid) and writable by neither its group nor other users, and so must every folder
+//! above it, up to `/`, both on the path as given and once symbolic links are resolved. One
+//! exception: a folder above with the sticky bit (`/tmp`, mode `1777`) may be writable by
+//! others, since they cannot rename or remove what they do not own in it. The policy folder
+//! itself gets no such exception, as anyone could add a `.cedar` file to it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,8 +42,10 @@ impl Source {
     ///
     /// # Errors
     ///
-    /// [`LoadError::Read`] when the file cannot be read as UTF-8 text.
+    /// [`LoadError::Read`] when the file cannot be read as UTF-8 text; [`LoadError::Untrusted`]
+    /// when someone other than its owner could change it (see the module documentation).
     pub fn read(path: &Path) -> Result<Self, LoadError> {
+        only_owner_writes(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
             source,
@@ -48,7 +59,8 @@ impl Source {
     /// # Errors
     ///
     /// [`LoadError::Read`] when a file or the folder cannot be read; [`LoadError::NoPolicies`]
-    /// for a folder without `.cedar` files.
+    /// for a folder without `.cedar` files; [`LoadError::Untrusted`] when someone other than its
+    /// owner could change the folder or a file (see the module documentation).
     pub fn read_policies(path: &Path) -> Result<Vec<Self>, LoadError> {
         let read_error = |source| LoadError::Read {
             path: path.to_owned(),
@@ -57,6 +69,7 @@ impl Source {
         if !std::fs::metadata(path).map_err(read_error)?.is_dir() {
             return Ok(vec![Source::read(path)?]);
         }
+        only_owner_writes(path)?;
         let mut files = Vec::new();
         for entry in std::fs::read_dir(path).map_err(read_error)? {
             let file = entry.map_err(read_error)?.path();
@@ -72,6 +85,63 @@ impl Source {
         files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
         files.iter().map(|file| Source::read(file)).collect()
     }
+}
+
+/// Refuses `path` unless only its owner, root or the user the server runs as, can change it or a
+/// folder above it (see the module documentation). Unix only: elsewhere nothing is checked.
+#[cfg(unix)]
+fn only_owner_writes(path: &Path) -> Result<(), LoadError> {
+    use std::os::unix::fs::MetadataExt;
+
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let given = std::path::absolute(path).map_err(read_error)?;
+    let resolved = std::fs::canonicalize(path).map_err(read_error)?;
+    // SAFETY: geteuid has no preconditions and cannot fail (POSIX.1-2017).
+    let server_uid = unsafe { libc::geteuid() };
+    let folders_above = given
+        .ancestors()
+        .skip(1)
+        .chain(resolved.ancestors().skip(1));
+    for (checked, is_target) in [(resolved.as_path(), true)]
+        .into_iter()
+        .chain(folders_above.map(|folder| (folder, false)))
+    {
+        let metadata = std::fs::metadata(checked).map_err(|source| LoadError::Read {
+            path: checked.to_owned(),
+            source,
+        })?;
+        let untrusted = |why: String| LoadError::Untrusted {
+            path: checked.to_owned(),
+            why,
+        };
+        let owner = metadata.uid();
+        if owner != 0 && owner != server_uid {
+            return Err(untrusted(format!(
+                "it is owned by uid {owner}, neither root nor the user this server runs as \
+                 (uid {server_uid})"
+            )));
+        }
+        let mode = metadata.mode() & 0o7777;
+        let others_write = mode & 0o022 != 0;
+        let sticky = mode & 0o1000 != 0;
+        if others_write && (is_target || !sticky) {
+            return Err(untrusted(format!(
+                "it has mode {mode:04o}: its group or other users can write {}; only its owner \
+                 may (chmod go-w)",
+                if is_target { "it" } else { "in this folder" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Nothing is checked outside Unix (see the module documentation).
+#[cfg(not(unix))]
+fn only_owner_writes(_path: &Path) -> Result<(), LoadError> {
+    Ok(())
 }
 
 /// A 1-based line and column (in characters) in a source file.
@@ -135,6 +205,16 @@ pub enum LoadError {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// A policy or schema file or folder, or a folder above it, that someone other than its
+    /// owner could change, or whose owner is neither root nor the server's user (Unix only; see
+    /// the module documentation). Nothing in it is read.
+    #[error("refusing `{}`: {why}", path.display())]
+    Untrusted {
+        /// The file or folder that failed the check.
+        path: PathBuf,
+        /// Its owner or mode, and what is wrong with it.
+        why: String,
+    },
     /// A folder holds no `.cedar` file.
     #[error("no `.cedar` files in `{}`", path.display())]
     NoPolicies {
@@ -160,7 +240,9 @@ impl LoadError {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             LoadError::Schema { diagnostics } | LoadError::Policies { diagnostics } => diagnostics,
-            LoadError::Read { .. } | LoadError::NoPolicies { .. } => &[],
+            LoadError::Read { .. } | LoadError::NoPolicies { .. } | LoadError::Untrusted { .. } => {
+                &[]
+            }
         }
     }
 }
