@@ -367,6 +367,60 @@ async fn every_bad_token_is_401_and_nothing_is_checked_or_run() {
     assert_eq!(metadata["authorization_servers"], json!([iss]));
 }
 
+/// How many times `issuer` was asked for `path`.
+async fn requests_for(issuer: &MockServer, path: &str) -> usize {
+    let received = issuer.received_requests().await.unwrap_or_default();
+    received.iter().filter(|r| r.url.path() == path).count()
+}
+
+#[tokio::test]
+async fn while_the_issuers_keys_fail_many_requests_make_one_fetch() {
+    let key = ed25519("k1");
+    let issuer = bounded("the test issuer to start", MockServer::start()).await;
+    let iss = issuer.uri();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/oauth-authorization-server"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": iss,
+            "jwks_uri": format!("{iss}/jwks"),
+        })))
+        .mount(&issuer)
+        .await;
+    // A JWKS that is slow to fail, so the first requests arrive while its fetch is in flight.
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(500).set_delay(std::time::Duration::from_millis(500)))
+        .mount(&issuer)
+        .await;
+    let server = std::sync::Arc::new(HttpServer::start(&oauth_env(&iss, PUBLIC)).await);
+    let token = sign(&key, &claims(&iss, AUDIENCE, "alice", "admin"));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (server, token) = (std::sync::Arc::clone(&server), token.clone());
+        calls.spawn(async move {
+            server
+                .call(Some(&token), "research-topic", json!({"topic": "x"}))
+                .await
+        });
+    }
+    let answers = bounded("the 8 calls", calls.join_all()).await;
+    let later = server
+        .call(Some(&token), "research-topic", json!({"topic": "x"}))
+        .await;
+    for answer in answers.iter().chain([&later]) {
+        assert_eq!(answer.status, 503, "{answer:?}");
+    }
+    assert_eq!(
+        requests_for(&issuer, "/jwks").await,
+        1,
+        "one fetch for 9 requests"
+    );
+    assert_eq!(
+        requests_for(&issuer, "/.well-known/oauth-authorization-server").await,
+        1
+    );
+}
+
 #[tokio::test]
 async fn without_the_issuers_keys_every_call_is_refused() {
     let key = ed25519("k1");
