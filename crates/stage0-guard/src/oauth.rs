@@ -8,8 +8,16 @@
 //! clock skew. Its `sub` becomes the call's actor id and its role claim (`STAGE0_OAUTH_ROLE_CLAIM`)
 //! the call's role ceiling ([`Operator`]): a tool argument can still only lower it.
 //!
-//! The JWKS is found through the issuer's metadata (`/.well-known/oauth-authorization-server`,
-//! then `/.well-known/openid-configuration`) unless `STAGE0_OAUTH_JWKS_URL` names it.
+//! The header must not carry `crit` (this server understands no JWS extension, RFC 7515
+//! §4.1.11), and its `typ`, when present, must be an access token's: `at+jwt` (RFC 9068 §2.1) or
+//! `JWT`, with or without `application/`, in any case.
+//!
+//! The issuer and the JWKS URL are `https`, or plain `http` on a loopback host only
+//! ([`secure_transport`]; the configuration refuses any other). The JWKS is found through the
+//! issuer's metadata (`/.well-known/oauth-authorization-server`, then
+//! `/.well-known/openid-configuration`) unless `STAGE0_OAUTH_JWKS_URL` names it; the metadata is
+//! used only when its `issuer` is identical to the one configured (RFC 8414 §3.3) and its
+//! `jwks_uri` follows the same rule as the issuer.
 //!
 //! Keys are cached. The set is fetched again once it is [`KEYS_REFRESH_AFTER`] old, or when a
 //! token names a key id it does not hold, so a key the issuer withdraws stops validating tokens
@@ -20,11 +28,12 @@
 //! every token is refused ([`TokenError::KeysUnavailable`]): the server never serves a request
 //! it could not check.
 
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use reqwest::Url;
 use serde_json::Value;
 
@@ -56,9 +65,11 @@ const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorith
 /// Where the tokens come from and whom they must be for (`STAGE0_OAUTH_*`, `STAGE0_PUBLIC_URL`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthConfig {
-    /// `STAGE0_OAUTH_ISSUER`: the authorization server, exactly as tokens name it in `iss`.
+    /// `STAGE0_OAUTH_ISSUER`: the authorization server, exactly as tokens name it in `iss`; an
+    /// `https` URL, or `http` on a loopback host ([`secure_transport`]).
     pub issuer: String,
-    /// `STAGE0_OAUTH_JWKS_URL`: its key set, when not found through its metadata.
+    /// `STAGE0_OAUTH_JWKS_URL`: its key set, when not found through its metadata; `https`, or
+    /// `http` on a loopback host.
     pub jwks_url: Option<Url>,
     /// `STAGE0_PUBLIC_URL` followed by `/mcp`: this server's resource URL, which every token must
     /// name in `aud`.
@@ -68,13 +79,37 @@ pub struct OAuthConfig {
     pub role_claim: String,
 }
 
+/// Whether the issuer's metadata or keys may be fetched from `url`: over `https`, or over plain
+/// `http` only from a loopback host (`localhost`, 127.0.0.0/8, `::1`), where no network lies
+/// between the two servers. Anywhere else, whoever is on the path could serve their own keys.
+pub fn secure_transport(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let loopback = || match url.domain() {
+        Some(name) => name == "localhost",
+        // An address: `127.0.0.1`, or `[::1]` in its brackets.
+        None => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+    };
+    match url.scheme() {
+        "https" => true,
+        "http" => loopback(),
+        _ => false,
+    }
+}
+
 /// Why a request's token was refused; the HTTP answer is `401` ([`TokenError::status`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// No `Authorization: Bearer …` header.
     #[error("no bearer token")]
     Missing,
-    /// The token is not a JWT this server accepts (its header, its algorithm); carries why.
+    /// The token is not a JWT this server accepts (its header: its algorithm, `typ`, `crit`);
+    /// carries why.
     #[error("the token is not acceptable: {0}")]
     Unacceptable(String),
     /// The token names a key the issuer does not publish.
@@ -209,12 +244,7 @@ impl TokenValidator {
     async fn validate_at(&self, token: &str, now: Instant) -> Result<Operator, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| TokenError::Unacceptable(error.to_string()))?;
-        if !ALGORITHMS.contains(&header.alg) {
-            return Err(TokenError::Unacceptable(format!(
-                "algorithm {:?}: only RS256, ES256 and EdDSA are accepted",
-                header.alg
-            )));
-        }
+        acceptable(&header).map_err(TokenError::Unacceptable)?;
         let key = self.key(header.kid.as_deref(), header.alg, now).await?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.config.issuer]);
@@ -311,19 +341,21 @@ impl TokenValidator {
         Ok((url, usable))
     }
 
-    /// The `jwks_uri` of the issuer's metadata: RFC 8414 first, then OpenID Connect Discovery.
+    /// The `jwks_uri` of the issuer's metadata ([`jwks_uri`]): RFC 8414 first, then OpenID
+    /// Connect Discovery.
     async fn discover(&self) -> Result<Url, String> {
-        let issuer = self.config.issuer.trim_end_matches('/');
+        let issuer = &self.config.issuer;
         let mut problems = Vec::new();
         for path in [
             "/.well-known/oauth-authorization-server",
             "/.well-known/openid-configuration",
         ] {
-            let url = Url::parse(&format!("{issuer}{path}")).map_err(|e| e.to_string())?;
+            let url = Url::parse(&format!("{}{path}", issuer.trim_end_matches('/')))
+                .map_err(|e| e.to_string())?;
             match self.get_json::<Value>(&url).await {
-                Ok(metadata) => match metadata.get("jwks_uri").and_then(Value::as_str) {
-                    Some(jwks) => return Url::parse(jwks).map_err(|e| e.to_string()),
-                    None => problems.push(format!("{url}: no `jwks_uri`")),
+                Ok(metadata) => match jwks_uri(&metadata, issuer) {
+                    Ok(jwks) => return Ok(jwks),
+                    Err(why) => problems.push(format!("{url}: {why}")),
                 },
                 Err(why) => problems.push(why),
             }
@@ -348,6 +380,57 @@ impl TokenValidator {
             .map_err(|error| format!("{url}: {error}"))?;
         serde_json::from_slice(&body).map_err(|error| format!("{url}: {error}"))
     }
+}
+
+/// Whether a token's header is one this server accepts: an asymmetric algorithm, no `crit`
+/// (RFC 7515 §4.1.11: every extension it names must be understood, and this server understands
+/// none), and a `typ`, when present, of an access token: `at+jwt` (RFC 9068 §2.1) or `JWT`
+/// (RFC 7519 §5.1), compared without case and with `application/` optional (RFC 7515 §4.1.9).
+/// Refuses a logout token (`logout+jwt`), a security event (`secevent+jwt`) or any other JWT
+/// the issuer types as something else. Carries why not.
+fn acceptable(header: &Header) -> Result<(), String> {
+    if !ALGORITHMS.contains(&header.alg) {
+        return Err(format!(
+            "algorithm {:?}: only RS256, ES256 and EdDSA are accepted",
+            header.alg
+        ));
+    }
+    if header.crit.is_some() {
+        return Err("a `crit` header: this server understands no JWS extension".to_owned());
+    }
+    if let Some(typ) = &header.typ {
+        let lower = typ.to_ascii_lowercase();
+        let media = lower.strip_prefix("application/").unwrap_or(&lower);
+        if media != "at+jwt" && media != "jwt" {
+            return Err(format!(
+                "`typ` {typ:?} is not an access token's (`at+jwt` or `JWT`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `jwks_uri` of the issuer's `metadata`, once the metadata is the issuer's: its `issuer` is
+/// identical to `issuer` (RFC 8414 §3.3, OpenID Connect Discovery §4.3), and the URI may carry
+/// keys ([`secure_transport`]). Carries why not.
+fn jwks_uri(metadata: &Value, issuer: &str) -> Result<Url, String> {
+    let named = metadata.get("issuer").and_then(Value::as_str);
+    if named != Some(issuer) {
+        return Err(format!(
+            "the metadata's `issuer` is {named:?}, not {issuer:?} (RFC 8414 §3.3)"
+        ));
+    }
+    let jwks = metadata
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .ok_or("no `jwks_uri`")?;
+    let url = Url::parse(jwks).map_err(|error| format!("`jwks_uri`: {error}"))?;
+    if !secure_transport(&url) {
+        return Err(format!(
+            "`jwks_uri` {url} is neither https nor on a loopback host"
+        ));
+    }
+    Ok(url)
 }
 
 /// The key of `keys` with id `kid`, or without a `kid` the only one whose family fits `alg`.
@@ -660,5 +743,88 @@ mod tests {
         drop(stalled);
         assert!(refreshing.await.unwrap().is_ok());
         assert_eq!(issuer.fetches(), 2, "one refresh for both");
+    }
+
+    #[test]
+    fn the_metadata_is_used_only_when_it_is_the_issuers_and_its_keys_are_secure() {
+        const ISSUER: &str = "https://auth.example.test";
+        let metadata =
+            |issuer: Value, jwks_uri: &str| json!({"issuer": issuer, "jwks_uri": jwks_uri});
+        for (issuer, jwks) in [
+            (json!(ISSUER), "https://keys.example.test/jwks"),
+            (json!(ISSUER), "http://127.0.0.1:9000/jwks"),
+        ] {
+            let url = jwks_uri(&metadata(issuer, jwks), ISSUER).unwrap();
+            assert_eq!(url.as_str(), jwks);
+        }
+        for (issuer, jwks, why) in [
+            (
+                json!("https://evil.test"),
+                "https://keys.example.test/jwks",
+                "RFC 8414",
+            ),
+            (
+                json!("https://auth.example.test/"),
+                "https://keys.example.test/jwks",
+                "RFC 8414",
+            ),
+            (Value::Null, "https://keys.example.test/jwks", "RFC 8414"),
+            (
+                json!(ISSUER),
+                "http://keys.example.test/jwks",
+                "neither https",
+            ),
+        ] {
+            let error = jwks_uri(&metadata(issuer.clone(), jwks), ISSUER).unwrap_err();
+            assert!(error.contains(why), "{issuer} {jwks}: {error}");
+        }
+    }
+
+    #[test]
+    fn only_an_access_tokens_typ_and_no_crit_are_accepted() {
+        let with = |typ: Option<&str>, crit: Option<Vec<String>>| {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.typ = typ.map(str::to_owned);
+            header.crit = crit;
+            acceptable(&header)
+        };
+        for typ in [
+            None,
+            Some("JWT"),
+            Some("at+jwt"),
+            Some("application/AT+JWT"),
+            Some("jwt"),
+        ] {
+            assert_eq!(with(typ, None), Ok(()), "{typ:?}");
+        }
+        for typ in [
+            "logout+jwt",
+            "application/logout+jwt",
+            "secevent+jwt",
+            "JWS",
+            "",
+        ] {
+            assert!(with(Some(typ), None).is_err(), "{typ}");
+        }
+        assert!(with(None, Some(vec!["exp".to_owned()])).is_err());
+        assert!(with(None, Some(Vec::new())).is_err());
+    }
+
+    #[test]
+    fn the_highest_valid_role_wins_and_nothing_valid_is_a_viewer() {
+        assert_eq!(
+            highest_role(Some(&json!("developer"))),
+            ActorRole::Developer
+        );
+        assert_eq!(
+            highest_role(Some(&json!(["viewer", "admin", "developer"]))),
+            ActorRole::Admin
+        );
+        assert_eq!(highest_role(Some(&json!(["root", 7]))), ActorRole::Viewer);
+        assert_eq!(
+            highest_role(Some(&json!({"role": "admin"}))),
+            ActorRole::Viewer
+        );
+        assert_eq!(highest_role(None), ActorRole::Viewer);
     }
 }
