@@ -305,6 +305,12 @@ async fn every_bad_token_is_401_and_nothing_is_checked_or_run() {
         header.kid = Some("k1".to_owned());
         jsonwebtoken::encode(&header, &good, &EncodingKey::from_secret(public.as_bytes())).unwrap()
     };
+    let with_header = |change: fn(&mut Header)| {
+        let mut header = Header::new(key.alg);
+        header.kid = Some("k1".to_owned());
+        change(&mut header);
+        jsonwebtoken::encode(&header, &good, &key.encoding).unwrap()
+    };
     let unknown_kid = {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some("k-unknown".to_owned());
@@ -336,6 +342,18 @@ async fn every_bad_token_is_401_and_nothing_is_checked_or_run() {
         ("alg none", Some(format!("{}.", header_and_payload("none")))),
         ("HS256 with the public key", Some(hs256_with_the_public_key)),
         ("unknown kid", Some(unknown_kid)),
+        (
+            "a logout token",
+            Some(with_header(|h| h.typ = Some("logout+jwt".to_owned()))),
+        ),
+        (
+            "an ID token's typ",
+            Some(with_header(|h| h.typ = Some("id_token+jwt".to_owned()))),
+        ),
+        (
+            "a crit header",
+            Some(with_header(|h| h.crit = Some(vec!["exp".to_owned()]))),
+        ),
     ];
     for (case, token) in &refused {
         let answer = server
@@ -365,6 +383,113 @@ async fn every_bad_token_is_401_and_nothing_is_checked_or_run() {
     let metadata: Value = serde_json::from_str(&metadata).unwrap();
     assert_eq!(metadata["resource"], AUDIENCE);
     assert_eq!(metadata["authorization_servers"], json!([iss]));
+}
+
+#[tokio::test]
+async fn an_access_tokens_typ_is_accepted_in_any_spelling() {
+    let key = ed25519("k1");
+    let issuer = issuer(&[&key]).await;
+    let iss = issuer.uri();
+    let server = HttpServer::start(&oauth_env(&iss, PUBLIC)).await;
+    for typ in [
+        None,
+        Some("at+jwt"),
+        Some("application/AT+JWT"),
+        Some("jwt"),
+    ] {
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.to_owned());
+        header.typ = typ.map(str::to_owned);
+        let claims = claims(&iss, AUDIENCE, "alice", "viewer");
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap();
+        let answer = server
+            .call(Some(&token), "research-topic", json!({"topic": "x"}))
+            .await;
+        assert_eq!(answer.status, 200, "typ {typ:?}: {answer:?}");
+    }
+}
+
+/// How many times `issuer` was asked for `path`.
+async fn requests_for(issuer: &MockServer, path: &str) -> usize {
+    let received = issuer.received_requests().await.unwrap_or_default();
+    received.iter().filter(|r| r.url.path() == path).count()
+}
+
+#[tokio::test]
+async fn metadata_naming_another_issuer_is_not_used() {
+    let key = ed25519("k1");
+    let issuer = bounded("the test issuer to start", MockServer::start()).await;
+    let iss = issuer.uri();
+    // RFC 8414 §3.3: the metadata must name the issuer it was fetched for.
+    Mock::given(method("GET"))
+        .and(path("/.well-known/oauth-authorization-server"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": "https://evil.test",
+            "jwks_uri": format!("{iss}/jwks"),
+        })))
+        .mount(&issuer)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [key.jwk]})))
+        .mount(&issuer)
+        .await;
+    let server = HttpServer::start(&oauth_env(&iss, PUBLIC)).await;
+    let token = sign(&key, &claims(&iss, AUDIENCE, "alice", "admin"));
+    let answer = server
+        .call(Some(&token), "research-topic", json!({"topic": "x"}))
+        .await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(requests_for(&issuer, "/jwks").await, 0);
+    assert!(server.records().is_empty());
+}
+
+#[tokio::test]
+async fn while_the_issuers_keys_fail_many_requests_make_one_fetch() {
+    let key = ed25519("k1");
+    let issuer = bounded("the test issuer to start", MockServer::start()).await;
+    let iss = issuer.uri();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/oauth-authorization-server"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": iss,
+            "jwks_uri": format!("{iss}/jwks"),
+        })))
+        .mount(&issuer)
+        .await;
+    // A JWKS that is slow to fail, so the first requests arrive while its fetch is in flight.
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(500).set_delay(std::time::Duration::from_millis(500)))
+        .mount(&issuer)
+        .await;
+    let server = std::sync::Arc::new(HttpServer::start(&oauth_env(&iss, PUBLIC)).await);
+    let token = sign(&key, &claims(&iss, AUDIENCE, "alice", "admin"));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (server, token) = (std::sync::Arc::clone(&server), token.clone());
+        calls.spawn(async move {
+            server
+                .call(Some(&token), "research-topic", json!({"topic": "x"}))
+                .await
+        });
+    }
+    let answers = bounded("the 8 calls", calls.join_all()).await;
+    let later = server
+        .call(Some(&token), "research-topic", json!({"topic": "x"}))
+        .await;
+    for answer in answers.iter().chain([&later]) {
+        assert_eq!(answer.status, 503, "{answer:?}");
+    }
+    assert_eq!(
+        requests_for(&issuer, "/jwks").await,
+        1,
+        "one fetch for 9 requests"
+    );
+    assert_eq!(
+        requests_for(&issuer, "/.well-known/oauth-authorization-server").await,
+        1
+    );
 }
 
 #[tokio::test]

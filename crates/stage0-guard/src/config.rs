@@ -185,6 +185,12 @@ pub enum ConfigError {
     /// An HTTP-mode variable is unusable; carries the variable's name and value.
     #[error("`{0}` is unusable: {1}")]
     InvalidHttpSetting(&'static str, String),
+    /// `STAGE0_OAUTH_ISSUER` or `STAGE0_OAUTH_JWKS_URL` is a URL whose keys anyone on the path
+    /// could replace: plain `http` to a host other than loopback
+    /// ([`secure_transport`](crate::oauth::secure_transport)); carries the variable's name and
+    /// value.
+    #[error("`{0}` must be an https URL (plain http only to a loopback host), got `{1}`")]
+    InsecureOAuthUrl(&'static str, String),
     /// `STAGE0_REQUEST_STATE_KEY` is not hex or base64 of at least 32 bytes; the value is never
     /// shown.
     #[error("`STAGE0_REQUEST_STATE_KEY` is unusable (its value is not shown): {0}")]
@@ -396,8 +402,17 @@ fn http_config(
     let listen = listen
         .parse()
         .map_err(|_| invalid("STAGE0_HTTP_LISTEN", listen.clone()))?;
+    // The issuer's metadata and keys decide who may call: https, or http to loopback only.
+    let oauth_url = |name: &'static str| match url(name)? {
+        Some(url) if !crate::oauth::secure_transport(&url) => Err(ConfigError::InsecureOAuthUrl(
+            name,
+            redact_userinfo(&set(name).unwrap_or_default()).into_owned(),
+        )),
+        checked => Ok(checked),
+    };
     let public_url = url("STAGE0_PUBLIC_URL")?;
-    let jwks_url = url("STAGE0_OAUTH_JWKS_URL")?;
+    let jwks_url = oauth_url("STAGE0_OAUTH_JWKS_URL")?;
+    oauth_url("STAGE0_OAUTH_ISSUER")?;
     let oauth = set("STAGE0_OAUTH_ISSUER").map(|issuer| OAuthConfig {
         issuer,
         jwks_url,
@@ -702,6 +717,39 @@ mod tests {
             assert_eq!(
                 config(&[(name, value)]).unwrap_err(),
                 ConfigError::InvalidHttpSetting(name, value.to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn an_oauth_issuer_or_key_set_over_plain_http_is_refused_off_loopback() {
+        for name in ["STAGE0_OAUTH_ISSUER", "STAGE0_OAUTH_JWKS_URL"] {
+            let with = |value: &str| {
+                config(&[
+                    ("STAGE0_OAUTH_ISSUER", "https://auth.example.test"),
+                    ("STAGE0_PUBLIC_URL", "https://stage0.example.test"),
+                    (name, value),
+                ])
+            };
+            for remote in ["http://auth.example.test", "http://10.0.0.7:8080/jwks"] {
+                let error = with(remote).unwrap_err();
+                assert_eq!(
+                    error,
+                    ConfigError::InsecureOAuthUrl(name, remote.to_owned())
+                );
+                assert!(error.to_string().contains(name), "{error}");
+            }
+            for accepted in [
+                "https://auth.example.test",
+                "http://127.0.0.1:9000",
+                "http://[::1]:9000/jwks",
+                "http://localhost:9000",
+            ] {
+                assert!(with(accepted).is_ok(), "{name}={accepted}");
+            }
+            assert_eq!(
+                with("auth.example.test").unwrap_err(),
+                ConfigError::InvalidHttpSetting(name, "auth.example.test".to_owned())
             );
         }
     }
