@@ -46,9 +46,12 @@ pub struct Config {
     /// `STAGE0_ACTOR_ROLE` (default `viewer`) and `STAGE0_ACTOR_ID` (optional): the principal
     /// the agent acts for, set by whoever configures the server, never by tool arguments.
     pub operator: Operator,
-    /// `STAGE0_APPROVALS` (`on` | `off`, default `on`) and `STAGE0_APPROVAL_TIMEOUT_S` (whole
-    /// seconds from 1, default 300): whether and how long to ask a human about a `DEFER`.
+    /// `STAGE0_APPROVALS` (`on` | `off`, default `on`; over HTTP with OAuth, default `off`: see
+    /// [`Config::serving_http`]) and `STAGE0_APPROVAL_TIMEOUT_S` (whole seconds from 1, default
+    /// 300): whether and how long to ask a human about a `DEFER`.
     pub approvals: Approvals,
+    /// Whether `STAGE0_APPROVALS` was set (to `on` or `off`) rather than left to its default.
+    pub approvals_set: bool,
     /// `STAGE0_AUDIT_LOG` and `STAGE0_AUDIT_SYNC`: where and how durably to keep the audit log.
     pub audit: AuditConfig,
     /// `STAGE0_REQUEST_STATE_KEY` (hex or base64, at least 32 bytes): the key that seals MRTR
@@ -322,6 +325,7 @@ impl Config {
                 actor_id: set("STAGE0_ACTOR_ID"),
             },
             approvals,
+            approvals_set: set("STAGE0_APPROVALS").is_some(),
             audit: AuditConfig {
                 path,
                 sync,
@@ -404,6 +408,23 @@ fn http_config(set: &impl Fn(&str) -> Option<String>) -> Result<HttpConfig, Conf
 }
 
 impl Config {
+    /// The configuration as `mcp-server-stage0 http` serves it. With OAuth
+    /// ([`HttpConfig::oauth`], `STAGE0_OAUTH_ISSUER`), a `DEFER` is not put to the client unless
+    /// `STAGE0_APPROVALS=on` says so: over HTTP the client that answers the approval form is the
+    /// caller whose call was deferred, with the caller's own token, so its answer is
+    /// self-approval, not a human's review (`docs/http.md`). So there approvals are off unless
+    /// the operator turned them on; any other configuration is returned as it is.
+    pub fn serving_http(self) -> Self {
+        if self.http.oauth.is_some() && !self.approvals_set {
+            Config {
+                approvals: Approvals::Off,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
     /// The policy decision point this configuration selects: the local Cedar policy when
     /// [`policy_files`](Config::policy_files) names one (loaded and validated now, with its
     /// shadow), then Stage0 too when there is an API key; otherwise Stage0 at
@@ -688,6 +709,21 @@ mod tests {
             panic!("an unreadable URL is refused");
         };
         assert!(!refused.to_string().contains("s3cret"), "{refused}");
+    }
+
+    #[test]
+    fn over_http_with_oauth_approvals_are_off_unless_turned_on() {
+        let oauth = [
+            ("STAGE0_OAUTH_ISSUER", "https://auth.example.test"),
+            ("STAGE0_PUBLIC_URL", "https://stage0.example.test/"),
+        ];
+        let default = config(&oauth).unwrap();
+        assert!(matches!(default.approvals, Approvals::Ask { .. }), "stdio");
+        assert_eq!(default.serving_http().approvals, Approvals::Off);
+        let on = config(&[oauth[0], oauth[1], ("STAGE0_APPROVALS", "on")]).unwrap();
+        assert!(matches!(on.serving_http().approvals, Approvals::Ask { .. }));
+        let local = config(&[]).unwrap().serving_http();
+        assert!(matches!(local.approvals, Approvals::Ask { .. }), "no OAuth");
     }
 
     #[test]
