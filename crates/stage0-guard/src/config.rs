@@ -169,6 +169,17 @@ pub enum ConfigError {
     /// shown.
     #[error("`STAGE0_REQUEST_STATE_KEY` is unusable (its value is not shown): {0}")]
     InvalidRequestStateKey(KeyError),
+    /// `STAGE0_REQUEST_STATE_KEY` is set while `STAGE0_AUDIT_LOG=off` (and no
+    /// `STAGE0_DATABASE_URL`): the spent nonces that keep a state single-use are remembered
+    /// across restarts and servers only through the audit log, so without one a state the key
+    /// opens could be answered again after a restart, or through another server.
+    #[error(
+        "`STAGE0_REQUEST_STATE_KEY` needs an audit log, but `STAGE0_AUDIT_LOG` is `off`: the \
+         log is where spent approval states are remembered, so without it a state could be \
+         answered again after a restart or through another server holding the key; keep the \
+         audit log on (or set `STAGE0_DATABASE_URL`), or unset the key"
+    )]
+    RequestStateKeyWithoutAuditLog,
 }
 
 /// `url` with its userinfo (`user:password@`) replaced by `<redacted>@`, for logs and errors.
@@ -311,6 +322,13 @@ impl Config {
         }
 
         let http = http_config(&set)?;
+        let request_state_key = set(state::KEY_ENV)
+            .map(|key| StateKey::parse(&key))
+            .transpose()
+            .map_err(ConfigError::InvalidRequestStateKey)?;
+        if request_state_key.is_some() && path.is_none() && database.is_none() {
+            return Err(ConfigError::RequestStateKeyWithoutAuditLog);
+        }
 
         Ok(Config {
             http,
@@ -338,10 +356,7 @@ impl Config {
                     return Err(ConfigError::InvalidUnenforcedGuardrails(other.to_owned()));
                 }
             },
-            request_state_key: set(state::KEY_ENV)
-                .map(|key| StateKey::parse(&key))
-                .transpose()
-                .map_err(ConfigError::InvalidRequestStateKey)?,
+            request_state_key,
             max_calls_in_flight,
         })
     }
@@ -476,6 +491,12 @@ impl Config {
             .with_max_calls_in_flight(self.max_calls_in_flight)
             .with_unenforced_guardrails(self.unenforced_guardrails);
         if let Some(key) = &self.request_state_key {
+            // The server cannot see who else holds the key, nor where they record.
+            tracing::warn!(
+                "STAGE0_REQUEST_STATE_KEY is set: every server holding this key must record in \
+                 this same audit log (this file, or this database), or an approval state one of \
+                 them spent can be answered again through another"
+            );
             guard = guard.with_state_key(key.clone());
         }
         Ok(match (&self.audit.database, &self.audit.path) {
@@ -724,6 +745,31 @@ mod tests {
         assert!(matches!(on.serving_http().approvals, Approvals::Ask { .. }));
         let local = config(&[]).unwrap().serving_http();
         assert!(matches!(local.approvals, Approvals::Ask { .. }), "no OAuth");
+    }
+
+    #[test]
+    fn a_request_state_key_without_an_audit_log_is_refused() {
+        let key = ("STAGE0_REQUEST_STATE_KEY", "ab".repeat(32));
+        let key = (key.0, key.1.as_str());
+        let refused = config(&[key, ("STAGE0_AUDIT_LOG", "off")]).unwrap_err();
+        assert_eq!(refused, ConfigError::RequestStateKeyWithoutAuditLog);
+        let message = refused.to_string();
+        assert!(message.contains("STAGE0_REQUEST_STATE_KEY"), "{message}");
+        assert!(message.contains("STAGE0_AUDIT_LOG"), "{message}");
+        assert!(!message.contains(key.1), "{message}");
+        for kept in [
+            ("STAGE0_AUDIT_LOG", "/var/log/stage0/audit.jsonl"),
+            (
+                "STAGE0_DATABASE_URL",
+                "postgres://stage0@db.internal:5432/audit",
+            ),
+        ] {
+            assert!(config(&[key, kept]).unwrap().request_state_key.is_some());
+        }
+        assert!(
+            config(&[key]).unwrap().request_state_key.is_some(),
+            "the default log"
+        );
     }
 
     #[test]

@@ -152,7 +152,9 @@ impl Guard {
 
     /// The same guard, sealing MRTR approval states with `key` instead of the random key of this
     /// process (`STAGE0_REQUEST_STATE_KEY`), so that servers sharing the key accept each other's
-    /// states. Spent nonces are kept.
+    /// states. Spent nonces are kept. A state stays single-use across restarts and servers only
+    /// with [`with_audit`](Guard::with_audit) on one audit log shared by every holder of the key:
+    /// [`Config::guard`](crate::Config::guard) refuses the key without a log, and warns.
     pub fn with_state_key(self, key: StateKey) -> Self {
         let spent = self.states.spent_nonces();
         Guard {

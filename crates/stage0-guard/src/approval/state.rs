@@ -22,7 +22,9 @@
 //! nonce was already spent. A nonce is spent ([`ApprovalStates::spend`]) when the server accepts
 //! the answer that came with it; it is remembered in memory until the state's expiry, after which
 //! the state is refused as expired anyway. [`SpentNonceSet::record`], fed by the audit log, puts back the nonces
-//! an audit log recorded, so a restart cannot replay them either.
+//! an audit log recorded, so a restart cannot replay them either. The audit log is the only
+//! durable store of spent nonces: the configuration refuses [`KEY_ENV`] without one, since a
+//! state sealed with a lasting key would otherwise open again after a restart.
 //!
 //! The state is signed, not encrypted: the client can read it (tool, argument hash, request id,
 //! policy version, actor id, role, expiry, nonce). Nothing in it is secret; the nonce only needs
