@@ -154,7 +154,8 @@ impl Guard {
     /// process (`STAGE0_REQUEST_STATE_KEY`), so that servers sharing the key accept each other's
     /// states. Spent nonces are kept. A state stays single-use across restarts and servers only
     /// with [`with_audit`](Guard::with_audit) on one audit log shared by every holder of the key:
-    /// [`Config::guard`](crate::Config::guard) refuses the key without a log, and warns.
+    /// [`Config::from_lookup`](crate::Config::from_lookup) refuses the key without a log, and
+    /// [`Config::guard`](crate::Config::guard) warns that the log must be shared.
     pub fn with_state_key(self, key: StateKey) -> Self {
         let spent = self.states.spent_nonces();
         Guard {
