@@ -199,7 +199,12 @@ fn approval_state(c: &mut Criterion) {
     let request_id = "9eda8a06-6860-4863-a588-6f32813d1d56";
     let seal = || {
         states
-            .seal(call, request_id, "simulated-v1.0.0")
+            .seal(
+                call,
+                request_id,
+                "simulated-v1.0.0",
+                "LOOP_THRESHOLD_EXCEEDED",
+            )
             .expect("a state seals")
     };
     c.bench_function("approval_state/seal", |b| b.iter(seal));

@@ -14,8 +14,10 @@
 //! - a variable set in the environment always wins, even set to an empty value;
 //! - the file cannot weaken what the environment gives: `STAGE0_ACTOR_ROLE` only `viewer` (the
 //!   ceiling when the environment sets none); `off` is refused for `STAGE0_AUDIT_LOG`,
-//!   `STAGE0_AUDIT_SYNC` and `STAGE0_APPROVALS`; `STAGE0_MAX_CALLS_IN_FLIGHT` no higher than its
-//!   default; `STAGE0_BASE_URL` only when no API key comes
+//!   `STAGE0_AUDIT_SYNC` and `STAGE0_APPROVALS`, and `STAGE0_APPROVALS` altogether when the
+//!   environment sets `STAGE0_OAUTH_ISSUER` (over HTTP with OAuth approvals are off by default,
+//!   since the calling client would approve its own call); `STAGE0_MAX_CALLS_IN_FLIGHT` no
+//!   higher than its default; `STAGE0_BASE_URL` only when no API key comes
 //!   from the environment (the key then comes from the same file, or there is none); and it
 //!   never names a Cedar policy ([`ENVIRONMENT_ONLY`]), which would decide every call;
 //! - a value must be written literally: one that `$VAR` substitution or a `\` escape changed is
@@ -149,6 +151,9 @@ impl DotEnv {
         // The environment's key, when it has one, must go to the environment's base URL.
         let key_from_environment =
             environment("STAGE0_API_KEY").is_some_and(|key| !key.trim().is_empty());
+        // With OAuth, approvals over HTTP are the caller's own: only the environment turns them on.
+        let oauth_from_environment =
+            environment("STAGE0_OAUTH_ISSUER").is_some_and(|issuer| !issuer.trim().is_empty());
         for (name, value) in entries {
             if !seen.insert(name.clone()) {
                 dotenv.warn(format!("{name} is set again: the first is used"));
@@ -185,7 +190,7 @@ impl DotEnv {
                 continue;
             }
             let shown = shown(&name, &value);
-            match refusal(&name, &value, key_from_environment) {
+            match refusal(&name, &value, key_from_environment, oauth_from_environment) {
                 Some(why) => dotenv.warn(format!("refusing {name}{shown}: {why}")),
                 None => {
                     dotenv.info(format!("using {name}{shown}"));
@@ -246,8 +251,15 @@ impl DotEnv {
     }
 }
 
-/// Why `.env` may not set `name` to `value` (a literal, non-blank value), if it may not.
-fn refusal(name: &str, value: &str, key_from_environment: bool) -> Option<&'static str> {
+/// Why `.env` may not set `name` to `value` (a literal, non-blank value), if it may not;
+/// `key_from_environment` and `oauth_from_environment` say whether the environment sets
+/// `STAGE0_API_KEY` and `STAGE0_OAUTH_ISSUER`.
+fn refusal(
+    name: &str,
+    value: &str,
+    key_from_environment: bool,
+    oauth_from_environment: bool,
+) -> Option<&'static str> {
     match name {
         "STAGE0_ACTOR_ROLE" if !matches!(value.trim().parse(), Ok(ActorRole::Viewer)) => {
             Some("it may only lower the role to viewer, never raise it")
@@ -255,6 +267,10 @@ fn refusal(name: &str, value: &str, key_from_environment: bool) -> Option<&'stat
         "STAGE0_AUDIT_LOG" if value.trim() == "off" => Some("it may not turn the audit log off"),
         "STAGE0_AUDIT_SYNC" if value.trim() == "off" => Some("it may not turn fsync off"),
         "STAGE0_APPROVALS" if value.trim() == "off" => Some("it may not turn approvals off"),
+        "STAGE0_APPROVALS" if oauth_from_environment => Some(
+            "with STAGE0_OAUTH_ISSUER set, an approval over HTTP is the calling client's own, so \
+             only the environment may turn approvals on",
+        ),
         "STAGE0_MAX_CALLS_IN_FLIGHT"
             if value
                 .trim()
@@ -519,6 +535,29 @@ mod tests {
         let (config, dotenv) = layered("STAGE0_AUDIT_LOG=decoy.jsonl\n", &[]);
         assert_eq!(config.audit.path.as_deref(), Some(Path::new("decoy.jsonl")));
         assert!(notes(&dotenv).contains("using STAGE0_AUDIT_LOG=\"decoy.jsonl\""));
+    }
+
+    #[test]
+    fn with_oauth_in_the_environment_the_file_cannot_turn_approvals_on() {
+        let oauth = [
+            ("STAGE0_OAUTH_ISSUER", "https://auth.example.test"),
+            ("STAGE0_PUBLIC_URL", "https://stage0.example.test"),
+        ];
+        let (config, dotenv) = layered("STAGE0_APPROVALS=on\n", &oauth);
+        assert!(!config.approvals_set, "{}", notes(&dotenv));
+        assert_eq!(config.serving_http().approvals, Approvals::Off);
+        assert!(
+            warns(
+                &dotenv,
+                &["refusing STAGE0_APPROVALS=\"on\"", "STAGE0_OAUTH_ISSUER"]
+            ),
+            "{}",
+            notes(&dotenv)
+        );
+        // Without OAuth, `on` is the default the file may repeat.
+        let (config, dotenv) = layered("STAGE0_APPROVALS=on\n", &[]);
+        assert!(config.approvals_set);
+        assert!(notes(&dotenv).contains("using STAGE0_APPROVALS=\"on\""));
     }
 
     #[test]

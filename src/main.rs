@@ -18,6 +18,7 @@ use mcp_server_stage0::dotenv::{self, DotEnv};
 use mcp_server_stage0::policy_command::{self, EvalCall};
 use mcp_server_stage0::server::{SERVER_NAME, stage0_server};
 use stage0_guard::Guard;
+use stage0_guard::approval::Approvals;
 use stage0_guard::audit::show::Selection;
 use stage0_guard::claims::ActorRole;
 use stage0_guard::config::{Config, redact_userinfo};
@@ -288,7 +289,17 @@ async fn run(http: Option<Option<std::net::SocketAddr>>) -> anyhow::Result<()> {
     for note in dotenv.notes() {
         note.log();
     }
-    let config = config?;
+    let config = match http {
+        None => config?,
+        Some(_) => config?.serving_http(),
+    };
+    if http.is_some() && config.http.oauth.is_some() && config.approvals != Approvals::Off {
+        tracing::warn!(
+            "STAGE0_APPROVALS=on over HTTP with OAuth: a DEFER is put to the calling client, so \
+             an approval is self-approval by the token holder whose call was deferred, not a \
+             review by someone else (docs/http.md)"
+        );
+    }
     let guard = config
         .guard()
         .context("cannot set up the policy decision point")?;

@@ -1001,3 +1001,40 @@ async fn the_request_state_key_appears_in_no_log_line_record_or_error() {
     );
     assert!(!exit.stderr.contains(short), "{}", exit.stderr);
 }
+
+#[tokio::test]
+async fn a_request_state_key_without_an_audit_log_stops_the_server_and_with_one_is_warned_about() {
+    const STATE_KEY: &str = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
+    // No log, no spent nonces after a restart: a state the key opens could be answered again.
+    let env = [
+        ("STAGE0_AUDIT_LOG", "off"),
+        ("STAGE0_REQUEST_STATE_KEY", STATE_KEY),
+    ];
+    let mut server = RawServer::spawn_with(&env);
+    server.close_stdin();
+    let exit = server.exit().await;
+    assert_eq!(exit.status.code(), Some(2), "{}", exit.stderr);
+    for named in ["STAGE0_REQUEST_STATE_KEY", "STAGE0_AUDIT_LOG"] {
+        assert!(exit.stderr.contains(named), "{named}: {}", exit.stderr);
+    }
+    assert!(!exit.stderr.contains(STATE_KEY), "{}", exit.stderr);
+
+    // With a log the server starts, and says that every holder of the key must share it.
+    let (_dir, path) = temp_log();
+    let env = [
+        ("STAGE0_AUDIT_LOG", text(&path)),
+        ("STAGE0_REQUEST_STATE_KEY", STATE_KEY),
+    ];
+    let mut server = RawServer::spawn_with(&env);
+    server.initialize(1).await;
+    server.close_stdin();
+    let exit = server.exit().await;
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let warning = exit
+        .stderr
+        .lines()
+        .find(|line| line.contains("every server holding this key"))
+        .unwrap_or_else(|| panic!("no warning about the key: {}", exit.stderr));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(!exit.stderr.contains(STATE_KEY), "{}", exit.stderr);
+}

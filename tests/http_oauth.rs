@@ -150,12 +150,24 @@ impl HttpServer {
     /// A stateless 2026-07-28 `tools/call` of `tool` with `arguments`, with `token` as bearer:
     /// the HTTP status, the `WWW-Authenticate` header and the JSON-RPC answer (if any).
     async fn call(&self, token: Option<&str>, tool: &str, arguments: Value) -> Answer {
+        self.call_declaring(token, tool, arguments, json!({})).await
+    }
+
+    /// [`call`](HttpServer::call) from a client that declares `capabilities` in the request's
+    /// `_meta`.
+    async fn call_declaring(
+        &self,
+        token: Option<&str>,
+        tool: &str,
+        arguments: Value,
+        capabilities: Value,
+    ) -> Answer {
         let body = json!({
             "jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": tool, "arguments": arguments, "_meta": {
                 "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                 "io.modelcontextprotocol/clientInfo": {"name": "http-oauth-test", "version": "1"},
-                "io.modelcontextprotocol/clientCapabilities": {}
+                "io.modelcontextprotocol/clientCapabilities": capabilities
             }}
         });
         let mut request = reqwest::Client::new()
@@ -775,4 +787,38 @@ async fn a_request_past_its_deadline_is_answered_408_and_nothing_runs() {
     assert!(!format!("{:?}", answer.json).contains(STAND_IN));
     let executed = server.records().iter().any(|r| r["executed"] == true);
     assert!(!executed, "{:?}", server.records());
+}
+
+#[tokio::test]
+async fn with_oauth_a_defer_is_final_unless_approvals_are_turned_on() {
+    let key = ed25519("k1");
+    let issuer = issuer(&[&key]).await;
+    let iss = issuer.uri();
+    let alice = sign(&key, &claims(&iss, AUDIENCE, "alice", "developer"));
+    let sixth = json!({"workflowId": "nightly", "retryCount": 5});
+    let form = json!({"elicitation": {"form": {}}});
+    let oauth = [
+        ("STAGE0_OAUTH_ISSUER", iss.as_str()),
+        ("STAGE0_PUBLIC_URL", PUBLIC),
+    ];
+
+    // By default the client that would answer is the caller itself: nobody is asked.
+    let server = HttpServer::start(&oauth).await;
+    let answer = server
+        .call_declaring(Some(&alice), "retry-workflow", sixth.clone(), form.clone())
+        .await;
+    let result = &answer.json.as_ref().expect("a JSON-RPC answer")["result"];
+    assert!(result.get("requestState").is_none(), "{answer:?}");
+    assert_eq!(answer.report()["verdict"], "DEFER", "{answer:?}");
+    assert_eq!(answer.report()["executed"], false);
+    assert_eq!(answer.report()["approval"]["outcome"], "disabled");
+
+    // Turned on in the environment, the DEFER is put to the client as before.
+    let server = HttpServer::start(&[oauth[0], oauth[1], ("STAGE0_APPROVALS", "on")]).await;
+    let answer = server
+        .call_declaring(Some(&alice), "retry-workflow", sixth, form)
+        .await;
+    let result = &answer.json.as_ref().expect("a JSON-RPC answer")["result"];
+    assert_eq!(result["resultType"], "input_required", "{answer:?}");
+    assert!(result["requestState"].is_string(), "{answer:?}");
 }

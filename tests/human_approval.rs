@@ -537,3 +537,162 @@ async fn after_an_approval_the_body_sees_the_approved_status_and_its_guardrails_
     assert_eq!(ended["guardrails_enforced"], json!(["read_only"]));
     assert!(ended.get("guardrails_unenforced").is_none(), "{ended:?}");
 }
+
+/// The `params` of a stateless 2026-07-28 `tools/call` of `research-topic` from a client that
+/// declares form elicitation: the first round, or, with `retry`, the retry echoing its
+/// `requestState` with these `inputResponses` (`None`: the state alone).
+fn mrtr_round(retry: Option<(&str, Option<Value>)>) -> Value {
+    let mut params = json!({
+        "name": "research-topic",
+        "arguments": {"topic": "rollback plans"},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "mrtr-test", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}
+        }
+    });
+    if let Some((state, responses)) = retry {
+        params["requestState"] = json!(state);
+        if let Some(responses) = responses {
+            params["inputResponses"] = responses;
+        }
+    }
+    params
+}
+
+/// Makes `fake` a policy decision point whose answer changes between checks: the first check
+/// is `DEFER`, every later one `ALLOW`, approved or not.
+async fn defer_once_then_allow(fake: &MockServer) {
+    fake.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/check"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "verdict": "DEFER", "decision": "DEFER", "reason": "needs a human",
+            "request_id": "fake-defer", "policy_version": "fake-1"
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/check"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "verdict": "ALLOW", "decision": "GO", "reason": "risk is low now",
+            "request_id": "fake-allow", "policy_version": "fake-2"
+        })))
+        .with_priority(2)
+        .mount(fake)
+        .await;
+}
+
+/// The `X-Request-Id` of each `/check` `fake` received, in order.
+async fn checks(fake: &MockServer) -> Vec<String> {
+    bounded("the fake's request log", fake.received_requests())
+        .await
+        .expect("the fake records requests")
+        .iter()
+        .map(|r| r.headers["X-Request-Id"].to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn over_mrtr_a_retry_without_an_approval_ends_with_the_defer_and_is_not_checked_again() {
+    let fake = bounded("the fake Stage0 to start", MockServer::start()).await;
+    let base_url = fake.uri();
+    let mut server = common::RawServer::spawn_with(&live_env(&base_url, "5000"));
+    let rejected = json!({"action": "accept",
+                          "content": {"approve": false, "name": "Dana", "reason": "no"}});
+    let endings = [
+        (Some(json!({"approval": rejected})), "rejected"),
+        (Some(json!({"approval": {"action": "decline"}})), "declined"),
+        (Some(json!({"approval": {"action": "cancel"}})), "cancelled"),
+        (Some(json!({})), "invalid_answer"),
+        (None, "invalid_answer"),
+    ];
+    let mut id = 0;
+    for (responses, expected) in endings {
+        defer_once_then_allow(&fake).await;
+        id += 2;
+        let asked = server.request(id, "tools/call", mrtr_round(None)).await;
+        assert_eq!(asked["result"]["resultType"], "input_required", "{asked:#}");
+        let state = asked["result"]["requestState"].as_str().expect("a state");
+        let answered = server
+            .request(id + 1, "tools/call", mrtr_round(Some((state, responses))))
+            .await;
+        let result = &answered["result"];
+        let report = &result["structuredContent"];
+        let deferred = checks(&fake).await;
+        assert_eq!(
+            deferred.len(),
+            1,
+            "{expected}: no second check: {answered:#}"
+        );
+        assert_eq!(result["isError"], true, "{expected}: {answered:#}");
+        assert_eq!(report["verdict"], "DEFER", "{expected}: {answered:#}");
+        assert_eq!(report["decision"], "DEFER");
+        assert_eq!(report["executed"], false);
+        assert_eq!(report["request_id"], deferred[0].as_str());
+        assert_eq!(report["policy_version"], "fake-1");
+        assert_eq!(report["reason"], "needs a human");
+        assert_eq!(report["approval"]["outcome"], expected);
+        assert_eq!(report["approval"]["via"], "mrtr");
+        assert_eq!(
+            report["approval"]["deferred_request_id"],
+            deferred[0].as_str()
+        );
+        assert!(!answered.to_string().contains(STAND_IN), "{answered:#}");
+    }
+
+    // An approval is checked again, with the approval, and runs on that check's ALLOW.
+    defer_once_then_allow(&fake).await;
+    let asked = server.request(20, "tools/call", mrtr_round(None)).await;
+    let state = asked["result"]["requestState"].as_str().expect("a state");
+    let approve = json!({"approval": {"action": "accept",
+                                      "content": {"approve": true, "name": "Dana"}}});
+    let answered = server
+        .request(21, "tools/call", mrtr_round(Some((state, Some(approve)))))
+        .await;
+    let report = &answered["result"]["structuredContent"];
+    assert_eq!(report["verdict"], "ALLOW", "{answered:#}");
+    assert_eq!(report["executed"], true);
+    assert_eq!(report["approval"]["outcome"], "approved");
+    let requests = bounded("the fake's request log", fake.received_requests())
+        .await
+        .expect("the fake records requests");
+    assert_eq!(requests.len(), 2, "checked again after the approval");
+    let second: Value = requests[1].body_json().expect("JSON");
+    assert_eq!(second["context"]["approval_status"], "approved");
+    server.close_stdin();
+    server.exit().await;
+}
+
+#[tokio::test]
+async fn a_server_with_approvals_off_takes_no_approval_from_a_state_another_server_sealed() {
+    const STATE_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let fake = bounded("the fake Stage0 to start", MockServer::start()).await;
+    defer_once_then_allow(&fake).await;
+    let base_url = fake.uri();
+    let mut asking = live_env(&base_url, "5000");
+    asking.push(("STAGE0_REQUEST_STATE_KEY", STATE_KEY));
+    let mut not_asking = asking.clone();
+    not_asking.push(("STAGE0_APPROVALS", "off"));
+    let mut first = common::RawServer::spawn_with(&asking);
+    let mut second = common::RawServer::spawn_with(&not_asking);
+    let asked = first.request(1, "tools/call", mrtr_round(None)).await;
+    let state = asked["result"]["requestState"].as_str().expect("a state");
+    let approve = json!({"approval": {"action": "accept",
+                                      "content": {"approve": true, "name": "Dana"}}});
+    let answered = second
+        .request(1, "tools/call", mrtr_round(Some((state, Some(approve)))))
+        .await;
+    let report = &answered["result"]["structuredContent"];
+    assert_eq!(report["verdict"], "DEFER", "{answered:#}");
+    assert_eq!(report["executed"], false);
+    assert_eq!(report["approval"]["outcome"], "disabled");
+    assert_eq!(checks(&fake).await.len(), 1, "not checked again");
+    for server in [first, second] {
+        let mut server = server;
+        server.close_stdin();
+        server.exit().await;
+    }
+}

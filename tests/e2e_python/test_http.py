@@ -94,6 +94,9 @@ def http_server(
         "STAGE0_OAUTH_ISSUER": issuer.url,
         "STAGE0_PUBLIC_URL": PUBLIC_URL,
         "RUST_LOG": "info,rmcp=warn",
+        # These tests approve DEFERs over HTTP, which with OAuth is self-approval and off unless
+        # the operator turns it on.
+        "STAGE0_APPROVALS": "on",
         **(settings or {}),
     }
     if "STAGE0_DATABASE_URL" not in env:

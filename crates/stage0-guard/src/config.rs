@@ -46,9 +46,12 @@ pub struct Config {
     /// `STAGE0_ACTOR_ROLE` (default `viewer`) and `STAGE0_ACTOR_ID` (optional): the principal
     /// the agent acts for, set by whoever configures the server, never by tool arguments.
     pub operator: Operator,
-    /// `STAGE0_APPROVALS` (`on` | `off`, default `on`) and `STAGE0_APPROVAL_TIMEOUT_S` (whole
-    /// seconds from 1, default 300): whether and how long to ask a human about a `DEFER`.
+    /// `STAGE0_APPROVALS` (`on` | `off`, default `on`; over HTTP with OAuth, default `off`: see
+    /// [`Config::serving_http`]) and `STAGE0_APPROVAL_TIMEOUT_S` (whole seconds from 1, default
+    /// 300): whether and how long to ask a human about a `DEFER`.
     pub approvals: Approvals,
+    /// Whether `STAGE0_APPROVALS` was set (to `on` or `off`) rather than left to its default.
+    pub approvals_set: bool,
     /// `STAGE0_AUDIT_LOG` and `STAGE0_AUDIT_SYNC`: where and how durably to keep the audit log.
     pub audit: AuditConfig,
     /// `STAGE0_REQUEST_STATE_KEY` (hex or base64, at least 32 bytes): the key that seals MRTR
@@ -195,6 +198,17 @@ pub enum ConfigError {
     /// shown.
     #[error("`STAGE0_REQUEST_STATE_KEY` is unusable (its value is not shown): {0}")]
     InvalidRequestStateKey(KeyError),
+    /// `STAGE0_REQUEST_STATE_KEY` is set while `STAGE0_AUDIT_LOG=off` (and no
+    /// `STAGE0_DATABASE_URL`): the spent nonces that keep a state single-use are remembered
+    /// across restarts and servers only through the audit log, so without one a state the key
+    /// opens could be answered again after a restart, or through another server.
+    #[error(
+        "`STAGE0_REQUEST_STATE_KEY` needs an audit log, but `STAGE0_AUDIT_LOG` is `off`: the \
+         log is where spent approval states are remembered, so without it a state could be \
+         answered again after a restart or through another server holding the key; keep the \
+         audit log on (or set `STAGE0_DATABASE_URL`), or unset the key"
+    )]
+    RequestStateKeyWithoutAuditLog,
 }
 
 /// `url` with its userinfo (`user:password@`) replaced by `<redacted>@`, for logs and errors.
@@ -337,6 +351,13 @@ impl Config {
         }
 
         let http = http_config(&set, Duration::from_secs(approval_timeout_s))?;
+        let request_state_key = set(state::KEY_ENV)
+            .map(|key| StateKey::parse(&key))
+            .transpose()
+            .map_err(ConfigError::InvalidRequestStateKey)?;
+        if request_state_key.is_some() && path.is_none() && database.is_none() {
+            return Err(ConfigError::RequestStateKeyWithoutAuditLog);
+        }
 
         Ok(Config {
             http,
@@ -351,6 +372,7 @@ impl Config {
                 actor_id: set("STAGE0_ACTOR_ID"),
             },
             approvals,
+            approvals_set: set("STAGE0_APPROVALS").is_some(),
             audit: AuditConfig {
                 path,
                 sync,
@@ -363,10 +385,7 @@ impl Config {
                     return Err(ConfigError::InvalidUnenforcedGuardrails(other.to_owned()));
                 }
             },
-            request_state_key: set(state::KEY_ENV)
-                .map(|key| StateKey::parse(&key))
-                .transpose()
-                .map_err(ConfigError::InvalidRequestStateKey)?,
+            request_state_key,
             max_calls_in_flight,
         })
     }
@@ -462,6 +481,23 @@ fn http_config(
 }
 
 impl Config {
+    /// The configuration as `mcp-server-stage0 http` serves it. With OAuth
+    /// ([`HttpConfig::oauth`], `STAGE0_OAUTH_ISSUER`), a `DEFER` is not put to the client unless
+    /// `STAGE0_APPROVALS=on` says so: over HTTP the client that answers the approval form is the
+    /// caller whose call was deferred, with the caller's own token, so its answer is
+    /// self-approval, not a human's review (`docs/http.md`). So there approvals are off unless
+    /// the operator turned them on; any other configuration is returned as it is.
+    pub fn serving_http(self) -> Self {
+        if self.http.oauth.is_some() && !self.approvals_set {
+            Config {
+                approvals: Approvals::Off,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
     /// The policy decision point this configuration selects: the local Cedar policy when
     /// [`policy_files`](Config::policy_files) names one (loaded and validated now, with its
     /// shadow), then Stage0 too when there is an API key; otherwise Stage0 at
@@ -513,6 +549,12 @@ impl Config {
             .with_max_calls_in_flight(self.max_calls_in_flight)
             .with_unenforced_guardrails(self.unenforced_guardrails);
         if let Some(key) = &self.request_state_key {
+            // The server cannot see who else holds the key, nor where they record.
+            tracing::warn!(
+                "STAGE0_REQUEST_STATE_KEY is set: every server holding this key must record in \
+                 this same audit log (this file, or this database), or an approval state one of \
+                 them spent can be answered again through another"
+            );
             guard = guard.with_state_key(key.clone());
         }
         Ok(match (&self.audit.database, &self.audit.path) {
@@ -779,6 +821,46 @@ mod tests {
             panic!("an unreadable URL is refused");
         };
         assert!(!refused.to_string().contains("s3cret"), "{refused}");
+    }
+
+    #[test]
+    fn over_http_with_oauth_approvals_are_off_unless_turned_on() {
+        let oauth = [
+            ("STAGE0_OAUTH_ISSUER", "https://auth.example.test"),
+            ("STAGE0_PUBLIC_URL", "https://stage0.example.test/"),
+        ];
+        let default = config(&oauth).unwrap();
+        assert!(matches!(default.approvals, Approvals::Ask { .. }), "stdio");
+        assert_eq!(default.serving_http().approvals, Approvals::Off);
+        let on = config(&[oauth[0], oauth[1], ("STAGE0_APPROVALS", "on")]).unwrap();
+        assert!(matches!(on.serving_http().approvals, Approvals::Ask { .. }));
+        let local = config(&[]).unwrap().serving_http();
+        assert!(matches!(local.approvals, Approvals::Ask { .. }), "no OAuth");
+    }
+
+    #[test]
+    fn a_request_state_key_without_an_audit_log_is_refused() {
+        let key = ("STAGE0_REQUEST_STATE_KEY", "ab".repeat(32));
+        let key = (key.0, key.1.as_str());
+        let refused = config(&[key, ("STAGE0_AUDIT_LOG", "off")]).unwrap_err();
+        assert_eq!(refused, ConfigError::RequestStateKeyWithoutAuditLog);
+        let message = refused.to_string();
+        assert!(message.contains("STAGE0_REQUEST_STATE_KEY"), "{message}");
+        assert!(message.contains("STAGE0_AUDIT_LOG"), "{message}");
+        assert!(!message.contains(key.1), "{message}");
+        for kept in [
+            ("STAGE0_AUDIT_LOG", "/var/log/stage0/audit.jsonl"),
+            (
+                "STAGE0_DATABASE_URL",
+                "postgres://stage0@db.internal:5432/audit",
+            ),
+        ] {
+            assert!(config(&[key, kept]).unwrap().request_state_key.is_some());
+        }
+        assert!(
+            config(&[key]).unwrap().request_state_key.is_some(),
+            "the default log"
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ use crate::json::DuplicateKey;
 use crate::ledger::AttemptLedger;
 use crate::policy::cedar::{self, RecentCallCounts};
 use crate::policy::local::{PolicySets, Reload};
-use crate::policy::wire::{Intent, Issue, PolicyResponse, Verdict};
+use crate::policy::wire::{Decision, Intent, Issue, PolicyResponse, Verdict};
 use crate::policy::{LocalQuestion, Mode, PolicyClient};
 use crate::render::{self, Checked};
 use crate::transport::{self, DEFAULT_MAX_CALLS_IN_FLIGHT};
@@ -152,7 +152,10 @@ impl Guard {
 
     /// The same guard, sealing MRTR approval states with `key` instead of the random key of this
     /// process (`STAGE0_REQUEST_STATE_KEY`), so that servers sharing the key accept each other's
-    /// states. Spent nonces are kept.
+    /// states. Spent nonces are kept. A state stays single-use across restarts and servers only
+    /// with [`with_audit`](Guard::with_audit) on one audit log shared by every holder of the key:
+    /// [`Config::from_lookup`](crate::Config::from_lookup) refuses the key without a log, and
+    /// [`Config::guard`](crate::Config::guard) warns that the log must be shared.
     pub fn with_state_key(self, key: StateKey) -> Self {
         let spent = self.states.spent_nonces();
         Guard {
@@ -345,10 +348,13 @@ impl Guard {
 
     /// Checks an MRTR retry of a deferred call of `T`: opens the sealed `requestState` (it must
     /// verify, be unexpired, name this tool, these arguments and this principal, and not have been
-    /// answered before), spends its nonce, records the human's answer, then checks the call once
-    /// more, with the approval in the context when the answer approved, and runs the body only on
-    /// `ALLOW`. The retry is the deferred call's continuation, so it does not count another
-    /// attempt in the ledger.
+    /// answered before), spends its nonce and records the human's answer. An approval makes the
+    /// guard check the call once more, with the approval in the context, and run the body only on
+    /// `ALLOW`. Any other answer (`approve: false`, declined, cancelled, unusable, none at all, or
+    /// any answer while approvals are off) ends the call with the `DEFER` that asked, as the
+    /// elicitation path does: no second check, whose verdict might have changed since, so a "No"
+    /// is final and echoing a state buys no fresh check. The retry is the deferred call's
+    /// continuation, so it does not count another attempt in the ledger.
     async fn resume<T: GuardedTool>(
         &self,
         arguments: JsonObject,
@@ -386,11 +392,18 @@ impl Guard {
         if let Err(refused) = self.states.spend(&opened) {
             return self.refuse_state::<T>(&trail, &refused).await;
         }
-        let asked = approval::read_retry(
-            retry.input_responses,
-            opened.deferred_request_id(),
-            operator.actor_id.as_deref(),
-        );
+        let asked = match self.approvals {
+            // A state sealed by a server that asks (one that shares the key) is no approval here.
+            Approvals::Off => {
+                ApprovalReport::new(ApprovalOutcome::Disabled, opened.deferred_request_id())
+                    .via(ApprovalPath::Mrtr)
+            }
+            Approvals::Ask { .. } => approval::read_retry(
+                retry.input_responses,
+                opened.deferred_request_id(),
+                operator.actor_id.as_deref(),
+            ),
+        };
         log_review(T::NAME, &asked);
         let spent = (opened.nonce_sha256(), opened.expires_at());
         if let Err(why) = trail.approval(&asked, Some(spent)).await {
@@ -415,11 +428,19 @@ impl Guard {
                 .await;
             return render::blocked(checked);
         }
-        if let Some(human) = &asked.approval {
-            human.annotate(&mut intent.context);
-            if let Some(status) = &mut provenance.approval_status {
-                status.effective = ApprovalStatus::Approved;
-            }
+        let Some(human) = &asked.approval else {
+            let checked = Checked {
+                tool: T::NAME,
+                mode: self.mode(),
+                policy: recorded_defer(&opened),
+                provenance,
+                approval: Some(asked),
+            };
+            return self.conclude(&mut trail, call, checked).await;
+        };
+        human.annotate(&mut intent.context);
+        if let Some(status) = &mut provenance.approval_status {
+            status.effective = ApprovalStatus::Approved;
         }
         let decision = self.decide(
             &mut trail,
@@ -635,9 +656,12 @@ impl Guard {
             arguments_sha256: &prompt.arguments.sha256,
             principal: &principal,
         };
-        let sealed = self
-            .states
-            .seal(binding, &deferred.request_id, &deferred.policy_version)?;
+        let sealed = self.states.seal(
+            binding,
+            &deferred.request_id,
+            &deferred.policy_version,
+            &deferred.reason,
+        )?;
         tracing::info!(
             tool,
             deferred_request_id = %deferred.request_id,
@@ -799,6 +823,21 @@ impl Guard {
             }
         }
     }
+}
+
+/// The `DEFER` an MRTR state was sealed for, as the retry that brings no approval ends with it:
+/// the deferring check's `request_id`, `policy_version` and reason (cut at
+/// [`state::SEALED_REASON_CHARS`] characters); the rest of that verdict (its questions, issues,
+/// risk) is in its `decision` record in the audit log.
+fn recorded_defer(opened: &state::OpenedState) -> PolicyResponse {
+    let mut deferred = PolicyResponse::new(
+        Verdict::Defer,
+        Decision::Defer,
+        opened.reason().to_owned(),
+        opened.deferred_request_id().to_owned(),
+    );
+    deferred.policy_version = opened.policy_version().to_owned();
+    deferred
 }
 
 /// `allowed`, an `ALLOW` for `tool` whose `unenforced` guardrails no code enforces, as the `DENY`

@@ -10,7 +10,9 @@
 //! A sealed state ([`ApprovalStates::seal`]) binds:
 //! - the tool name and the SHA-256 of the call's canonical arguments ([`arguments_sha256`], the
 //!   same value as the audit record's `arguments_sha256`);
-//! - the deferring check's `request_id` and `policy_version`;
+//! - the deferring check's `request_id` and `policy_version`, and its reason cut at
+//!   [`SEALED_REASON_CHARS`] characters: a retry without an approval ends with that `DEFER`
+//!   ([`OpenedState::reason`]), not with a new check;
 //! - the [`Principal`] in effect (actor id and role);
 //! - an expiry (the approval timeout) and a random nonce, new for every state.
 //!
@@ -20,7 +22,9 @@
 //! nonce was already spent. A nonce is spent ([`ApprovalStates::spend`]) when the server accepts
 //! the answer that came with it; it is remembered in memory until the state's expiry, after which
 //! the state is refused as expired anyway. [`SpentNonceSet::record`], fed by the audit log, puts back the nonces
-//! an audit log recorded, so a restart cannot replay them either.
+//! an audit log recorded, so a restart cannot replay them either. The audit log is the only
+//! durable store of spent nonces: the configuration refuses [`KEY_ENV`] without one, since a
+//! state sealed with a lasting key would otherwise open again after a restart.
 //!
 //! The state is signed, not encrypted: the client can read it (tool, argument hash, request id,
 //! policy version, actor id, role, expiry, nonce). Nothing in it is secret; the nonce only needs
@@ -61,8 +65,13 @@ pub const MIN_KEY_BYTES: usize = RequestStateCodec::MIN_KEY_LENGTH;
 pub const MAX_STATE_BYTES: usize = 4096;
 
 /// What kind of state this is, inside the sealed payload: a state of another kind or version,
-/// sealed with the same key, does not open as an approval.
-const KIND: &str = "stage0-approval/1";
+/// sealed with the same key, does not open as an approval. Version 2 added the reason.
+const KIND: &str = "stage0-approval/2";
+
+/// How many characters of the deferring check's reason a state keeps; a longer reason is cut
+/// and ends in `…`. 200 characters take at most 1,200 bytes of JSON (a control character is
+/// written `\u0001`), so a state stays well within [`MAX_STATE_BYTES`] whatever the reason.
+pub const SEALED_REASON_CHARS: usize = 200;
 
 /// The associated data of every seal: it separates this use of the key from any other (rmcp's
 /// codec mixes it into the tag without storing it in the state).
@@ -204,6 +213,7 @@ pub enum SealError {
 pub struct OpenedState {
     deferred_request_id: String,
     policy_version: String,
+    reason: String,
     expires_at: SystemTime,
     nonce_sha256: String,
 }
@@ -217,6 +227,11 @@ impl OpenedState {
     /// The `policy_version` of that check.
     pub fn policy_version(&self) -> &str {
         &self.policy_version
+    }
+
+    /// The reason of that check, cut at [`SEALED_REASON_CHARS`] characters.
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 
     /// When the state stops being accepted (to the millisecond).
@@ -288,6 +303,8 @@ struct Payload {
     arguments_sha256: String,
     request_id: String,
     policy_version: String,
+    /// The deferring check's reason, cut at [`SEALED_REASON_CHARS`] characters.
+    reason: String,
     actor_id: Option<String>,
     actor_role: ActorRole,
     /// Unix time in milliseconds after which the state is refused.
@@ -346,14 +363,16 @@ impl ApprovalStates {
     }
 
     /// Seals the state of a call of `call` deferred by the check `request_id` under
-    /// `policy_version`, with a new nonce.
+    /// `policy_version` for `reason` (kept cut at [`SEALED_REASON_CHARS`] characters), with a
+    /// new nonce.
     pub fn seal(
         &self,
         call: CallBinding<'_>,
         request_id: &str,
         policy_version: &str,
+        reason: &str,
     ) -> Result<SealedState, SealError> {
-        self.seal_at(call, request_id, policy_version, SystemTime::now())
+        self.seal_at(call, request_id, policy_version, reason, SystemTime::now())
     }
 
     fn seal_at(
@@ -361,6 +380,7 @@ impl ApprovalStates {
         call: CallBinding<'_>,
         request_id: &str,
         policy_version: &str,
+        reason: &str,
         now: SystemTime,
     ) -> Result<SealedState, SealError> {
         let mut nonce = [0; NONCE_BYTES];
@@ -372,6 +392,7 @@ impl ApprovalStates {
             arguments_sha256: call.arguments_sha256.to_owned(),
             request_id: request_id.to_owned(),
             policy_version: policy_version.to_owned(),
+            reason: cut(reason, SEALED_REASON_CHARS),
             actor_id: call.principal.actor_id.clone(),
             actor_role: call.principal.actor_role,
             expires_at_ms: unix_ms(expires_at),
@@ -465,6 +486,7 @@ impl ApprovalStates {
         Ok(OpenedState {
             deferred_request_id: payload.request_id,
             policy_version: payload.policy_version,
+            reason: payload.reason,
             expires_at,
             nonce_sha256,
         })
@@ -562,6 +584,14 @@ impl SpentNonces {
     }
 }
 
+/// `text` whole if it has at most `limit` characters, else its first `limit` and `…`.
+fn cut(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        None => text.to_owned(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -583,6 +613,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(300);
     const REQUEST_ID: &str = "9eda8a06-6860-4863-a588-6f32813d1d56";
     const POLICY_VERSION: &str = "simulated-v1.0.0";
+    const REASON: &str = "LOOP_THRESHOLD_EXCEEDED: 6 attempts at one workflow";
 
     fn principal() -> Principal {
         Principal {
@@ -613,7 +644,7 @@ mod tests {
             principal: &principal,
         };
         let sealed = states
-            .seal(call, REQUEST_ID, POLICY_VERSION)
+            .seal(call, REQUEST_ID, POLICY_VERSION, REASON)
             .expect("a small state seals");
         (sealed, hash)
     }
@@ -646,6 +677,7 @@ mod tests {
         let opened = open(&states, &sealed.state, &hash).expect("the state opens");
         assert_eq!(opened.deferred_request_id(), REQUEST_ID);
         assert_eq!(opened.policy_version(), POLICY_VERSION);
+        assert_eq!(opened.reason(), REASON);
         assert_eq!(opened.nonce_sha256(), sealed.nonce_sha256);
         assert_eq!(opened.nonce_sha256().len(), 64);
         // Milliseconds are kept; the sealed expiry is within a millisecond of the reported one.
@@ -777,7 +809,7 @@ mod tests {
         let valid = |kind: &str, nonce: &str| {
             json!({
                 "kind": kind, "tool": "retry-workflow", "arguments_sha256": hash,
-                "request_id": REQUEST_ID, "policy_version": POLICY_VERSION,
+                "request_id": REQUEST_ID, "policy_version": POLICY_VERSION, "reason": REASON,
                 "actor_id": "ada", "actor_role": "developer",
                 "expires_at_ms": u64::MAX, "nonce": nonce,
             })
@@ -795,7 +827,8 @@ mod tests {
             Unverified::Seal(RequestStateError::IntegrityCheckFailed)
         ));
         for payload in [
-            valid("stage0-approval/2", &nonce),
+            // The version before the reason was sealed.
+            valid("stage0-approval/1", &nonce),
             valid(KIND, "00"),
             valid(KIND, "not hex"),
             json!({"kind": KIND}),
@@ -1069,9 +1102,36 @@ mod tests {
         };
         let long_id = "r".repeat(MAX_STATE_BYTES);
         assert!(matches!(
-            states.seal(call, &long_id, POLICY_VERSION),
+            states.seal(call, &long_id, POLICY_VERSION, REASON),
             Err(SealError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn a_long_reason_is_kept_cut_and_the_state_stays_within_its_bound() {
+        let states = states();
+        let hash = arguments_sha256(&arguments());
+        let principal = principal();
+        let call = CallBinding {
+            tool: "retry-workflow",
+            arguments_sha256: &hash,
+            principal: &principal,
+        };
+        // Control characters take six bytes of JSON each: the longest a cut reason can be.
+        let reason = "\u{1}".repeat(1024 * 1024);
+        let sealed = states
+            .seal(call, REQUEST_ID, POLICY_VERSION, &reason)
+            .expect("a long reason still seals");
+        assert!(
+            sealed.state.len() <= MAX_STATE_BYTES,
+            "{}",
+            sealed.state.len()
+        );
+        let opened = states.open(&sealed.state, call).expect("opens");
+        assert_eq!(opened.reason().chars().count(), SEALED_REASON_CHARS + 1);
+        assert!(opened.reason().ends_with('…'), "{:?}", opened.reason());
+        let exact = "é".repeat(SEALED_REASON_CHARS);
+        assert_eq!(cut(&exact, SEALED_REASON_CHARS), exact);
     }
 
     /// What sealing and opening one state costs (debug builds are several times slower; run
@@ -1092,7 +1152,7 @@ mod tests {
         let sealed: Vec<_> = (0..ROUNDS)
             .map(|_| {
                 states
-                    .seal(call, REQUEST_ID, POLICY_VERSION)
+                    .seal(call, REQUEST_ID, POLICY_VERSION, REASON)
                     .expect("seals")
             })
             .collect();
