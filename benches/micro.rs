@@ -204,6 +204,7 @@ fn approval_state(c: &mut Criterion) {
                 request_id,
                 "simulated-v1.0.0",
                 "LOOP_THRESHOLD_EXCEEDED",
+                &["Should we continue retrying or try a different approach?".to_owned()],
             )
             .expect("a state seals")
     };

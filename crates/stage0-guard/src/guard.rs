@@ -661,6 +661,7 @@ impl Guard {
             &deferred.request_id,
             &deferred.policy_version,
             &deferred.reason,
+            deferred.questions(),
         )?;
         tracing::info!(
             tool,
@@ -826,9 +827,9 @@ impl Guard {
 }
 
 /// The `DEFER` an MRTR state was sealed for, as the retry that brings no approval ends with it:
-/// the deferring check's `request_id`, `policy_version` and reason (cut at
-/// [`state::SEALED_REASON_CHARS`] characters); the rest of that verdict (its questions, issues,
-/// risk) is in its `decision` record in the audit log.
+/// the deferring check's `request_id`, `policy_version`, reason and questions for the human, as
+/// far as the state kept them ([`state::SEALED_REASON_CHARS`], [`state::SEALED_QUESTIONS`]); the
+/// rest of that verdict (its issues, risk) is in its `decision` record in the audit log.
 fn recorded_defer(opened: &state::OpenedState) -> PolicyResponse {
     let mut deferred = PolicyResponse::new(
         Verdict::Defer,
@@ -837,6 +838,7 @@ fn recorded_defer(opened: &state::OpenedState) -> PolicyResponse {
         opened.deferred_request_id().to_owned(),
     );
     deferred.policy_version = opened.policy_version().to_owned();
+    deferred.defer_questions = opened.questions().to_vec();
     deferred
 }
 

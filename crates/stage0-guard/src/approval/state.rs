@@ -73,6 +73,14 @@ const KIND: &str = "stage0-approval/2";
 /// written `\u0001`), so a state stays well within [`MAX_STATE_BYTES`] whatever the reason.
 pub const SEALED_REASON_CHARS: usize = 200;
 
+/// How many of the deferring check's questions a state keeps, each cut at
+/// [`SEALED_QUESTION_CHARS`] characters; when they would make the state longer than
+/// [`MAX_STATE_BYTES`] it keeps none (the `decision` record in the audit log has them all).
+pub const SEALED_QUESTIONS: usize = 3;
+
+/// How many characters of each question a state keeps ([`SEALED_QUESTIONS`]).
+pub const SEALED_QUESTION_CHARS: usize = 120;
+
 /// The associated data of every seal: it separates this use of the key from any other (rmcp's
 /// codec mixes it into the tag without storing it in the state).
 const ASSOCIATED_DATA: &[u8] = b"mcp-server-stage0/approval-state/v1";
@@ -214,6 +222,7 @@ pub struct OpenedState {
     deferred_request_id: String,
     policy_version: String,
     reason: String,
+    questions: Vec<String>,
     expires_at: SystemTime,
     nonce_sha256: String,
 }
@@ -232,6 +241,11 @@ impl OpenedState {
     /// The reason of that check, cut at [`SEALED_REASON_CHARS`] characters.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+
+    /// The questions of that check for the human ([`SEALED_QUESTIONS`] at most, possibly none).
+    pub fn questions(&self) -> &[String] {
+        &self.questions
     }
 
     /// When the state stops being accepted (to the millisecond).
@@ -305,6 +319,10 @@ struct Payload {
     policy_version: String,
     /// The deferring check's reason, cut at [`SEALED_REASON_CHARS`] characters.
     reason: String,
+    /// Its questions for the human ([`SEALED_QUESTIONS`], each cut); absent in a state that
+    /// could not hold them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    questions: Vec<String>,
     actor_id: Option<String>,
     actor_role: ActorRole,
     /// Unix time in milliseconds after which the state is refused.
@@ -363,24 +381,35 @@ impl ApprovalStates {
     }
 
     /// Seals the state of a call of `call` deferred by the check `request_id` under
-    /// `policy_version` for `reason` (kept cut at [`SEALED_REASON_CHARS`] characters), with a
-    /// new nonce.
+    /// `policy_version` for `reason` (kept cut at [`SEALED_REASON_CHARS`] characters) with
+    /// `questions` for the human (kept as [`SEALED_QUESTIONS`] says), with a new nonce.
     pub fn seal(
         &self,
         call: CallBinding<'_>,
         request_id: &str,
         policy_version: &str,
         reason: &str,
+        questions: &[String],
     ) -> Result<SealedState, SealError> {
-        self.seal_at(call, request_id, policy_version, reason, SystemTime::now())
+        let questions: Vec<String> = questions
+            .iter()
+            .take(SEALED_QUESTIONS)
+            .map(|question| cut(question, SEALED_QUESTION_CHARS))
+            .collect();
+        let deferral = (request_id, policy_version, reason);
+        match self.seal_at(call, deferral, questions, SystemTime::now()) {
+            Err(SealError::TooLong { .. }) => {
+                self.seal_at(call, deferral, Vec::new(), SystemTime::now())
+            }
+            sealed => sealed,
+        }
     }
 
     fn seal_at(
         &self,
         call: CallBinding<'_>,
-        request_id: &str,
-        policy_version: &str,
-        reason: &str,
+        (request_id, policy_version, reason): (&str, &str, &str),
+        questions: Vec<String>,
         now: SystemTime,
     ) -> Result<SealedState, SealError> {
         let mut nonce = [0; NONCE_BYTES];
@@ -393,6 +422,7 @@ impl ApprovalStates {
             request_id: request_id.to_owned(),
             policy_version: policy_version.to_owned(),
             reason: cut(reason, SEALED_REASON_CHARS),
+            questions,
             actor_id: call.principal.actor_id.clone(),
             actor_role: call.principal.actor_role,
             expires_at_ms: unix_ms(expires_at),
@@ -487,6 +517,7 @@ impl ApprovalStates {
             deferred_request_id: payload.request_id,
             policy_version: payload.policy_version,
             reason: payload.reason,
+            questions: payload.questions,
             expires_at,
             nonce_sha256,
         })
@@ -644,7 +675,7 @@ mod tests {
             principal: &principal,
         };
         let sealed = states
-            .seal(call, REQUEST_ID, POLICY_VERSION, REASON)
+            .seal(call, REQUEST_ID, POLICY_VERSION, REASON, &[])
             .expect("a small state seals");
         (sealed, hash)
     }
@@ -1102,7 +1133,7 @@ mod tests {
         };
         let long_id = "r".repeat(MAX_STATE_BYTES);
         assert!(matches!(
-            states.seal(call, &long_id, POLICY_VERSION, REASON),
+            states.seal(call, &long_id, POLICY_VERSION, REASON, &[]),
             Err(SealError::TooLong { .. })
         ));
     }
@@ -1120,7 +1151,7 @@ mod tests {
         // Control characters take six bytes of JSON each: the longest a cut reason can be.
         let reason = "\u{1}".repeat(1024 * 1024);
         let sealed = states
-            .seal(call, REQUEST_ID, POLICY_VERSION, &reason)
+            .seal(call, REQUEST_ID, POLICY_VERSION, &reason, &[])
             .expect("a long reason still seals");
         assert!(
             sealed.state.len() <= MAX_STATE_BYTES,
@@ -1132,6 +1163,36 @@ mod tests {
         assert!(opened.reason().ends_with('…'), "{:?}", opened.reason());
         let exact = "é".repeat(SEALED_REASON_CHARS);
         assert_eq!(cut(&exact, SEALED_REASON_CHARS), exact);
+    }
+
+    #[test]
+    fn the_questions_ride_along_when_they_fit_and_are_dropped_when_they_do_not() {
+        let states = states();
+        let hash = arguments_sha256(&arguments());
+        let principal = principal();
+        let call = CallBinding {
+            tool: "retry-workflow",
+            arguments_sha256: &hash,
+            principal: &principal,
+        };
+        let questions: Vec<String> = ["Why?", "Root cause?", "Who owns it?", "A fourth?"]
+            .map(str::to_owned)
+            .to_vec();
+        let sealed = states
+            .seal(call, REQUEST_ID, POLICY_VERSION, REASON, &questions)
+            .unwrap();
+        let opened = states.open(&sealed.state, call).unwrap();
+        assert_eq!(opened.questions(), &questions[..SEALED_QUESTIONS]);
+        // The longest reason and questions (control characters) cannot all fit: the state keeps
+        // the reason and none of the questions, rather than failing.
+        let (reason, long) = ("\u{1}".repeat(1000), vec!["\u{1}".repeat(1000); 5]);
+        let sealed = states
+            .seal(call, REQUEST_ID, POLICY_VERSION, &reason, &long)
+            .expect("still seals");
+        assert!(sealed.state.len() <= MAX_STATE_BYTES);
+        let opened = states.open(&sealed.state, call).unwrap();
+        assert!(opened.questions().is_empty());
+        assert_eq!(opened.reason().chars().count(), SEALED_REASON_CHARS + 1);
     }
 
     /// What sealing and opening one state costs (debug builds are several times slower; run
@@ -1152,7 +1213,7 @@ mod tests {
         let sealed: Vec<_> = (0..ROUNDS)
             .map(|_| {
                 states
-                    .seal(call, REQUEST_ID, POLICY_VERSION, REASON)
+                    .seal(call, REQUEST_ID, POLICY_VERSION, REASON, &[])
                     .expect("seals")
             })
             .collect();
