@@ -101,7 +101,7 @@ pub const DEFAULT_HTTP_REQUEST_TIMEOUT_S: usize = 360;
 
 /// How long an HTTP client may take to send a request's headers, and how long a connection may
 /// idle between requests, when `STAGE0_HTTP_READ_TIMEOUT_S` is not set, in seconds.
-pub const DEFAULT_HTTP_READ_TIMEOUT_S: usize = 10;
+pub const DEFAULT_HTTP_READ_TIMEOUT_S: usize = 30;
 
 /// How long an HTTP client may take to send a request's body once its headers are in, when
 /// `STAGE0_HTTP_BODY_TIMEOUT_S` is not set, in seconds: a 4 MiB body at 70 KiB/s.

@@ -410,30 +410,9 @@ async fn authorize(State(gate): State<Arc<Gate>>, request: Request, next: Next) 
         }
         return next.run(Request::from_parts(parts, body)).await;
     }
-    let body = match tokio::time::timeout(
-        gate.body_timeout,
-        axum::body::to_bytes(body, MAX_BODY_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is over {MAX_BODY_BYTES} bytes, or was cut off"),
-            )
-                .into_response();
-        }
-        Err(_) => {
-            return (
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} s",
-                    gate.body_timeout.as_secs()
-                ),
-            )
-                .into_response();
-        }
+    let body = match read_body(body, gate.body_timeout).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let message = Envelope::of(&body);
     if message.is_request()
@@ -541,6 +520,27 @@ impl Gate {
                 .insert(header::WWW_AUTHENTICATE, value);
         }
         response
+    }
+}
+
+/// Reads `body` whole, at most [`MAX_BODY_BYTES`] within `deadline`; otherwise the answer that
+/// says why not (`413`, `408`).
+async fn read_body(body: Body, deadline: Duration) -> Result<Bytes, Response> {
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {MAX_BODY_BYTES} bytes, or was cut off"),
+        )
+            .into_response()),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs()
+            ),
+        )
+            .into_response()),
     }
 }
 
