@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -22,8 +21,6 @@ use common::{AUDIT_LOG, STAND_IN, bounded};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -106,43 +103,33 @@ fn sign(key: &SigningKey, claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
 }
 
-/// The server binary in HTTP mode on a free port of 127.0.0.1, with `env`.
+/// The server binary in HTTP mode on a free port of 127.0.0.1 (`tests/common/http.rs`), with
+/// the bound on one call.
 struct HttpServer {
-    child: Child,
-    base: String,
-    dir: TempDir,
+    inner: common::http::HttpServer,
     /// The bound on one call ([`common::BOUND`] unless a test needs longer).
     bound: std::time::Duration,
 }
 
+impl std::ops::Deref for HttpServer {
+    type Target = common::http::HttpServer;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for HttpServer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
 impl HttpServer {
-    /// Starts the server and waits (bounded) for the line that says where it listens.
+    /// Starts the server with `env` and waits (bounded) for it to listen.
     async fn start(env: &[(&str, &str)]) -> HttpServer {
-        let dir = TempDir::new().unwrap();
-        let mut child = common::command(dir.path(), env)
-            .args(["http", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the server binary starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let listen = bounded("the server to listen", async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(at) = line.find("listen=") {
-                    let rest = &line[at + "listen=".len()..];
-                    return rest.split_whitespace().next().unwrap().to_owned();
-                }
-            }
-            panic!("the server exited before listening");
-        })
-        .await;
-        // Keep reading stderr so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         HttpServer {
-            child,
-            base: format!("http://{listen}"),
-            dir,
+            inner: common::http::HttpServer::start(env).await,
             bound: common::BOUND,
         }
     }
@@ -214,12 +201,6 @@ impl HttpServer {
         log.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
     }
 }
 
