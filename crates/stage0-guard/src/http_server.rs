@@ -11,7 +11,7 @@
 //!    the role ceiling). Without OAuth the server listens on loopback only, and every caller is
 //!    the operator of the environment, as over stdio; with [`HttpConfig::token_file`], only a
 //!    caller that sends the secret in that file as its bearer token.
-//! 2. **Bounded work** ([`crate::admission`]). At most [`HttpConfig::max_calls_in_flight`]
+//! 2. **Bounded work** (`admission.rs`). At most [`HttpConfig::max_calls_in_flight`]
 //!    requests at once, [`HttpConfig::max_calls_per_principal`] per principal, and
 //!    [`HttpConfig::max_bytes_in_flight`] bytes of request bodies (by `Content-Length`; a body
 //!    without one counts as the largest); one more is refused at once with `429` and

@@ -237,7 +237,7 @@ impl ServerHandler for GuardedServer {
 
     /// Routes a call to its tool. Over HTTP, the call holds its place in the server's bounds
     /// until it has ended, and is ended at its deadline or when its client goes away
-    /// ([`CallBounds`], put in the request by `http_server.rs`); a repeated argument key found
+    /// (`CallBounds`, put in the request by `http_server.rs`); a repeated argument key found
     /// there reaches the guard as over stdio.
     async fn call_tool(
         &self,
