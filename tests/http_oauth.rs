@@ -63,24 +63,9 @@ fn p256(kid: &'static str) -> SigningKey {
     }
 }
 
-/// The test authorization server: RFC 8414 metadata naming its JWKS, and the JWKS.
+/// The test authorization server: RFC 8414 metadata naming its JWKS, and the JWKS of `keys`.
 async fn issuer(keys: &[&SigningKey]) -> MockServer {
-    let server = bounded("the test issuer to start", MockServer::start()).await;
-    let jwks: Vec<Value> = keys.iter().map(|key| key.jwk.clone()).collect();
-    Mock::given(method("GET"))
-        .and(path("/.well-known/oauth-authorization-server"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "issuer": server.uri(),
-            "jwks_uri": format!("{}/jwks", server.uri()),
-        })))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/jwks"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "keys": jwks })))
-        .mount(&server)
-        .await;
-    server
+    common::http::serving_keys(keys.iter().map(|key| key.jwk.clone()).collect()).await
 }
 
 fn now() -> i64 {

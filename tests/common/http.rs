@@ -38,20 +38,7 @@ impl Issuer {
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
         let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"});
-        let server = bounded("the test issuer to start", MockServer::start()).await;
-        Mock::given(method("GET"))
-            .and(path("/.well-known/oauth-authorization-server"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "issuer": server.uri(),
-                "jwks_uri": format!("{}/jwks", server.uri()),
-            })))
-            .mount(&server)
-            .await;
-        Mock::given(method("GET"))
-            .and(path("/jwks"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "keys": [jwk] })))
-            .mount(&server)
-            .await;
+        let server = serving_keys(vec![jwk]).await;
         Issuer {
             server,
             encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
@@ -78,6 +65,26 @@ impl Issuer {
             ("STAGE0_PUBLIC_URL", PUBLIC.to_owned()),
         ]
     }
+}
+
+/// A test authorization server on 127.0.0.1 publishing `jwks`: RFC 8414 metadata naming its
+/// issuer (its own URL) and its key set at `/jwks`.
+pub async fn serving_keys(jwks: Vec<Value>) -> MockServer {
+    let server = bounded("the test issuer to start", MockServer::start()).await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/oauth-authorization-server"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": server.uri(),
+            "jwks_uri": format!("{}/jwks", server.uri()),
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "keys": jwks })))
+        .mount(&server)
+        .await;
+    server
 }
 
 /// What the server has written to stderr so far, and a wake-up for each new line.

@@ -1116,6 +1116,15 @@ mod tests {
         );
     }
 
+    /// The intent of a `retry-workflow` call of `etl`.
+    fn retry_intent() -> Intent {
+        Intent {
+            goal: "Retry workflow etl".to_owned(),
+            side_effects: vec!["loop".to_owned()],
+            ..Intent::default()
+        }
+    }
+
     #[tokio::test]
     async fn the_attempt_ledger_is_rebuilt_from_decision_records() {
         let dir = tempfile::tempdir().unwrap();
@@ -1126,14 +1135,7 @@ mod tests {
             workflow_key: Some(key),
             ..Provenance::default()
         };
-        let intent = Intent {
-            goal: "Retry workflow etl".to_owned(),
-            success_criteria: Vec::new(),
-            constraints: Vec::new(),
-            tools: Vec::new(),
-            side_effects: vec!["loop".to_owned()],
-            context: serde_json::Map::new(),
-        };
+        let intent = retry_intent();
         let policy = PolicyResponse::fail_closed("test".to_owned(), "r".to_owned());
         for _ in 0..3 {
             let mut trail = CallTrail::new(Some(&log), "retry-workflow", &JsonObject::new());
@@ -1170,14 +1172,7 @@ mod tests {
             workflow_key: Some(key),
             ..Provenance::default()
         };
-        let intent = Intent {
-            goal: "Retry workflow etl".to_owned(),
-            success_criteria: Vec::new(),
-            constraints: Vec::new(),
-            tools: Vec::new(),
-            side_effects: vec!["loop".to_owned()],
-            context: serde_json::Map::new(),
-        };
+        let intent = retry_intent();
         let policy = PolicyResponse::fail_closed("test".to_owned(), "r".to_owned());
         for _ in 0..2 {
             CallTrail::new(Some(&log), "retry-workflow", &JsonObject::new())
