@@ -628,12 +628,9 @@ fn repeated_key(body: &[u8], message: &Envelope) -> Reading {
         return Reading::Single;
     };
     if message.is("tools/call")
-        && let Some(inside) = duplicate.pointer.strip_prefix("/params/arguments/")
+        && let Some(within) = duplicate.within_arguments()
     {
-        return Reading::Arguments(DuplicateKey {
-            pointer: format!("/{inside}"),
-            key: duplicate.key,
-        });
+        return Reading::Arguments(within);
     }
     let why =
         format!("the message repeats the key {duplicate}: a key may appear only once in an object");

@@ -34,6 +34,21 @@ pub struct DuplicateKey {
     pub pointer: String,
 }
 
+impl DuplicateKey {
+    /// This key relative to a `tools/call`'s arguments, when it repeats inside
+    /// `params.arguments` (its pointer without `/params/arguments`): what the guard refuses as an
+    /// invalid argument of the call. `None` for a key anywhere else, which makes the request
+    /// unroutable for sure. Both transports read a request this way (`transport.rs`,
+    /// `http_server.rs`).
+    pub fn within_arguments(&self) -> Option<DuplicateKey> {
+        let inside = self.pointer.strip_prefix("/params/arguments/")?;
+        Some(DuplicateKey {
+            key: self.key.clone(),
+            pointer: format!("/{inside}"),
+        })
+    }
+}
+
 impl fmt::Display for DuplicateKey {
     /// `` `topic` (at `/params/arguments/topic`) ``, with any control character escaped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -373,13 +373,10 @@ impl<T> LifecycleGate<T> {
         match message {
             ClientJsonRpcMessage::Request(mut request) => {
                 if let ClientRequest::CallToolRequest(call) = &mut request.request
-                    && let Some(inside) = duplicate.pointer.strip_prefix("/params/arguments/")
+                    && let Some(within) = duplicate.within_arguments()
                 {
                     // For the guard, which refuses the call as an invalid argument.
-                    call.extensions.insert(DuplicateKey {
-                        key: duplicate.key,
-                        pointer: format!("/{inside}"),
-                    });
+                    call.extensions.insert(within);
                     return Admission::Pass(ClientJsonRpcMessage::Request(request));
                 }
                 let why = format!(
